@@ -1,0 +1,3 @@
+from mmtok.cli import main
+
+main()

@@ -1,0 +1,51 @@
+"""The tokenizer contract every codec in ``mmtok.codecs`` fulfils.
+
+A generator only ever sees :class:`~mmtok.tokens.Tokens` and the facts exposed here as properties
+(``codebook_sizes``, ``frame_rate``, ``sample_rate``); it never knows which modality they came from.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+
+import torch
+from torch import nn
+
+from mmtok.hub import HubMixin
+from mmtok.tokens import Tokens
+
+
+class Tokenizer(nn.Module, HubMixin, ABC):
+    """Media ⇄ discrete codes.
+
+    ``decode(encode(x))`` has the shape of ``x``. Audio tokenizers take ``x: FloatTensor [B, 1, N]``
+    with ``lengths: LongTensor [B]`` in samples and return codes ``[B, Q, T]`` at ``frame_rate``.
+    """
+
+    @abstractmethod
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None, *,
+               num_quantizers: int | None = None) -> Tokens:
+        """Media -> tokens. ``num_quantizers`` keeps the first codebooks only (RVQ bitrate control)."""
+
+    @abstractmethod
+    def decode(self, tokens: Tokens) -> torch.Tensor:
+        """Tokens -> media. Tokens with fewer codebooks than the model has decode at a lower bitrate."""
+
+    @property
+    @abstractmethod
+    def codebook_sizes(self) -> list[int]:
+        """Vocabulary size of each of the Q codebooks."""
+
+    @property
+    def num_codebooks(self) -> int:
+        return len(self.codebook_sizes)
+
+    @property
+    def frame_rate(self) -> float | None:
+        """Token steps per second for time-based media, else None."""
+        return None
+
+    @property
+    def sample_rate(self) -> int | None:
+        """Waveform sample rate for audio tokenizers, else None."""
+        return None

@@ -1,0 +1,218 @@
+"""RVQ audio codec: convolutional encoder/decoder around residual vector quantization.
+
+References: SoundStream (Zeghidour et al., 2021; residual VQ, Algorithm 1, and quantizer dropout so
+one model serves many bitrates), EnCodec (Défossez et al., 2022; EMA codebooks with decay 0.99,
+k-means initialisation, dead-code expiry at 2, commitment loss) and DAC (Kumar et al., 2023; Snake
+activations, multi-scale mel loss, dropout applied to a fraction of the batches).
+
+At 16 kHz with strides (2, 4, 5, 8) the hop is 320 samples, i.e. 50 frames/s; the default 8 codebooks
+of 1024 entries give 8 × 10 bit × 50 /s = 4 kbps, and any first ``n`` codebooks decode at n × 500 bps.
+
+Shapes: ``audio: FloatTensor [B, 1, N]``, ``latent: [B, D, T]``, ``codes: LongTensor [B, Q, T]``
+with ``T = ceil(N / hop_length)``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from einops import rearrange
+from torch import distributed
+from vector_quantize_pytorch import ResidualVQ
+
+from mmtok.codecs.base import Tokenizer
+from mmtok.codecs.seanet import ConvDecoder, ConvEncoder
+from mmtok.tokens import Tokens
+
+
+@dataclass
+class CodecOutput:
+    """What a training forward pass returns.
+
+    audio: FloatTensor [B, 1, N] reconstruction; codes: LongTensor [B, Q, T] (-1 for dropped
+    quantizers); commitment_loss: scalar; latent: FloatTensor [B, D, T] before quantization.
+    """
+
+    audio: torch.Tensor
+    codes: torch.Tensor
+    commitment_loss: torch.Tensor
+    latent: torch.Tensor
+
+
+def frame_mask(lengths: torch.Tensor | None, num_samples: int, hop_length: int, batch: int,
+               device: torch.device) -> torch.Tensor:
+    """BoolTensor [B, T]: which frames hold at least one valid sample."""
+    num_frames = math.ceil(num_samples / hop_length)
+    if lengths is None:
+        return torch.ones(batch, num_frames, dtype=torch.bool, device=device)
+    frames = torch.div(lengths + hop_length - 1, hop_length, rounding_mode="floor")
+    return torch.arange(num_frames, device=device)[None, :] < frames[:, None]
+
+
+class RVQCodec(Tokenizer):
+    """Waveform codec with residual VQ and quantizer dropout.
+
+    Every quantizer setting is explicit because vector-quantize-pytorch's defaults (EMA decay 0.8,
+    rotation trick on, no dead-code expiry) are not the ones EnCodec and X-Codec were trained with.
+    """
+
+    def __init__(
+        self,
+        *,
+        sample_rate: int = 16000,
+        strides: Sequence[int] = (2, 4, 5, 8),
+        encoder_channels: int = 32,
+        decoder_channels: int = 512,
+        latent_dim: int = 128,
+        num_quantizers: int = 8,
+        codebook_size: int = 1024,
+        ema_decay: float = 0.99,
+        kmeans_init: bool = True,
+        kmeans_iters: int = 10,
+        dead_code_threshold: float = 2.0,
+        commitment_weight: float = 1.0,
+        quantizer_dropout: float = 0.5,
+    ):
+        super().__init__()
+        if not 0.0 <= quantizer_dropout <= 1.0:
+            raise ValueError(f"quantizer_dropout must be a probability in [0, 1], got {quantizer_dropout}")
+        self._sample_rate = sample_rate
+        self.hop_length = math.prod(strides)
+        self.quantizer_dropout = quantizer_dropout
+        self.encoder = ConvEncoder(channels=encoder_channels, strides=strides, latent_dim=latent_dim)
+        self.decoder = ConvDecoder(channels=decoder_channels, strides=tuple(reversed(strides)),
+                                   latent_dim=latent_dim)
+        self.quantizer = ResidualVQ(
+            dim=latent_dim,
+            codebook_dim=latent_dim,
+            num_quantizers=num_quantizers,
+            codebook_size=codebook_size,
+            decay=ema_decay,
+            ema_update=True,
+            learnable_codebook=False,
+            kmeans_init=kmeans_init,
+            kmeans_iters=kmeans_iters,
+            sync_kmeans=True,
+            threshold_ema_dead_code=dead_code_threshold,
+            commitment_weight=commitment_weight,
+            use_cosine_sim=False,
+            rotation_trick=False,
+            straight_through=False,
+            stochastic_sample_codes=False,
+            quantize_dropout=quantizer_dropout > 0,
+            quantize_dropout_cutoff_index=0,
+        )
+
+    # -- facts ---------------------------------------------------------------------------------
+    @property
+    def codebook_sizes(self) -> list[int]:
+        return list(self.quantizer.codebook_sizes)
+
+    @property
+    def sample_rate(self) -> int:
+        return self._sample_rate
+
+    @property
+    def frame_rate(self) -> float:
+        return self._sample_rate / self.hop_length
+
+    # -- pieces --------------------------------------------------------------------------------
+    def _pad(self, audio: torch.Tensor) -> torch.Tensor:
+        if audio.dim() != 3 or audio.shape[1] != 1:
+            raise ValueError(f"audio must be [B, 1, N], got shape {tuple(audio.shape)}")
+        remainder = audio.shape[-1] % self.hop_length
+        return F.pad(audio, (0, self.hop_length - remainder)) if remainder else audio
+
+    def _quantize(self, latent: torch.Tensor, mask: torch.Tensor, *, dropout: bool):
+        """latent [B, D, T] -> (quantized [B, D, T], codes [B, Q, T], commitment loss scalar)."""
+        self.quantizer.quantize_dropout = dropout
+        quantized, indices, losses = self.quantizer(rearrange(latent, "b d t -> b t d"), mask=mask)
+        return rearrange(quantized, "b t d -> b d t"), rearrange(indices, "b t q -> b q t"), losses.sum()
+
+    def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, Q', T] with Q' ≤ Q (entries of -1 skipped) -> latent [B, D, T]: Σ of the chosen codewords."""
+        if codes.shape[1] > self.num_codebooks:
+            raise ValueError(f"codes have {codes.shape[1]} codebooks, the model has {self.num_codebooks}")
+        codebooks = self.quantizer.codebooks  # [Q, V, D]
+        latent = 0
+        for q in range(codes.shape[1]):
+            index = codes[:, q]
+            vectors = codebooks[q][index.clamp(min=0)]  # [B, T, D]
+            latent = latent + vectors * (index >= 0).unsqueeze(-1)
+        return rearrange(self.quantizer.project_out(latent), "b t d -> b d t")
+
+    # -- training ------------------------------------------------------------------------------
+    def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> CodecOutput:
+        """Encode, quantize (with dropout on a ``quantizer_dropout`` fraction of training batches), decode."""
+        num_samples = audio.shape[-1]
+        latent = self.encoder(self._pad(audio))
+        mask = frame_mask(lengths, num_samples, self.hop_length, audio.shape[0], audio.device)
+        dropout = self.training and float(torch.rand(())) < self.quantizer_dropout
+        quantized, codes, commitment = self._quantize(latent, mask, dropout=dropout)
+        reconstruction = self.decoder(quantized)[..., :num_samples]
+        return CodecOutput(audio=reconstruction, codes=codes, commitment_loss=commitment, latent=latent)
+
+    def enable_distributed_sync(self) -> None:
+        """Share k-means init and EMA codebook statistics across DDP ranks.
+
+        vector-quantize-pytorch decides this from ``torch.distributed`` *when the module is built*,
+        which under Lightning is before the process group exists, so every rank would keep its own
+        codebooks. Called by the training module once the process group is up.
+        """
+        if not (distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1):
+            return
+        from vector_quantize_pytorch.vector_quantize_pytorch import sample_vectors_distributed
+
+        for layer in self.quantizer.layers:
+            codebook = layer._codebook
+            codebook.use_ddp = True
+            codebook.sample_fn = codebook.replace_sample_fn = sample_vectors_distributed
+            codebook.kmeans_all_reduce_fn = codebook.all_reduce_fn = distributed.all_reduce
+
+    # -- the tokenizer contract ----------------------------------------------------------------
+    @torch.no_grad()
+    def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None, *,
+               num_quantizers: int | None = None) -> Tokens:
+        num_quantizers = self._check_num_quantizers(num_quantizers)
+        num_samples = x.shape[-1]
+        latent = self.encoder(self._pad(x))
+        mask = frame_mask(lengths, num_samples, self.hop_length, x.shape[0], x.device)
+        was_training = self.quantizer.training
+        self.quantizer.eval()  # no EMA update, no dropout: encoding is a pure function
+        try:
+            _, codes, _ = self._quantize(latent, mask, dropout=False)
+        finally:
+            self.quantizer.train(was_training)
+        media_lengths = lengths if lengths is not None else torch.full(
+            (x.shape[0],), num_samples, dtype=torch.long, device=x.device)
+        return Tokens(
+            codes=codes[:, :num_quantizers],
+            lengths=mask.sum(-1) if lengths is not None else None,
+            frame_rate=self.frame_rate,
+            sample_rate=self.sample_rate,
+            media_lengths=media_lengths.long(),
+        )
+
+    @torch.no_grad()
+    def decode(self, tokens: Tokens) -> torch.Tensor:
+        """Tokens -> audio [B, 1, N]; N is the encoded length when known, else T · hop_length.
+        Samples past an item's ``media_lengths`` are zero."""
+        if tokens.sample_rate is not None and tokens.sample_rate != self.sample_rate:
+            raise ValueError(f"tokens are for {tokens.sample_rate} Hz, this codec is {self.sample_rate} Hz")
+        audio = self.decoder(self.dequantize(tokens.codes))
+        if tokens.media_lengths is None:
+            return audio
+        audio = audio[..., : int(tokens.media_lengths.max())]
+        valid = torch.arange(audio.shape[-1], device=audio.device)[None, :] < tokens.media_lengths[:, None]
+        return audio * valid[:, None, :]
+
+    def _check_num_quantizers(self, num_quantizers: int | None) -> int:
+        if num_quantizers is None:
+            return self.num_codebooks
+        if not 1 <= num_quantizers <= self.num_codebooks:
+            raise ValueError(f"num_quantizers must be in 1..{self.num_codebooks}, got {num_quantizers}")
+        return num_quantizers

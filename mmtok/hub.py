@@ -1,0 +1,152 @@
+"""Hugging Face Hub folders for every mmtok model: ``config.json`` + ``model.safetensors`` + ``README.md``.
+
+Built on :class:`huggingface_hub.ModelHubMixin`, which records the constructor arguments as the
+config and handles downloads and ``push_to_hub``. What this module adds:
+
+- weights are always safetensors and loaded strictly: a folder whose config does not fit its weights
+  fails with an error naming every missing, unexpected or differently-shaped tensor;
+- the config names the model class (``mmtok_class``), so :func:`load_pretrained` can open any mmtok
+  folder without the caller knowing what is inside; only classes that subclass :class:`HubMixin`
+  can be named, so a config cannot make us import arbitrary code;
+- the model card lists the recipe and the metrics measured for this checkpoint (``self.card``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from huggingface_hub import ModelHubMixin, hf_hub_download
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_model
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+CARD_NAME = "README.md"
+
+_REGISTRY: dict[str, type[HubMixin]] = {}
+
+
+class HubMixin(
+    ModelHubMixin,
+    library_name="mmtok",
+    repo_url="https://github.com/mmtok/mmtok",
+    tags=["mmtok"],
+    license="apache-2.0",
+):
+    """Mix into an ``nn.Module`` whose constructor arguments are JSON values.
+
+    ``card`` is a dict the owner fills before saving: ``{"description": str, "recipe": str,
+    "metrics": list[dict]}``; it becomes the README model card.
+    """
+
+    card: dict[str, Any] | None = None
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+        _REGISTRY[_class_name(cls)] = cls
+
+    def _save_pretrained(self, save_directory: Path) -> None:
+        save_model(self, str(save_directory / WEIGHTS_NAME))
+        config = {"mmtok_class": _class_name(type(self)), **(self._hub_mixin_config or {})}
+        (save_directory / CONFIG_NAME).write_text(json.dumps(config, sort_keys=True, indent=2) + "\n")
+        (save_directory / CARD_NAME).write_text(model_card(type(self).__name__, config, self.card or {}))
+
+    @classmethod
+    def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
+                         local_files_only=False, token=None, **model_kwargs):
+        weights = _resolve(model_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
+                           force_download=force_download, local_files_only=local_files_only, token=token)
+        model = cls(**model_kwargs)
+        load_weights_strict(model, weights)
+        return model.eval()
+
+
+def _class_name(cls: type) -> str:
+    return f"{cls.__module__}.{cls.__qualname__}"
+
+
+def _resolve(model_id: str, filename: str, **download_kwargs) -> Path:
+    if os.path.isdir(model_id):
+        path = Path(model_id) / filename
+        if not path.is_file():
+            raise FileNotFoundError(f"{model_id}: Hub folder has no {filename}")
+        return path
+    return Path(hf_hub_download(repo_id=model_id, filename=filename, **download_kwargs))
+
+
+def load_weights_strict(model: torch.nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``model``; any key or shape mismatch raises a ValueError naming it."""
+    try:
+        state = load_file(str(path))
+    except (SafetensorError, OSError) as error:
+        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+    load_state_strict(model, state, source=f"{path.parent}: config.json does not fit {path.name}")
+
+
+def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:
+    """``model.load_state_dict(state)`` with one error that lists every missing, unexpected or
+    differently-shaped tensor, prefixed by ``source``."""
+    expected = model.state_dict()
+    problems = [f"missing from weights: {k} {tuple(v.shape)}" for k, v in expected.items() if k not in state]
+    problems += [f"not in the model the config builds: {k}" for k in state if k not in expected]
+    problems += [
+        f"shape of {k}: weights {tuple(state[k].shape)} != config {tuple(v.shape)}"
+        for k, v in expected.items()
+        if k in state and state[k].shape != v.shape
+    ]
+    if problems:
+        listed = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
+        raise ValueError(f"{source}:\n  {listed}")
+    model.load_state_dict(state, strict=True)
+
+
+def model_class(name: str | None, *, source: str) -> type[HubMixin]:
+    """The registered mmtok class called ``name`` (module.qualname); ``source`` names where it was read."""
+    if name not in _REGISTRY:
+        _import_model_modules()
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(f"{source}: class {name!r} is not an mmtok model (known: {known})")
+    return _REGISTRY[name]
+
+
+def load_pretrained(model_id: str | os.PathLike, **kwargs) -> HubMixin:
+    """Open any mmtok Hub folder (local path or repo id) as the class its config names."""
+    model_id = str(model_id)
+    config_path = _resolve(model_id, CONFIG_NAME, **{k: kwargs[k] for k in ("revision", "token") if k in kwargs})
+    try:
+        config = json.loads(Path(config_path).read_text())
+    except json.JSONDecodeError as error:
+        raise ValueError(f"{config_path}: not valid JSON ({error})") from error
+    return model_class(config.get("mmtok_class"), source=str(config_path)).from_pretrained(model_id, **kwargs)
+
+
+def _import_model_modules() -> None:
+    """Import the modules that define Hub models so that their classes are registered."""
+    import mmtok.codecs.rvq  # noqa: F401
+
+
+def model_card(class_name: str, config: dict[str, Any], card: dict[str, Any]) -> str:
+    """A model card: front matter for the Hub, then what it is, how it was trained, what it measures."""
+    from mmtok.media import markdown_table
+
+    parts = [
+        "---\nlibrary_name: mmtok\nlicense: apache-2.0\ntags:\n- mmtok\n- "
+        + class_name.lower() + "\n---\n",
+        f"# {card.get('title', class_name)}\n",
+        card.get("description", f"An mmtok `{class_name}` checkpoint."),
+        "\n## Use\n",
+        "```python\nfrom mmtok.hub import load_pretrained\n\nmodel = load_pretrained(\"path/or/repo-id\")\n```\n",
+        "or from the shell: `mmtok encode MODEL input.wav tokens.safetensors` and "
+        "`mmtok decode MODEL tokens.safetensors output.wav`.\n",
+    ]
+    if card.get("recipe"):
+        parts.append(f"\n## Training\n\n{card['recipe']}\n")
+    if card.get("metrics"):
+        parts.append(f"\n## Measured metrics\n\n{card.get('metrics_note', '')}\n\n{markdown_table(card['metrics'])}")
+    parts.append("\n## Config\n\n```json\n" + json.dumps(config, sort_keys=True, indent=2) + "\n```\n")
+    return "\n".join(parts)

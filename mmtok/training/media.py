@@ -1,0 +1,44 @@
+"""Write validation media to the run folder and, when the logger is wandb, log them there too."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import lightning as L
+import torch
+from lightning.pytorch.loggers import WandbLogger
+
+from mmtok.media import spectrogram_figure, write_spectrogram_png, write_wav
+
+
+def media_dir(module: L.LightningModule) -> Path:
+    """``<default_root_dir>/media/step_<global step>``."""
+    return Path(module.trainer.default_root_dir) / "media" / f"step_{module.global_step:07d}"
+
+
+def log_audio_examples(module: L.LightningModule, audio: torch.Tensor, reconstruction: torch.Tensor,
+                       lengths: torch.Tensor | None, *, suffix: str, count: int, with_original: bool) -> None:
+    """Write ``count`` items (wav + spectrogram png) and log them to wandb as audio and images.
+
+    audio, reconstruction: FloatTensor [B, 1, N]; lengths: LongTensor [B] of valid samples.
+    """
+    folder = media_dir(module)
+    sample_rate = module.codec.sample_rate
+    wandb_logger = next((lg for lg in module.loggers if isinstance(lg, WandbLogger)), None)
+    for i in range(min(count, audio.shape[0])):
+        n = int(lengths[i]) if lengths is not None else audio.shape[-1]
+        original, recon = audio[i, :, :n].float().cpu(), reconstruction[i, :, :n].float().cpu()
+        if with_original:
+            write_wav(folder / f"{i}_original.wav", original, sample_rate=sample_rate)
+        write_wav(folder / f"{i}_recon_{suffix}.wav", recon, sample_rate=sample_rate)
+        write_spectrogram_png(folder / f"{i}_recon_{suffix}.png", recon, sample_rate=sample_rate,
+                              reference=original, title=f"item {i}, {suffix}")
+        if wandb_logger is not None:
+            import matplotlib.pyplot as plt
+
+            key = f"val_media/{i}_{suffix}"
+            wandb_logger.log_audio(key=key, audios=[recon.squeeze(0).numpy()], sample_rate=[sample_rate],
+                                   step=module.global_step)
+            figure = spectrogram_figure(recon, sample_rate=sample_rate, reference=original, title=key)
+            wandb_logger.log_image(key=f"{key}_mel", images=[figure], step=module.global_step)
+            plt.close(figure)
