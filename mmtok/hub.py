@@ -58,8 +58,8 @@ class HubMixin(
     @classmethod
     def _from_pretrained(cls, *, model_id: str, revision=None, cache_dir=None, force_download=False,
                          local_files_only=False, token=None, **model_kwargs):
-        weights = _resolve(model_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
-                           force_download=force_download, local_files_only=local_files_only, token=token)
+        weights = resolve_file(model_id, WEIGHTS_NAME, revision=revision, cache_dir=cache_dir,
+                               force_download=force_download, local_files_only=local_files_only, token=token)
         model = cls(**model_kwargs)
         load_weights_strict(model, weights)
         return model.eval()
@@ -69,12 +69,15 @@ def _class_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 
-def _resolve(model_id: str, filename: str, **download_kwargs) -> Path:
+def resolve_file(model_id: str, filename: str, **download_kwargs) -> Path:
     if os.path.isdir(model_id):
         path = Path(model_id) / filename
         if not path.is_file():
             raise FileNotFoundError(f"{model_id}: Hub folder has no {filename}")
         return path
+    local = os.path.exists(model_id) or os.path.isabs(model_id) or model_id.startswith((".", "~"))
+    if local or model_id.count("/") > 1:  # a repo id is "name" or "namespace/name"
+        raise FileNotFoundError(f"{model_id}: no such Hub folder (and not a Hub repo id)")
     return Path(hf_hub_download(repo_id=model_id, filename=filename, **download_kwargs))
 
 
@@ -117,7 +120,7 @@ def model_class(name: str | None, *, source: str) -> type[HubMixin]:
 def load_pretrained(model_id: str | os.PathLike, **kwargs) -> HubMixin:
     """Open any mmtok Hub folder (local path or repo id) as the class its config names."""
     model_id = str(model_id)
-    config_path = _resolve(model_id, CONFIG_NAME, **{k: kwargs[k] for k in ("revision", "token") if k in kwargs})
+    config_path = resolve_file(model_id, CONFIG_NAME, **{k: kwargs[k] for k in ("revision", "token") if k in kwargs})
     try:
         config = json.loads(Path(config_path).read_text())
     except json.JSONDecodeError as error:

@@ -71,6 +71,7 @@ class Tokens:
 
     def __getitem__(self, index: int) -> Tokens:
         """Item ``index`` of the batch, trimmed to its valid length, as a batch of one."""
+        index = range(self.batch_size)[index]  # negative counts from the end; out of range raises IndexError
         length = self.num_steps if self.lengths is None else int(self.lengths[index])
         media = None if self.media_lengths is None else self.media_lengths[index : index + 1]
         return replace(self, codes=self.codes[index : index + 1, :, :length], lengths=None, media_lengths=media)

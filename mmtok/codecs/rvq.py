@@ -83,6 +83,7 @@ class RVQCodec(Tokenizer):
         self._sample_rate = sample_rate
         self.hop_length = math.prod(strides)
         self.quantizer_dropout = quantizer_dropout
+        self._distributed_sync = False
         self.encoder = ConvEncoder(channels=encoder_channels, strides=strides, latent_dim=latent_dim)
         self.decoder = ConvDecoder(channels=decoder_channels, strides=tuple(reversed(strides)),
                                    latent_dim=latent_dim)
@@ -151,10 +152,18 @@ class RVQCodec(Tokenizer):
         num_samples = audio.shape[-1]
         latent = self.encoder(self._pad(audio))
         mask = frame_mask(lengths, num_samples, self.hop_length, audio.shape[0], audio.device)
-        dropout = self.training and float(torch.rand(())) < self.quantizer_dropout
+        dropout = self.training and self._draw_dropout(audio.device)
         quantized, codes, commitment = self._quantize(latent, mask, dropout=dropout)
         reconstruction = self.decoder(quantized)[..., :num_samples]
         return CodecOutput(audio=reconstruction, codes=codes, commitment_loss=commitment, latent=latent)
+
+    def _draw_dropout(self, device: torch.device) -> bool:
+        """Whether this batch uses quantizer dropout; the same answer on every DDP rank, since the
+        number of quantizer layers run decides the number of collective calls each rank makes."""
+        coin = torch.rand((), device=device)
+        if self._distributed_sync:
+            distributed.broadcast(coin, src=0)
+        return float(coin) < self.quantizer_dropout
 
     def enable_distributed_sync(self) -> None:
         """Share k-means init and EMA codebook statistics across DDP ranks.
@@ -167,6 +176,7 @@ class RVQCodec(Tokenizer):
             return
         from vector_quantize_pytorch.vector_quantize_pytorch import sample_vectors_distributed
 
+        self._distributed_sync = True
         for layer in self.quantizer.layers:
             codebook = layer._codebook
             codebook.use_ddp = True

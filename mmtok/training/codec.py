@@ -19,19 +19,25 @@ from torch import nn
 
 from mmtok.codecs.base import Tokenizer
 from mmtok.codecs.discriminators import default_discriminator
+from mmtok.hub import WEIGHTS_NAME, resolve_file, load_weights_strict
 from mmtok.losses import (MultiScaleMelLoss, feature_matching_loss, hinge_discriminator_loss,
                           hinge_generator_loss)
-from mmtok.metrics import bitrate, codec_metrics
+from mmtok.metrics import codec_metrics
 from mmtok.training.media import log_audio_examples
 
 
 class CodecModule(L.LightningModule):
-    """Trains any codec whose ``forward(audio, lengths)`` returns a :class:`~mmtok.codecs.rvq.CodecOutput`."""
+    """Trains any codec whose ``forward(audio, lengths)`` returns a :class:`~mmtok.codecs.rvq.CodecOutput`.
+
+    ``init_from`` (a Hub folder or repo id) starts from released weights, for fine-tuning; its config
+    must build the same codec as ``codec`` (a mismatch names every differing tensor).
+    """
 
     def __init__(
         self,
         *,
         codec: Tokenizer,
+        init_from: str | None = None,
         discriminator: nn.Module | None = None,
         mel_loss: MultiScaleMelLoss | None = None,
         lambda_mel: float = 15.0,
@@ -49,6 +55,8 @@ class CodecModule(L.LightningModule):
         super().__init__()
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=["codec", "discriminator", "mel_loss"])
+        if init_from is not None:
+            load_weights_strict(codec, resolve_file(init_from, WEIGHTS_NAME))
         self.codec = codec
         self.discriminator = discriminator if discriminator is not None else default_discriminator()
         self.mel_loss = mel_loss if mel_loss is not None else MultiScaleMelLoss(sample_rate=codec.sample_rate)
@@ -154,12 +162,6 @@ class CodecModule(L.LightningModule):
 
     def test_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "test")
-
-    def on_validation_epoch_start(self) -> None:
-        codec = self.codec
-        for n in self.eval_quantizers:
-            kbps = bitrate(num_quantizers=n, codebook_size=codec.codebook_sizes[0], frame_rate=codec.frame_rate)
-            self.log(f"val/kbps@{n}q", kbps / 1000, sync_dist=False)
 
     # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:

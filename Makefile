@@ -1,0 +1,47 @@
+# mmtok: `make demo` runs the main job on the embedded corpus, `make test` runs the test suite.
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.mmtok-installed
+DEMO_OUT ?= outputs/demo
+DEMO_RUN ?= runs/demo
+DEMO_STEPS ?= 300
+
+.PHONY: setup test test-fast lint demo clean-demo
+
+$(STAMP): setup.cfg pyproject.toml scripts/setup.sh
+	VENV=$(VENV) bash scripts/setup.sh
+	touch $(STAMP)
+
+setup: $(STAMP)
+
+## The whole suite, long end-to-end tests included (what CI runs).
+test: $(STAMP)
+	$(BIN)/python -m flake8 mmtok tests bench
+	$(BIN)/python -m pytest -q
+
+## Without the tests marked slow.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+lint: $(STAMP)
+	$(BIN)/python -m flake8 mmtok tests bench
+
+## Build the speech corpus, fine-tune the shipped RVQ codec on it, export it as a Hub folder, then
+## encode/decode held-out utterances and write wavs, spectrograms and a metrics table to $(DEMO_OUT).
+demo: $(STAMP)
+	$(BIN)/mmtok data speech --out data/speech --num-utterances 2000
+	rm -rf $(DEMO_RUN)
+	$(BIN)/mmtok fit -c recipes/codec/rvq_speech.yaml \
+	  --model.init_args.init_from checkpoints/rvq-speech-16k \
+	  --model.init_args.adversarial_start_step 0 \
+	  --trainer.max_steps $(DEMO_STEPS) --trainer.val_check_interval 50 --trainer.limit_val_batches 1 \
+	  --trainer.default_root_dir $(DEMO_RUN) --trainer.logger.init_args.save_dir $(DEMO_RUN) \
+	  --trainer.logger.init_args.name demo
+	$(BIN)/mmtok export $(DEMO_RUN)/checkpoints/last.ckpt $(DEMO_OUT)/model
+	$(BIN)/mmtok evaluate $(DEMO_OUT)/model data/speech --split test --max-items 40 --out $(DEMO_OUT)
+	$(BIN)/mmtok encode $(DEMO_OUT)/model $(DEMO_OUT)/0_original.wav $(DEMO_OUT)/0_tokens.safetensors
+	$(BIN)/mmtok decode $(DEMO_OUT)/model $(DEMO_OUT)/0_tokens.safetensors $(DEMO_OUT)/0_decoded_cli.wav --spectrogram
+	@echo "demo outputs (wavs, spectrogram pngs, metrics.md, Hub folder): $(abspath $(DEMO_OUT))"
+
+clean-demo:
+	rm -rf $(DEMO_OUT) $(DEMO_RUN)

@@ -1,0 +1,46 @@
+"""Shared fixtures: a tiny real speech corpus and the arguments of a tiny codec recipe."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from mmtok.data.speech import build_speech_corpus
+
+REPO = Path(__file__).resolve().parents[1]
+RECIPE = REPO / "recipes" / "codec" / "rvq_speech.yaml"
+
+
+@pytest.fixture(scope="session")
+def tiny_corpus(tmp_path_factory) -> Path:
+    """24 espeak-ng utterances at 16 kHz, built once per test session."""
+    out = tmp_path_factory.mktemp("tiny_speech")
+    build_speech_corpus(out, num_utterances=24, seed=0, num_workers=2, progress=False)
+    return out
+
+
+def tiny_codec_args(corpus: Path, run_dir: Path, *, max_steps: int, adversarial_start_step: int = 0,
+                    val_check_interval: int = 10) -> list[str]:
+    """`mmtok fit` arguments: the real speech recipe shrunk to a model that trains in seconds."""
+    codec = "--model.init_args.codec.init_args."
+    return [
+        "fit", "-c", str(RECIPE),
+        "--data.init_args.path", str(corpus), "--data.init_args.build_embedded", "false",
+        "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "4",
+        "--data.init_args.crop_seconds", "0.25", "--data.init_args.max_valid_items", "2",
+        codec + "encoder_channels", "4", codec + "decoder_channels", "32", codec + "latent_dim", "16",
+        codec + "codebook_size", "32", codec + "num_quantizers", "4",
+        "--model.init_args.eval_quantizers", "[1, 4]",
+        "--model.init_args.discriminator", "mmtok.codecs.discriminators.MultiPeriodDiscriminator",
+        "--model.init_args.discriminator.init_args.channels", "[4, 8, 16, 16]",
+        "--model.init_args.discriminator.init_args.max_channels", "16",
+        "--model.init_args.adversarial_start_step", str(adversarial_start_step),
+        "--model.init_args.num_logged_examples", "1", "--model.init_args.lr", "0.003",
+        "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", str(val_check_interval),
+        "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "csv",
+    ]
