@@ -104,10 +104,8 @@ def cmd_decode(args: argparse.Namespace) -> None:
     codec = load_pretrained(args.model)
     pairs = _pairs(Path(args.input), Path(args.output), (".safetensors",), ".wav")
     for source, target in tqdm(pairs, desc="decode", unit="file", disable=len(pairs) == 1):
-        tokens = Tokens.load(source)
-        if args.num_quantizers:
-            tokens.codes = tokens.codes[:, : args.num_quantizers]
-        audio = decode_chunked(codec, tokens, chunk_seconds=args.chunk_seconds, progress=len(pairs) == 1)
+        audio = decode_chunked(codec, Tokens.load(source), chunk_seconds=args.chunk_seconds,
+                               num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
         write_wav(target, audio[0], sample_rate=codec.sample_rate)
         if args.spectrogram:
             write_spectrogram_png(target.with_suffix(".png"), audio[0], sample_rate=codec.sample_rate,

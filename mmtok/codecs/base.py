@@ -28,8 +28,9 @@ class Tokenizer(nn.Module, HubMixin, ABC):
         """Media -> tokens. ``num_quantizers`` keeps the first codebooks only (RVQ bitrate control)."""
 
     @abstractmethod
-    def decode(self, tokens: Tokens) -> torch.Tensor:
-        """Tokens -> media. Tokens with fewer codebooks than the model has decode at a lower bitrate."""
+    def decode(self, tokens: Tokens, *, num_quantizers: int | None = None) -> torch.Tensor:
+        """Tokens -> media. Tokens with fewer codebooks than the model has, or ``num_quantizers`` below
+        the model's, decode at a lower bitrate."""
 
     @property
     @abstractmethod

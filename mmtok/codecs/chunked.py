@@ -52,7 +52,8 @@ def encode_chunked(tokenizer: Tokenizer, audio: torch.Tensor, *, chunk_seconds: 
 
 @torch.no_grad()
 def decode_chunked(tokenizer: Tokenizer, tokens: Tokens, *, chunk_seconds: float = 30.0,
-                   context_seconds: float = 1.0, progress: bool = False) -> torch.Tensor:
+                   context_seconds: float = 1.0, num_quantizers: int | None = None,
+                   progress: bool = False) -> torch.Tensor:
     """Tokens of one item [1, Q, T] -> audio FloatTensor [1, 1, N] (N from ``media_lengths`` when known)."""
     if tokens.batch_size != 1:
         raise ValueError(f"decode_chunked takes one item, got a batch of {tokens.batch_size}")
@@ -62,7 +63,7 @@ def decode_chunked(tokenizer: Tokenizer, tokens: Tokens, *, chunk_seconds: float
     spans = list(_spans(tokens.num_steps, chunk, context))
     for start, end, lo, hi in tqdm(spans, desc="decode", unit="chunk", disable=not progress):
         window = Tokens(codes=tokens.codes[..., lo:hi], frame_rate=frame_rate, sample_rate=tokens.sample_rate)
-        audio = tokenizer.decode(window)
+        audio = tokenizer.decode(window, num_quantizers=num_quantizers)
         pieces.append(audio[..., (start - lo) * hop: (end - lo) * hop])
     audio = torch.cat(pieces, dim=-1)
     if tokens.media_lengths is not None:

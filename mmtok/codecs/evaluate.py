@@ -47,9 +47,7 @@ def evaluate_codec(codec: Tokenizer, data: str | Path, *, split: str = "test", m
         audio = batch["audio"]
         tokens = codec.encode(audio)
         for n in quantizers:
-            tokens.codes, all_codes = tokens.codes[:, :n], tokens.codes
-            reconstruction = codec.decode(tokens)
-            tokens.codes = all_codes
+            reconstruction = codec.decode(tokens, num_quantizers=n)
             for key, value in codec_metrics(audio, reconstruction, sample_rate=codec.sample_rate).items():
                 sums[n][key] += float(value)
             if examples_dir is not None and index < num_examples:

@@ -208,12 +208,14 @@ class RVQCodec(Tokenizer):
         )
 
     @torch.no_grad()
-    def decode(self, tokens: Tokens) -> torch.Tensor:
+    def decode(self, tokens: Tokens, *, num_quantizers: int | None = None) -> torch.Tensor:
         """Tokens -> audio [B, 1, N]; N is the encoded length when known, else T · hop_length.
-        Samples past an item's ``media_lengths`` are zero."""
+        Samples past an item's ``media_lengths`` are zero. ``num_quantizers`` uses only the first
+        codebooks of ``tokens`` (a lower bitrate)."""
         if tokens.sample_rate is not None and tokens.sample_rate != self.sample_rate:
             raise ValueError(f"tokens are for {tokens.sample_rate} Hz, this codec is {self.sample_rate} Hz")
-        audio = self.decoder(self.dequantize(tokens.codes))
+        codes = tokens.codes[:, : self._check_num_quantizers(num_quantizers)]
+        audio = self.decoder(self.dequantize(codes))
         if tokens.media_lengths is None:
             return audio
         audio = audio[..., : int(tokens.media_lengths.max())]

@@ -10,7 +10,6 @@ what makes a few CPU hours useful.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import replace
 from pathlib import Path
 
 import lightning as L
@@ -147,7 +146,7 @@ class CodecModule(L.LightningModule):
         tokens = self.codec.encode(audio, lengths)
         size = audio.shape[0]
         for n in self.eval_quantizers:
-            reconstruction = self.codec.decode(replace(tokens, codes=tokens.codes[:, :n]))
+            reconstruction = self.codec.decode(tokens, num_quantizers=n)
             metrics = codec_metrics(audio, reconstruction, sample_rate=self.codec.sample_rate, lengths=lengths)
             self.log_dict({f"{stage}/{k}@{n}q": v for k, v in metrics.items()}, batch_size=size, sync_dist=True)
             if n == self.codec.num_codebooks:

@@ -129,3 +129,19 @@ def test_two_process_ddp_on_cpu(tiny_corpus, tmp_path):
     assert done.returncode == 0, done.stderr[-3000:]
     ckpt = torch.load(tmp_path / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
     assert ckpt["global_step"] == 6
+
+
+@pytest.mark.slow
+def test_validation_media_reach_wandb_offline(tiny_corpus, tmp_path, monkeypatch):
+    """The recipe's logger: wandb, offline without credentials, gets audio and spectrogram images."""
+    monkeypatch.delenv("WANDB_API_KEY", raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    args = tiny_codec_args(tiny_corpus, tmp_path, max_steps=2, val_check_interval=2) + [
+        "--trainer.logger", "mmtok.training.loggers.RunLogger",
+        "--trainer.logger.init_args.save_dir", str(tmp_path / "wandb_runs"),
+        "--trainer.logger.init_args.name", "media-test",
+    ]
+    main(args)
+    run = next((tmp_path / "wandb_runs" / "wandb").glob("offline-run-*"))
+    logged = [p.suffix for p in (run / "files" / "media").rglob("*") if p.is_file()]
+    assert ".wav" in logged and ".png" in logged, f"wandb media found: {logged}"
