@@ -14,10 +14,13 @@ import torch
 
 from conftest import tiny_codec_args
 from mmtok.cli import main
+from mmtok.codecs.discriminators import MultiPeriodDiscriminator
+from mmtok.codecs.rvq import RVQCodec
 from mmtok.data.audio import load_audio, read_manifest
 from mmtok.export import export_checkpoint, load_tokenizer_from_checkpoint
 from mmtok.hub import load_pretrained
 from mmtok.tokens import Tokens
+from mmtok.training.codec import CodecModule
 from mmtok.training.loggers import wandb_credentials_available
 
 
@@ -145,3 +148,21 @@ def test_validation_media_reach_wandb_offline(tiny_corpus, tmp_path, monkeypatch
     run = next((tmp_path / "wandb_runs" / "wandb").glob("offline-run-*"))
     logged = [p.suffix for p in (run / "files" / "media").rglob("*") if p.is_file()]
     assert ".wav" in logged and ".png" in logged, f"wandb media found: {logged}"
+
+
+def _tiny_codec(**overrides) -> RVQCodec:
+    args = dict(encoder_channels=4, decoder_channels=32, latent_dim=16, codebook_size=32, num_quantizers=4)
+    return RVQCodec(**{**args, **overrides})
+
+
+def test_init_from_a_hub_folder_loads_its_weights(tmp_path):
+    torch.manual_seed(0)
+    released = _tiny_codec()
+    released.save_pretrained(tmp_path / "released")
+    module = CodecModule(codec=_tiny_codec(), init_from=str(tmp_path / "released"),
+                         discriminator=MultiPeriodDiscriminator(channels=(4, 8), max_channels=8),
+                         eval_quantizers=(1, 4))
+    for name, tensor in released.state_dict().items():
+        assert torch.equal(module.codec.state_dict()[name], tensor), name
+    with pytest.raises(ValueError, match="shape of quantizer"):
+        CodecModule(codec=_tiny_codec(codebook_size=64), init_from=str(tmp_path / "released"))
