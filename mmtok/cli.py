@@ -31,12 +31,43 @@ def run_lightning_cli(args: list[str]) -> None:
 
 
 # -- data ---------------------------------------------------------------------------------------
-def cmd_data(args: argparse.Namespace) -> None:
+def _data_speech(args: argparse.Namespace) -> Path:
     from mmtok.data.speech import build_speech_corpus
 
-    manifest = build_speech_corpus(args.out, num_utterances=args.num_utterances, seed=args.seed,
-                                   sample_rate=args.sample_rate, num_workers=args.workers)
-    print(f"speech corpus: {manifest}")
+    return build_speech_corpus(args.out, num_utterances=args.num_utterances, seed=args.seed,
+                               sample_rate=args.sample_rate, num_workers=args.workers)
+
+
+def _data_digits(args: argparse.Namespace) -> Path:
+    from mmtok.data.images import build_digits_corpus
+
+    return build_digits_corpus(args.out, source=args.source, image_size=args.image_size, resize=args.resize,
+                               seed=args.seed, max_per_class=args.max_per_class)
+
+
+def _data_moving_digits(args: argparse.Namespace) -> Path:
+    from mmtok.data.video import build_moving_digits
+
+    return build_moving_digits(args.out, num_clips=args.num_clips, seed=args.seed, frame_size=args.frame_size,
+                               min_frames=args.min_frames, max_frames=args.max_frames, max_digits=args.max_digits,
+                               fps=args.fps, video_format=args.format, source=args.source)
+
+
+def _data_music(args: argparse.Namespace) -> Path:
+    from mmtok.data.music import build_music_corpus
+
+    return build_music_corpus(args.out, num_works=args.num_works, programs_per_work=args.programs_per_work,
+                              seed=args.seed, sample_rate=args.sample_rate, max_seconds=args.max_seconds,
+                              num_workers=args.workers)
+
+
+DATA_BUILDERS = {"speech": _data_speech, "digits": _data_digits, "moving-digits": _data_moving_digits,
+                 "music": _data_music}
+
+
+def cmd_data(args: argparse.Namespace) -> None:
+    manifest = DATA_BUILDERS[args.name](args)
+    print(f"{args.name} corpus: {manifest}")
 
 
 # -- export -------------------------------------------------------------------------------------
@@ -49,17 +80,44 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
-    from mmtok.codecs.evaluate import evaluate_codec
+    from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
     from mmtok.hub import load_pretrained
     from mmtok.media import markdown_table, write_table
 
-    codec = load_pretrained(args.model)
-    rows = evaluate_codec(codec, args.data, split=args.split, max_items=args.max_items,
-                          quantizers=args.quantizers, examples_dir=args.out, num_examples=args.examples)
+    model = load_pretrained(args.model)
+    if isinstance(model, PhonemeRecognizer):
+        rows = [evaluate_recognizer(model, args.data, split=args.split, max_items=args.max_items)]
+    else:
+        from mmtok.codecs.evaluate import evaluate_codec
+
+        rows = evaluate_codec(model, args.data, split=args.split, max_items=args.max_items,
+                              quantizers=args.quantizers, examples_dir=args.out, num_examples=args.examples)
     table = write_table(Path(args.out) / "metrics.md", rows) if args.out else markdown_table(rows)
     print(table)
     if args.out:
         print(f"metrics, wavs and spectrograms written to {Path(args.out).resolve()}")
+
+
+def cmd_transcribe(args: argparse.Namespace) -> None:
+    import json
+
+    from mmtok.data.audio import load_audio
+    from mmtok.hub import load_pretrained
+
+    recognizer = load_pretrained(args.model)
+    source = Path(args.input)
+    if not source.exists():
+        raise SystemExit(f"mmtok: input {source} does not exist")
+    files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
+    lines = []
+    for path in files:
+        audio = load_audio(path, sample_rate=recognizer.sample_rate)[None]
+        phonemes = recognizer.transcribe(audio)[0]
+        lines.append({"audio": str(path), "phonemes": phonemes})
+        print(f"{path}\t{phonemes}")
+    if args.out:
+        Path(args.out).write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+        print(f"wrote {len(lines)} transcripts to {Path(args.out).resolve()}")
 
 
 # -- encode / decode ----------------------------------------------------------------------------
@@ -122,13 +180,27 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", required=True)
 
-    data = sub.add_parser("data", help="build an embedded corpus")
-    data.add_argument("name", choices=["speech"])
+    data = sub.add_parser("data", help="build an embedded corpus (speech, digits, moving-digits, music)")
+    data.add_argument("name", choices=list(DATA_BUILDERS))
     data.add_argument("--out", required=True, help="output folder")
-    data.add_argument("--num-utterances", type=int, default=2000)
     data.add_argument("--seed", type=int, default=0)
-    data.add_argument("--sample-rate", type=int, default=16000)
-    data.add_argument("--workers", type=int, default=2, help="parallel espeak-ng processes")
+    data.add_argument("--num-utterances", type=int, default=2000, help="speech")
+    data.add_argument("--sample-rate", type=int, default=16000, help="speech, music")
+    data.add_argument("--workers", type=int, default=2, help="speech, music: parallel espeak-ng/fluidsynth processes")
+    data.add_argument("--source", choices=["mnist", "sklearn"], default="mnist", help="digits, moving-digits")
+    data.add_argument("--image-size", type=int, default=None, help="digits: square size (default: the source's)")
+    data.add_argument("--resize", choices=["pad", "upscale"], default="pad", help="digits: how to reach --image-size")
+    data.add_argument("--max-per-class", type=int, default=None, help="digits: keep the first N of each class")
+    data.add_argument("--num-clips", type=int, default=2000, help="moving-digits")
+    data.add_argument("--frame-size", type=int, default=64, help="moving-digits")
+    data.add_argument("--min-frames", type=int, default=5, help="moving-digits")
+    data.add_argument("--max-frames", type=int, default=33, help="moving-digits")
+    data.add_argument("--max-digits", type=int, default=2, help="moving-digits")
+    data.add_argument("--fps", type=int, default=10, help="moving-digits")
+    data.add_argument("--format", choices=["mp4", "npz", "gif"], default="mp4", help="moving-digits")
+    data.add_argument("--num-works", type=int, default=60, help="music: scores from the music21 corpus")
+    data.add_argument("--programs-per-work", type=int, default=2, help="music: instruments per score")
+    data.add_argument("--max-seconds", type=float, default=20.0, help="music: clip length")
     data.set_defaults(func=cmd_data)
 
     export = sub.add_parser("export", help="Lightning checkpoint -> Hub folder (config + safetensors + card)")
@@ -139,7 +211,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--max-items", type=int, default=None)
     export.set_defaults(func=cmd_export)
 
-    evaluate = sub.add_parser("evaluate", help="measure a codec on a corpus split at several bitrates")
+    evaluate = sub.add_parser("evaluate", help="measure a codec (at several bitrates) or a recognizer (PER)")
     evaluate.add_argument("model", help="Hub folder or repo id")
     evaluate.add_argument("data", help="manifest folder or folder of audio")
     evaluate.add_argument("--split", default="test")
@@ -148,6 +220,12 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--out", help="folder for metrics.md and example wavs/pngs")
     evaluate.add_argument("--examples", type=int, default=3, help="examples written to --out")
     evaluate.set_defaults(func=cmd_evaluate)
+
+    transcribe = sub.add_parser("transcribe", help="phoneme transcripts of an audio file or folder")
+    transcribe.add_argument("model", help="phoneme recognizer Hub folder or repo id")
+    transcribe.add_argument("input")
+    transcribe.add_argument("--out", help="also write the transcripts as JSON lines to this file")
+    transcribe.set_defaults(func=cmd_transcribe)
 
     for name, func, what in (("encode", cmd_encode, "audio file/folder -> token .safetensors"),
                              ("decode", cmd_decode, "token .safetensors file/folder -> wav")):

@@ -1,8 +1,8 @@
 """Turn a Lightning training checkpoint into a Hub folder (config + safetensors + model card).
 
 The checkpoint is read with ``torch.load(weights_only=True)``: tensors and plain containers only,
-never arbitrary pickled objects. The training module recorded the tokenizer's class and constructor
-arguments under ``checkpoint["mmtok"]`` (see ``CodecModule.on_save_checkpoint``).
+never arbitrary pickled objects. The training module recorded the model's class and constructor
+arguments under ``checkpoint["mmtok"]`` (:func:`mmtok.training.checkpoint.record_model`).
 """
 
 from __future__ import annotations
@@ -11,11 +11,13 @@ from pathlib import Path
 
 import torch
 
-from mmtok.hub import load_state_strict, model_class
+from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
+from mmtok.codecs.base import Tokenizer
+from mmtok.hub import HubMixin, load_state_strict, model_class
 
 
-def load_tokenizer_from_checkpoint(checkpoint: str | Path):
-    """Rebuild the tokenizer a training checkpoint holds; returns (tokenizer, checkpoint dict)."""
+def load_model_from_checkpoint(checkpoint: str | Path) -> tuple[HubMixin, dict]:
+    """Rebuild the model a training checkpoint holds; returns (model in eval mode, checkpoint dict)."""
     path = Path(checkpoint)
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such checkpoint")
@@ -26,37 +28,50 @@ def load_tokenizer_from_checkpoint(checkpoint: str | Path):
     info = ckpt.get("mmtok") if isinstance(ckpt, dict) else None
     if not info:
         raise ValueError(f"{path}: no 'mmtok' entry; was it written by an mmtok training module?")
-    cls = model_class(info["tokenizer_class"], source=str(path))
-    tokenizer = cls(**info["tokenizer_config"])
-    prefix = info["tokenizer_prefix"]
+    model = model_class(info["model_class"], source=str(path))(**info["model_config"])
+    prefix = info["model_prefix"]
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
-    load_state_strict(tokenizer, state, source=f"{path}: weights do not fit the recorded config")
-    return tokenizer.eval(), ckpt
+    load_state_strict(model, state, source=f"{path}: weights do not fit the recorded config")
+    return model.eval(), ckpt
+
+
+def _codec_card(codec: Tokenizer, data: str | None, split: str, max_items: int | None) -> dict:
+    from mmtok.codecs.evaluate import evaluate_codec
+
+    card = {"description": (
+        f"A `{type(codec).__name__}` trained with mmtok: {codec.num_codebooks} codebooks of "
+        f"{codec.codebook_sizes[0]} codes at {codec.frame_rate:g} frames/s ({codec.sample_rate} Hz audio); "
+        "any first n codebooks decode (quantizer dropout).")}
+    if data is not None:
+        card["metrics"] = evaluate_codec(codec, data, split=split, max_items=max_items)
+        card["metrics_note"] = (f"Measured by `mmtok evaluate` on the `{split}` split of `{data}` (whole "
+                                "utterances; mel and STFT distances: lower is better; SI-SDR in dB).")
+    return card
+
+
+def _recognizer_card(recognizer: PhonemeRecognizer, data: str | None, split: str, max_items: int | None) -> dict:
+    card = {"description": (
+        f"A CTC phoneme recognizer trained with mmtok over {len(recognizer.phonemes)} phonemes; its encoder "
+        f"output at {recognizer.frame_rate:g} frames/s is the embedded semantic feature for X-Codec.")}
+    if data is not None:
+        card["metrics"] = [evaluate_recognizer(recognizer, data, split=split, max_items=max_items)]
+        card["metrics_note"] = f"Phoneme error rate (greedy CTC) on the `{split}` split of `{data}`."
+    return card
+
+
+CARD_BUILDERS = {Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,
                       split: str = "test", max_items: int | None = None) -> Path:
     """Write ``out_dir`` as a Hub folder; with ``data``, measure metrics on its ``split`` for the card."""
-    tokenizer, ckpt = load_tokenizer_from_checkpoint(checkpoint)
-    info = ckpt["mmtok"]
-    recipe = info.get("recipe") or ""
-    card = {
-        "title": Path(out_dir).name,
-        "description": (
-            f"A `{type(tokenizer).__name__}` trained with mmtok: {tokenizer.num_codebooks} codebooks of "
-            f"{tokenizer.codebook_sizes[0]} codes at {tokenizer.frame_rate:g} frames/s "
-            f"({tokenizer.sample_rate} Hz audio)."
-        ),
-        "recipe": f"Trained for {ckpt.get('global_step', '?')} optimizer steps "
-                  f"(epoch {ckpt.get('epoch', '?')}) with this LightningCLI config:\n\n```yaml\n{recipe}```"
-        if recipe else f"Trained for {ckpt.get('global_step', '?')} optimizer steps.",
-    }
-    if data is not None:
-        from mmtok.codecs.evaluate import evaluate_codec
-
-        card["metrics"] = evaluate_codec(tokenizer, data, split=split, max_items=max_items)
-        card["metrics_note"] = (f"Measured by `mmtok evaluate` on the `{split}` split of `{data}` "
-                                "(whole utterances; mel and STFT distances lower is better, SI-SDR in dB).")
-    tokenizer.card = card
-    tokenizer.save_pretrained(out_dir)
+    model, ckpt = load_model_from_checkpoint(checkpoint)
+    builder = next(fn for family, fn in CARD_BUILDERS.items() if isinstance(model, family))
+    card = builder(model, data, split, max_items)
+    recipe = ckpt["mmtok"].get("recipe") or ""
+    steps = f"Trained for {ckpt.get('global_step', '?')} optimizer steps (epoch {ckpt.get('epoch', '?')})"
+    card["recipe"] = f"{steps} with this LightningCLI config:\n\n```yaml\n{recipe}```" if recipe else steps + "."
+    card["title"] = Path(out_dir).name
+    model.card = card
+    model.save_pretrained(out_dir)
     return Path(out_dir)

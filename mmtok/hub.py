@@ -21,7 +21,7 @@ from typing import Any
 import torch
 from huggingface_hub import ModelHubMixin, hf_hub_download
 from safetensors import SafetensorError
-from safetensors.torch import load_file, save_model
+from safetensors.torch import load_file, save_file
 
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
@@ -50,7 +50,9 @@ class HubMixin(
         _REGISTRY[_class_name(cls)] = cls
 
     def _save_pretrained(self, save_directory: Path) -> None:
-        save_model(self, str(save_directory / WEIGHTS_NAME))
+        # Own copies: a buffer may be a view of a larger storage (torchaudio windows) or tied to another.
+        state = {name: tensor.detach().clone().contiguous() for name, tensor in self.state_dict().items()}
+        save_file(state, str(save_directory / WEIGHTS_NAME))
         config = {"mmtok_class": _class_name(type(self)), **(self._hub_mixin_config or {})}
         (save_directory / CONFIG_NAME).write_text(json.dumps(config, sort_keys=True, indent=2) + "\n")
         (save_directory / CARD_NAME).write_text(model_card(type(self).__name__, config, self.card or {}))
@@ -130,6 +132,7 @@ def load_pretrained(model_id: str | os.PathLike, **kwargs) -> HubMixin:
 
 def _import_model_modules() -> None:
     """Import the modules that define Hub models so that their classes are registered."""
+    import mmtok.asr  # noqa: F401
     import mmtok.codecs.rvq  # noqa: F401
 
 

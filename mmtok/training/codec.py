@@ -10,7 +10,6 @@ what makes a few CPU hours useful.
 from __future__ import annotations
 
 from collections.abc import Sequence
-from pathlib import Path
 
 import lightning as L
 import torch
@@ -22,6 +21,7 @@ from mmtok.hub import WEIGHTS_NAME, resolve_file, load_weights_strict
 from mmtok.losses import (MultiScaleMelLoss, feature_matching_loss, hinge_discriminator_loss,
                           hinge_generator_loss)
 from mmtok.metrics import codec_metrics
+from mmtok.training.checkpoint import record_model
 from mmtok.training.media import log_audio_examples
 
 
@@ -164,18 +164,4 @@ class CodecModule(L.LightningModule):
 
     # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
-        """Record what ``mmtok export`` needs to rebuild the codec without unpickling anything."""
-        checkpoint["mmtok"] = {
-            "tokenizer_class": f"{type(self.codec).__module__}.{type(self.codec).__qualname__}",
-            "tokenizer_config": dict(self.codec._hub_mixin_config or {}),
-            "tokenizer_prefix": "codec.",
-            "recipe": _recipe_text(self.trainer),
-        }
-
-
-def _recipe_text(trainer: L.Trainer | None) -> str:
-    """The config LightningCLI saved for this run, if any."""
-    if trainer is None or trainer.log_dir is None:
-        return ""
-    path = Path(trainer.log_dir) / "config.yaml"
-    return path.read_text() if path.is_file() else ""
+        record_model(checkpoint, self.codec, prefix="codec.", trainer=self.trainer)

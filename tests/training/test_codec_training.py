@@ -17,7 +17,7 @@ from mmtok.cli import main
 from mmtok.codecs.discriminators import MultiPeriodDiscriminator
 from mmtok.codecs.rvq import RVQCodec
 from mmtok.data.audio import load_audio, read_manifest
-from mmtok.export import export_checkpoint, load_tokenizer_from_checkpoint
+from mmtok.export import export_checkpoint, load_model_from_checkpoint
 from mmtok.hub import load_pretrained
 from mmtok.tokens import Tokens
 from mmtok.training.codec import CodecModule
@@ -73,7 +73,7 @@ def test_export_gives_a_hub_folder_with_measured_metrics(trained_run, tiny_corpu
     folder = export_checkpoint(ckpt, tmp_path / "hub", data=str(tiny_corpus), max_items=2)
     card = (folder / "README.md").read_text()
     assert "## Measured metrics" in card and "mel_distance" in card and "```yaml" in card
-    from_ckpt, _ = load_tokenizer_from_checkpoint(ckpt)
+    from_ckpt, _ = load_model_from_checkpoint(ckpt)
     from_hub = load_pretrained(folder)
     audio = load_audio(read_manifest(tiny_corpus / "manifest.jsonl")[0]["audio"], sample_rate=16000)[None]
     assert torch.equal(from_ckpt.encode(audio).codes, from_hub.encode(audio).codes)
