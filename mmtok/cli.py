@@ -35,7 +35,7 @@ def _data_speech(args: argparse.Namespace) -> Path:
     from mmtok.data.speech import build_speech_corpus
 
     return build_speech_corpus(args.out, num_utterances=args.num_utterances, seed=args.seed,
-                               sample_rate=args.sample_rate, num_workers=args.workers)
+                               sample_rate=args.sample_rate, num_workers=args.workers, flite=args.flite)
 
 
 def _data_digits(args: argparse.Namespace) -> Path:
@@ -185,6 +185,7 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--out", required=True, help="output folder")
     data.add_argument("--seed", type=int, default=0)
     data.add_argument("--num-utterances", type=int, default=2000, help="speech")
+    data.add_argument("--flite", action="store_true", help="speech: add Debian flite's voices as extra speakers")
     data.add_argument("--sample-rate", type=int, default=16000, help="speech, music")
     data.add_argument("--workers", type=int, default=2, help="speech, music: parallel espeak-ng/fluidsynth processes")
     data.add_argument("--source", choices=["mnist", "sklearn"], default="mnist", help="digits, moving-digits")

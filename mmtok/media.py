@@ -1,21 +1,33 @@
-"""Writers shared by every command: wav files, mel spectrograms, spectrogram plots, metric tables.
+"""Writers shared by every command: wav files, mel spectrograms, spectrogram plots, metric tables,
+png images and grids, mp4 and gif videos, and the image/video readers the data loaders use.
 
 Audio is written with soundfile (torchaudio's own file I/O moved to torchcodec), spectrograms are
 computed with ``torchaudio.transforms`` and drawn on matplotlib Agg canvases outside pyplot, so
-nothing here needs a display or touches pyplot's global state.
+nothing here needs a display or touches pyplot's global state. Images are written and read with
+Pillow, videos with PyAV (mp4: libx264, yuv420p; gif: FFmpeg's gif encoder with one palette per
+clip); ``.npz`` videos hold the exact uint8 frames.
+
+Shapes: an image is ``[C, H, W]`` (or ``[H, W]``), a video ``[C, T, H, W]`` (or ``[T, H, W]``),
+C = 1 (gray), 3 (RGB) or, for png only, 4 (RGBA). Float pixels are mapped from ``value_range``
+(default (0, 1); pass (-1, 1) for model outputs in that range) to 0..255, clipped and rounded;
+uint8 tensors/arrays are written as they are. Readers return float32 in [0, 1].
 """
 
 from __future__ import annotations
 
+import math
+from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Sequence
 
+import av
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
+from PIL import Image
 
 AudioLike = torch.Tensor | np.ndarray
 
@@ -167,3 +179,319 @@ def write_table(path: str | Path, rows: list[dict]) -> str:
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(text, encoding="utf-8")
     return text
+
+
+# ----------------------------------------------------------------------------- images and video
+
+PixelLike = torch.Tensor | np.ndarray
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".bmp", ".webp", ".tif", ".tiff")
+VIDEO_SUFFIXES = (".mp4", ".webm", ".gif", ".mov", ".mkv", ".avi", ".npz")
+VIDEO_WRITE_SUFFIXES = (".mp4", ".gif", ".npz")
+_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
+
+
+class MediaFileError(ValueError):
+    """An image or video file that cannot be used; the message starts with the file's path.
+
+    Raised for a missing file, one that cannot be decoded (truncated, corrupt, not media), a
+    video with 0 frames or whose frame size changes, and, in the data loaders, a frame size other
+    than the one asked for.
+    """
+
+
+def _to_uint8(pixels: PixelLike, *, value_range: tuple[float, float], name: str) -> np.ndarray:
+    """uint8 pixels pass through; float pixels map ``value_range`` to 0..255 (clipped, rounded)."""
+    array = pixels.detach().cpu().numpy() if isinstance(pixels, torch.Tensor) else np.asarray(pixels)
+    if array.dtype == np.uint8:
+        return array
+    if not np.issubdtype(array.dtype, np.floating):
+        raise ValueError(f"mmtok/media.py: {name} must hold floats or uint8, got dtype {array.dtype}")
+    low, high = (float(v) for v in value_range)
+    if not high > low:
+        raise ValueError(f"mmtok/media.py: value_range must be (low, high) with high > low, got {value_range}")
+    if not np.isfinite(array).all():
+        raise ValueError(f"mmtok/media.py: {name} holds NaN or Inf values")
+    scaled = (array.astype(np.float64) - low) * (255.0 / (high - low))
+    return np.clip(np.rint(scaled), 0, 255).astype(np.uint8)
+
+
+def _image_hwc(
+    image: PixelLike, *, value_range: tuple[float, float], name: str = "image", channels: tuple[int, ...] = (1, 3, 4)
+) -> np.ndarray:
+    """image [H, W] or [C, H, W] -> uint8 [H, W, C]."""
+    shape = tuple(image.shape)
+    if len(shape) == 2:
+        image = image[None]
+    if len(shape) not in (2, 3) or image.shape[0] not in channels or 0 in shape:
+        raise ValueError(
+            f"mmtok/media.py: {name} must be [H, W] or [C, H, W] with C in {channels} and H, W > 0, "
+            f"got shape {shape}"
+        )
+    return np.ascontiguousarray(np.moveaxis(_to_uint8(image, value_range=value_range, name=name), 0, -1))
+
+
+def write_png(path: str | Path, image: PixelLike, *, value_range: tuple[float, float] = (0.0, 1.0)) -> Path:
+    """Writes ``image`` ([H, W] or [C, H, W], C = 1, 3 or 4) as an 8-bit gray/RGB/RGBA png.
+
+    Parents are created; returns the path. The same pixels always give the same bytes.
+    """
+    pixels = _image_hwc(image, value_range=value_range)  # [H, W, C]
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path, format="PNG")
+    return path
+
+
+def image_grid(
+    images: PixelLike | Sequence[PixelLike],
+    *,
+    nrow: int | None = None,
+    padding: int = 2,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    pad_value: int = 255,
+) -> np.ndarray:
+    """Tiles images row by row, ``nrow`` per row (default ceil(sqrt(B))), into one uint8 array.
+
+    images: [B, C, H, W] or a sequence of B images [C, H, W] / [H, W] of one size, C = 1 or 3
+    (gray images are repeated to RGB when mixed with RGB ones). Returns uint8 [H', W', C] with
+    H' = rows * (H + padding) + padding, W' = nrow * (W + padding) + padding; the padding and the
+    empty cells of the last row have the value ``pad_value`` (0..255).
+    """
+    items = [_image_hwc(image, value_range=value_range, name=f"images[{i}]", channels=(1, 3))
+             for i, image in enumerate(images)]
+    if not items:
+        raise ValueError("mmtok/media.py image_grid: images is empty, expected at least one image")
+    sizes = {item.shape[:2] for item in items}
+    if len(sizes) > 1:
+        raise ValueError(f"mmtok/media.py image_grid: images must share one size (H, W), got {sorted(sizes)}")
+    if padding < 0 or not 0 <= pad_value <= 255:
+        raise ValueError(f"mmtok/media.py image_grid: need padding >= 0 and 0 <= pad_value <= 255, "
+                         f"got padding={padding}, pad_value={pad_value}")
+    channels = max(item.shape[-1] for item in items)
+    nrow = max(1, min(nrow or math.ceil(math.sqrt(len(items))), len(items)))
+    rows = math.ceil(len(items) / nrow)
+    (height, width), step_h, step_w = sizes.pop(), items[0].shape[0] + padding, items[0].shape[1] + padding
+    grid = np.full((rows * step_h + padding, nrow * step_w + padding, channels), pad_value, dtype=np.uint8)
+    for index, item in enumerate(items):
+        top, left = padding + (index // nrow) * step_h, padding + (index % nrow) * step_w
+        grid[top:top + height, left:left + width] = item  # [H, W, 1] broadcasts to RGB
+    return grid
+
+
+def write_png_grid(
+    path: str | Path,
+    images: PixelLike | Sequence[PixelLike],
+    *,
+    nrow: int | None = None,
+    padding: int = 2,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    pad_value: int = 255,
+) -> Path:
+    """Writes :func:`image_grid` of ``images`` ([B, C, H, W] or a list) as a png; returns the path."""
+    grid = image_grid(images, nrow=nrow, padding=padding, value_range=value_range, pad_value=pad_value)
+    return write_png(path, np.moveaxis(grid, -1, 0))
+
+
+def _pil_to_array(image: Image.Image, *, channels: int) -> np.ndarray:
+    """A decoded Pillow image -> float32 [H, W, channels] in [0, 1] (see :func:`read_image`)."""
+    if image.mode in ("I", "I;16", "I;16B", "I;16L", "I;16N", "F"):
+        scale = 1.0 if image.mode == "F" else 65535.0
+        gray = np.clip(np.asarray(image, dtype=np.float64) / scale, 0.0, 1.0)[..., None]  # [H, W, 1]
+        rgb = np.repeat(gray, 3, axis=-1)
+    elif image.mode in ("RGBA", "LA", "PA", "La", "RGBa") or "transparency" in image.info:
+        rgba = np.asarray(image.convert("RGBA"), dtype=np.float64) / 255.0  # [H, W, 4]
+        rgb = rgba[..., :3] * rgba[..., 3:]  # composited over black
+    elif channels == 1:
+        return (np.asarray(image.convert("L"), dtype=np.float32) / 255.0)[..., None]
+    else:
+        return np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0
+    if channels == 3:
+        return rgb.astype(np.float32)
+    luma = rgb @ np.array([0.299, 0.587, 0.114])  # ITU-R 601, as Pillow's RGB -> L
+    return luma[..., None].astype(np.float32)
+
+
+def read_image(path: str | Path, *, channels: int = 3) -> torch.Tensor:
+    """Reads an image file as FloatTensor [channels, H, W] in [0, 1], channels = 1 or 3.
+
+    Gray, gray + alpha, palette, RGBA, CMYK and 16-bit files are converted, not rejected: to RGB by
+    repeating gray and compositing alpha over black (colour x alpha); to gray with ITU-R 601 luma.
+    Raises MediaFileError naming the file when it is missing, truncated, corrupt or not an image.
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"mmtok/media.py read_image: channels must be 1 or 3, got {channels}")
+    path = Path(path)
+    if not path.is_file():
+        raise MediaFileError(f"{path}: image file does not exist")
+    try:
+        with Image.open(path) as image:
+            image.load()  # decodes now: a truncated or corrupt file fails here, not later
+            array = _pil_to_array(image, channels=channels)  # [H, W, C]
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
+        raise MediaFileError(f"{path}: cannot decode image ({type(error).__name__}: {error})") from error
+    if 0 in array.shape:
+        raise MediaFileError(f"{path}: empty image ({array.shape[1]}x{array.shape[0]} pixels)")
+    return torch.from_numpy(np.ascontiguousarray(np.moveaxis(array, -1, 0)))
+
+
+def _video_thwc(video: PixelLike, *, value_range: tuple[float, float]) -> np.ndarray:
+    """video [C, T, H, W] or [T, H, W] -> uint8 [T, H, W, C], C = 1 or 3."""
+    shape = tuple(video.shape)
+    if len(shape) == 3:
+        video = video[None]
+    if len(shape) not in (3, 4) or video.shape[0] not in (1, 3) or 0 in shape:
+        raise ValueError(
+            f"mmtok/media.py: video must be [T, H, W] or [C, T, H, W] with C in (1, 3) and T, H, W > 0, "
+            f"got shape {shape}"
+        )
+    return np.ascontiguousarray(np.moveaxis(_to_uint8(video, value_range=value_range, name="video"), 0, -1))
+
+
+def _gif_palette_frames(frames: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """RGB frames uint8 [T, H, W, 3] -> (palette indices uint8 [T, H, W], ARGB palette uint8 [256, 4]).
+
+    One median-cut palette of up to 256 colours for the whole clip (exact for clips with <= 256
+    colours), no dithering, so the same frames always give the same gif.
+    """
+    count, height, width, _ = frames.shape
+    stacked = Image.fromarray(frames.reshape(count * height, width, 3))
+    quantized = stacked.quantize(colors=256, method=Image.Quantize.MEDIANCUT, dither=Image.Dither.NONE)
+    colours = np.array(quantized.getpalette(), dtype=np.uint8).reshape(-1, 3)[:256]
+    palette = np.zeros((256, 4), dtype=np.uint8)
+    palette[:, 0] = 255  # opaque
+    palette[: len(colours), 1:] = colours
+    return np.asarray(quantized, dtype=np.uint8).reshape(count, height, width), palette
+
+
+def write_video(
+    path: str | Path,
+    video: PixelLike,
+    *,
+    fps: float,
+    value_range: tuple[float, float] = (0.0, 1.0),
+    crf: int = 18,
+) -> Path:
+    """Writes ``video`` ([C, T, H, W] or [T, H, W], C = 1 or 3) by suffix; returns the path.
+
+    - ``.mp4``: H.264 (libx264, yuv420p, constant quality ``crf``: 0 best .. 51 worst); H and W
+      must be even. libx264 runs on one thread without its macroblock tree, so the same frames
+      always give the same bytes.
+    - ``.gif``: FFmpeg's gif encoder; gray clips are exact, RGB clips use one median-cut palette of
+      256 colours per clip (exact when the clip has no more colours). Frame delays are whole
+      hundredths of a second.
+    - ``.npz``: the exact frames, ``frames`` uint8 [T, H, W, C], and ``fps``.
+    Parents are created.
+    """
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix not in VIDEO_WRITE_SUFFIXES:
+        raise ValueError(f"mmtok/media.py write_video: {path}: suffix must be one of {VIDEO_WRITE_SUFFIXES}")
+    if not fps > 0:
+        raise ValueError(f"mmtok/media.py write_video: fps must be > 0, got {fps}")
+    if not 0 <= crf <= 51:
+        raise ValueError(f"mmtok/media.py write_video: crf must be in 0..51, got {crf}")
+    frames = _video_thwc(video, value_range=value_range)  # [T, H, W, C]
+    count, height, width, channels = frames.shape
+    if suffix == ".mp4" and (height % 2 or width % 2):
+        raise ValueError(f"mmtok/media.py write_video: {path}: mp4 (yuv420p) needs an even frame size, "
+                         f"got {height}x{width} (H x W); crop or pad it, or write .gif/.npz")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if suffix == ".npz":
+        np.savez_compressed(path, frames=frames, fps=np.float64(fps))
+        return path
+    rate = Fraction(fps).limit_denominator(1001)
+    with av.open(str(path), mode="w") as container:
+        if suffix == ".mp4":
+            stream = container.add_stream("libx264", rate=rate)
+            stream.pix_fmt = "yuv420p"
+            # One thread, and no macroblock tree: x264's lookahead then reads uninitialised memory
+            # for small frames, so equal input gave different bytes from one call to the next.
+            stream.options = {"crf": str(crf), "preset": "medium", "x264-params": "mbtree=0"}
+            stream.codec_context.thread_count = 1
+            pictures = [(frame[..., 0] if channels == 1 else frame, "gray" if channels == 1 else "rgb24")
+                        for frame in frames]
+        else:
+            stream = container.add_stream("gif", rate=rate)
+            if channels == 1:
+                stream.pix_fmt = "gray"
+                pictures = [(frame[..., 0], "gray") for frame in frames]
+            else:
+                stream.pix_fmt = "pal8"
+                indices, palette = _gif_palette_frames(frames)
+                pictures = [((index, palette), "pal8") for index in indices]
+        stream.width, stream.height = width, height
+        for picture, pixel_format in pictures:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format=pixel_format)))
+        container.mux(stream.encode(None))
+    return path
+
+
+def _read_npz_video(path: Path) -> tuple[np.ndarray, float]:
+    """An ``.npz`` written by :func:`write_video` -> (uint8 [T, H, W, C], fps)."""
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            frames, fps = data["frames"], float(data["fps"]) if "fps" in data else 0.0
+    except (OSError, ValueError, KeyError, EOFError) as error:
+        raise MediaFileError(f"{path}: cannot read npz video ({type(error).__name__}: {error}); "
+                             "expected arrays 'frames' uint8 [T, H, W(, C)] and 'fps'") from error
+    if frames.dtype != np.uint8 or frames.ndim not in (3, 4) or (frames.ndim == 4 and frames.shape[-1] not in (1, 3)):
+        raise MediaFileError(f"{path}: npz 'frames' must be uint8 [T, H, W] or [T, H, W, C] with C in (1, 3), "
+                             f"got {frames.dtype} {tuple(frames.shape)}")
+    return (frames[..., None] if frames.ndim == 3 else frames), fps
+
+
+def read_video(path: str | Path, *, channels: int = 3, max_frames: int | None = None) -> tuple[torch.Tensor, float]:
+    """Reads a video file (mp4/webm/gif/mov/mkv/avi via PyAV, or .npz) as float32 in [0, 1].
+
+    Returns (FloatTensor [channels, T, H, W], frames per second; 0.0 when the file does not say).
+    ``max_frames`` stops decoding after that many frames. Raises MediaFileError naming the file
+    when it is missing, cannot be opened or decoded, has no video stream, holds 0 frames, or when
+    its frame size changes from one frame to the next (with the frame index).
+    """
+    if channels not in (1, 3):
+        raise ValueError(f"mmtok/media.py read_video: channels must be 1 or 3, got {channels}")
+    if max_frames is not None and max_frames < 1:
+        raise ValueError(f"mmtok/media.py read_video: max_frames must be >= 1 or None, got {max_frames}")
+    path = Path(path)
+    if not path.is_file():
+        raise MediaFileError(f"{path}: video file does not exist")
+    if path.suffix.lower() == ".npz":
+        frames, fps = _read_npz_video(path)
+        frames = frames[:max_frames]
+    else:
+        frames, fps = _decode_video(path, channels=channels, max_frames=max_frames)
+    if frames.shape[0] == 0:
+        raise MediaFileError(f"{path}: video holds 0 frames")
+    if frames.shape[-1] != channels:
+        weights = np.array([0.299, 0.587, 0.114])
+        frames = np.repeat(frames, 3, axis=-1) if channels == 3 else np.rint(frames @ weights)[..., None]
+    video = torch.from_numpy(np.ascontiguousarray(np.moveaxis(frames, -1, 0))).float() / 255.0  # [C, T, H, W]
+    return video, fps
+
+
+def _decode_video(path: Path, *, channels: int, max_frames: int | None) -> tuple[np.ndarray, float]:
+    """PyAV decode of the first video stream -> (uint8 [T, H, W, channels], fps)."""
+    pixel_format = "gray" if channels == 1 else "rgb24"
+    pictures: list[np.ndarray] = []
+    try:
+        with av.open(str(path), mode="r") as container:
+            if not container.streams.video:
+                raise MediaFileError(f"{path}: no video stream (streams: {[s.type for s in container.streams]})")
+            stream = container.streams.video[0]
+            rate = stream.average_rate or stream.guessed_rate
+            try:
+                for index, frame in enumerate(container.decode(stream)):
+                    if pictures and (frame.height, frame.width) != pictures[0].shape[:2]:
+                        expected = "x".join(str(n) for n in pictures[0].shape[:2])
+                        raise MediaFileError(f"{path}: frame {index} is {frame.height}x{frame.width} (H x W), "
+                                             f"frame 0 is {expected}; a video must keep one frame size")
+                    pictures.append(frame.to_ndarray(format=pixel_format).reshape(frame.height, frame.width, channels))
+                    if max_frames is not None and len(pictures) >= max_frames:
+                        break
+            except av.error.EOFError:
+                pass  # the demuxer's end of file: keep the frames decoded so far (none -> "0 frames" below)
+    except (av.error.FFmpegError, OSError) as error:
+        raise MediaFileError(f"{path}: cannot decode video ({type(error).__name__}: {error})") from error
+    if not pictures:
+        return np.zeros((0, 0, 0, channels), dtype=np.uint8), float(rate or 0.0)
+    return np.stack(pictures), float(rate or 0.0)

