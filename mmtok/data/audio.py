@@ -15,27 +15,26 @@ LongTensor [B] of valid samples, and ``text``/``phonemes``/``speaker``/``path`` 
 
 from __future__ import annotations
 
-import hashlib
-import json
-import logging
 import struct
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import soundfile as sf
 import torch
 import torchaudio
-from torch.utils.data import DataLoader, Dataset, get_worker_info
 
+from mmtok.data.manifest import (  # noqa: F401  (SPLITS, hash_splits: re-exported)
+    SPLITS,
+    ManifestDataModule,
+    ManifestDataset,
+    find_media_files,
+    hash_splits,
+    read_media_manifest,
+)
 from mmtok.data.speech import build_speech_corpus
 
-log = logging.getLogger(__name__)
-
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
-SPLITS = ("train", "valid", "test")
 _PASS_THROUGH = ("text", "phonemes", "speaker", "path")
-_SKIP_SLOTS = 256  # one skip counter per DataLoader worker (slot 0: the main process)
 
 
 class AudioFileError(ValueError):
@@ -92,34 +91,14 @@ def load_audio(path: str | Path, *, sample_rate: int) -> torch.Tensor:
 def read_manifest(path: str | Path) -> list[dict]:
     """Reads a manifest.jsonl; returns its entries with ``audio`` made an absolute path string.
 
-    Every non-blank line must be a JSON object with an ``audio`` key naming an existing file
-    (relative to the manifest's folder, or absolute). Otherwise raises ValueError naming the
-    manifest and the line number.
+    Every non-blank line must be a JSON object with a string ``audio`` naming an existing file
+    (relative to the manifest's folder, or absolute) and a known ``split`` when it has one.
+    Otherwise raises ValueError naming the manifest and the line number.
     """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
-    entries = []
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            raise ValueError(f"{path}:{number}: not valid JSON ({error.msg})") from error
-        if not isinstance(entry, dict) or "audio" not in entry:
-            raise ValueError(
-                f"{path}:{number}: expected a JSON object with an 'audio' key, got {line[:80]!r}"
-            )
-        audio = Path(entry["audio"])
-        audio = audio if audio.is_absolute() else path.parent / audio
-        if not audio.is_file():
-            raise ValueError(f"{path}:{number}: audio file {str(audio)!r} does not exist")
-        entries.append({**entry, "audio": str(audio.resolve())})
-    return entries
+    return read_media_manifest(path, key="audio")[0]
 
 
-class AudioDataset(Dataset):
+class AudioDataset(ManifestDataset):
     """Audio items from manifest-style entries (dicts with an absolute ``audio`` path).
 
     An item is a dict: ``audio`` FloatTensor [1, L], ``length`` (valid samples), ``path`` and the
@@ -129,6 +108,9 @@ class AudioDataset(Dataset):
     :func:`collate_audio`), a logged warning and one more :attr:`num_skipped`; otherwise its
     AudioFileError propagates.
     """
+
+    key = "audio"
+    error = AudioFileError
 
     def __init__(
         self,
@@ -143,25 +125,10 @@ class AudioDataset(Dataset):
             raise ValueError(f"AudioDataset: crop_samples must be > 0 or None, got {crop_samples}")
         if sample_rate <= 0:
             raise ValueError(f"AudioDataset: sample_rate must be > 0, got {sample_rate}")
-        self.entries = list(entries)
+        super().__init__(entries, skip_bad_files=skip_bad_files)
         self.sample_rate = sample_rate
         self.crop_samples = crop_samples
-        self.skip_bad_files = skip_bad_files
         self.generator = generator
-        # Shared memory, one slot per worker, so skips counted in DataLoader workers reach here.
-        self._skips = torch.zeros(_SKIP_SLOTS, dtype=torch.long).share_memory_()
-
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    @property
-    def num_skipped(self) -> int:
-        """How many item loads were skipped because their file was bad (all workers together)."""
-        return int(self._skips.sum())
-
-    def _count_skip(self) -> None:
-        worker = get_worker_info()
-        self._skips[0 if worker is None else 1 + worker.id % (_SKIP_SLOTS - 1)] += 1
 
     def _crop(self, audio: torch.Tensor) -> tuple[torch.Tensor, int]:
         """audio [1, N] -> ([1, crop_samples], valid samples)."""
@@ -171,16 +138,10 @@ class AudioDataset(Dataset):
             return audio[:, start:start + crop], crop
         return torch.nn.functional.pad(audio, (0, crop - total)), total
 
-    def __getitem__(self, index: int) -> dict | None:
-        entry = self.entries[index]
-        try:
-            audio = load_audio(entry["audio"], sample_rate=self.sample_rate)  # [1, N]
-        except AudioFileError as error:
-            if not self.skip_bad_files:
-                raise
-            self._count_skip()
-            log.warning("skipping bad audio file: %s", error)
-            return None
+    def load(self, path: str) -> torch.Tensor:
+        return load_audio(path, sample_rate=self.sample_rate)  # [1, N]
+
+    def make_item(self, entry: dict, audio: torch.Tensor) -> dict:
         length = audio.shape[-1]
         if self.crop_samples is not None:
             audio, length = self._crop(audio)
@@ -209,49 +170,12 @@ def collate_audio(items: list[dict | None]) -> dict | None:
     return batch
 
 
-def _hash_fraction(name: str) -> float:
-    """A stable number in [0, 1) from a string (sha1), independent of Python's hash seed."""
-    return int(hashlib.sha1(name.encode("utf-8")).hexdigest()[:12], 16) / 16**12
-
-
-def hash_splits(names: list[str], *, valid_fraction: float = 0.05, test_fraction: float = 0.05) -> list[str]:
-    """Split per name from a hash of the name: ~5 % valid, ~5 % test, the rest train.
-
-    Adding or removing files does not move the others. Tiny lists are fixed up so that there is
-    always a train item, a valid item from 2 names on and a test item from 3 on (items are moved
-    from a split that can spare one, lowest hash first).
-    """
-    fractions = [_hash_fraction(name) for name in names]
-    splits = [
-        "valid" if f < valid_fraction else "test" if f < valid_fraction + test_fraction else "train"
-        for f in fractions
-    ]
-    minimum = {"train": int(len(names) >= 1), "valid": int(len(names) >= 2), "test": int(len(names) >= 3)}
-    by_hash = sorted(range(len(names)), key=lambda i: fractions[i])
-    for split in SPLITS:
-        if splits.count(split) >= minimum[split]:
-            continue
-        donor = next(
-            i for donor_split in ("train", "test", "valid") for i in by_hash
-            if splits[i] == donor_split and splits.count(donor_split) > minimum[donor_split]
-        )
-        splits[donor] = split
-    return splits
-
-
-def _relative_name(audio: str, root: Path) -> str:
-    """``audio`` relative to ``root`` (posix) when inside it, else the absolute path."""
-    path, root = Path(audio), root.resolve()
-    return path.relative_to(root).as_posix() if path.is_relative_to(root) else path.as_posix()
-
-
 def find_audio_files(folder: str | Path) -> list[Path]:
     """Audio files (.wav/.flac/.ogg/.mp3, any case) under ``folder``, recursively, sorted."""
-    folder = Path(folder)
-    return sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in AUDIO_SUFFIXES)
+    return find_media_files(folder, AUDIO_SUFFIXES)
 
 
-class AudioDataModule(L.LightningDataModule):
+class AudioDataModule(ManifestDataModule):
     """Train/valid/test audio loaders from a manifest, a folder holding one, or a folder of files.
 
     ``path`` is a folder with ``manifest.jsonl``, a manifest file, or a plain folder of audio
@@ -260,8 +184,14 @@ class AudioDataModule(L.LightningDataModule):
     are random crops of ``crop_seconds`` (None: whole utterances), shuffled; valid/test batches hold
     whole utterances, the valid set capped at ``max_valid_items``. With ``skip_bad_files`` a batch
     whose items were all skipped arrives as None (see :func:`collate_audio`): steps should
-    return None for it, which Lightning treats as a skipped step.
+    return None for it, which Lightning treats as a skipped step. Bad manifest lines always raise.
     """
+
+    key = "audio"
+    suffixes = AUDIO_SUFFIXES
+    media = "audio files"
+    corpus = "speech corpus"
+    collate = staticmethod(collate_audio)
 
     def __init__(
         self,
@@ -278,107 +208,24 @@ class AudioDataModule(L.LightningDataModule):
         seed: int = 0,
         max_valid_items: int | None = 64,
     ) -> None:
-        super().__init__()
+        super().__init__(path=path, batch_size=batch_size, valid_batch_size=valid_batch_size, num_workers=num_workers,
+                         skip_bad_files=skip_bad_files, build_embedded=build_embedded, seed=seed,
+                         max_valid_items=max_valid_items)
         self.save_hyperparameters()
-        if not build_embedded and not Path(path).exists():
-            raise FileNotFoundError(
-                f"AudioDataModule: path {path!r} does not exist; expected a folder holding manifest.jsonl, "
-                "a manifest file, or a folder of audio files (or set build_embedded=True to build the "
-                "embedded speech corpus there)"
-            )
         if crop_seconds is not None and crop_seconds <= 0:
             raise ValueError(f"AudioDataModule: crop_seconds must be > 0 or None, got {crop_seconds}")
-        self.path = Path(path)
         self.sample_rate = sample_rate
         self.crop_samples = None if crop_seconds is None else int(round(crop_seconds * sample_rate))
-        self.batch_size = batch_size
-        self.valid_batch_size = valid_batch_size
-        self.num_workers = num_workers
-        self.skip_bad_files = skip_bad_files
-        self.build_embedded = build_embedded
         self.num_utterances = num_utterances
-        self.seed = seed
-        self.max_valid_items = max_valid_items
-        self.datasets: dict[str, AudioDataset] = {}
 
-    def _manifest_path(self) -> Path | None:
-        if self.path.is_file():
-            return self.path
-        candidate = self.path / "manifest.jsonl"
-        return candidate if candidate.is_file() else None
+    def list_folder(self, folder: Path) -> list[dict]:
+        """Audio files under ``folder`` (no sidecar captions)."""
+        return [{"audio": str(p.resolve())} for p in find_audio_files(folder)]
 
-    def prepare_data(self) -> None:
-        """Builds the embedded speech corpus in ``path`` when asked to and no manifest is there."""
-        if self.build_embedded and self._manifest_path() is None:
-            build_speech_corpus(self.path, num_utterances=self.num_utterances, seed=self.seed)
+    def make_dataset(self, split: str, entries: list[dict]) -> AudioDataset:
+        return AudioDataset(entries, sample_rate=self.sample_rate,
+                            crop_samples=self.crop_samples if split == "train" else None,
+                            skip_bad_files=self.skip_bad_files)
 
-    def _entries(self) -> list[dict]:
-        """Every entry with its ``split`` filled in."""
-        manifest = self._manifest_path()
-        if manifest is not None:
-            entries = read_manifest(manifest)
-            root = manifest.parent
-        else:
-            if not self.path.is_dir():
-                hint = " (call prepare_data() first)" if self.build_embedded else ""
-                raise FileNotFoundError(f"AudioDataModule: path {str(self.path)!r} does not exist{hint}")
-            entries = [{"audio": str(p.resolve())} for p in find_audio_files(self.path)]
-            root = self.path
-            if not entries:
-                raise FileNotFoundError(
-                    f"AudioDataModule: {str(self.path)!r} holds no manifest.jsonl and no audio files "
-                    f"({', '.join(AUDIO_SUFFIXES)}); set build_embedded=True to build the embedded "
-                    "speech corpus there"
-                )
-        missing = [e for e in entries if "split" not in e]
-        names = [_relative_name(e["audio"], root) for e in missing]
-        for entry, split in zip(missing, hash_splits(names)):
-            entry["split"] = split
-        bad = sorted({str(e["split"]) for e in entries} - set(SPLITS))
-        if bad:
-            raise ValueError(f"AudioDataModule: {manifest}: unknown split values {bad}, expected {SPLITS}")
-        return entries
-
-    def setup(self, stage: str | None = None) -> None:
-        """Reads the source and makes the train/valid/test datasets (all stages at once)."""
-        if self.datasets:
-            return
-        entries = self._entries()
-        by_split = {split: [e for e in entries if e["split"] == split] for split in SPLITS}
-        if not by_split["train"]:
-            raise ValueError(f"AudioDataModule: {str(self.path)!r} has no train items")
-        if self.max_valid_items is not None:
-            by_split["valid"] = by_split["valid"][: self.max_valid_items]
-        for split, items in by_split.items():
-            self.datasets[split] = AudioDataset(
-                items,
-                sample_rate=self.sample_rate,
-                crop_samples=self.crop_samples if split == "train" else None,
-                skip_bad_files=self.skip_bad_files,
-            )
-
-    @property
-    def num_skipped(self) -> int:
-        """Bad files skipped so far, summed over the train/valid/test datasets."""
-        return sum(dataset.num_skipped for dataset in self.datasets.values())
-
-    def _loader(self, split: str, *, batch_size: int, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            raise RuntimeError("AudioDataModule: call setup() before asking for a dataloader")
-        return DataLoader(
-            self.datasets[split],
-            batch_size=batch_size,
-            shuffle=shuffle,
-            num_workers=self.num_workers,
-            collate_fn=collate_audio,
-            persistent_workers=self.num_workers > 0,
-        )
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", batch_size=self.valid_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", batch_size=self.valid_batch_size, shuffle=False)
+    def build_corpus(self) -> None:
+        build_speech_corpus(self.path, num_utterances=self.num_utterances, seed=self.seed)

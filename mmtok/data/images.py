@@ -32,20 +32,30 @@ item has a ``label``.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import random
 from pathlib import Path
-from typing import Callable
 
-import lightning as L
 import numpy as np
 import torch
 from PIL import Image
-from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
-from mmtok.data.audio import SPLITS, hash_splits
+from mmtok.data.manifest import (  # noqa: F401  (the manifest helpers are re-exported from here)
+    ManifestDataModule,
+    ManifestDataset,
+    SkipCounter,
+    assign_missing_splits,
+    corpus_is_cached,
+    find_media_files,
+    folder_entries,
+    load_entries,
+    read_media_manifest,
+    remove_stale_files,
+    sidecar_text,
+    split_datasets,
+    write_corpus_manifest,
+)
 from mmtok.media import IMAGE_SUFFIXES, MediaFileError, read_image, write_png
 
 log = logging.getLogger(__name__)
@@ -61,7 +71,6 @@ CAPTION_TEMPLATES = (
     "a black and white picture of the digit {word}",
     "handwritten {digit}",
 )
-_SKIP_SLOTS = 256  # one skip counter per DataLoader worker (slot 0: the main process)
 
 
 # ----------------------------------------------------------------------------- digits corpus
@@ -158,38 +167,6 @@ def _digit_params(*, source: str, image_size: int, resize: str, seed: int, max_p
     }
 
 
-def corpus_is_cached(out_dir: Path, params: dict, *, key: str, count_key: str) -> bool:
-    """True when ``out_dir`` holds a finished build with ``params`` and every file it lists."""
-    corpus, manifest = out_dir / "corpus.json", out_dir / "manifest.jsonl"
-    if not (corpus.is_file() and manifest.is_file()):
-        return False
-    try:
-        if json.loads(corpus.read_text(encoding="utf-8")) != params:
-            return False
-        entries = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
-        complete = all((out_dir / entry[key]).is_file() for entry in entries)
-        return complete and len(entries) == params[count_key]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        return False
-
-
-def write_corpus_manifest(out_dir: Path, rows: list[dict], params: dict, *, key: str) -> Path:
-    """Sorted manifest.jsonl, then corpus.json (written last: its presence marks a finished build)."""
-    rows = sorted(rows, key=lambda row: row[key])
-    manifest = out_dir / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows),
-                        encoding="utf-8")
-    (out_dir / "corpus.json").write_text(json.dumps(params, sort_keys=True, indent=2) + "\n", encoding="utf-8")
-    return manifest
-
-
-def remove_stale_files(folder: Path, pattern: str, *, keep: set[Path]) -> None:
-    """Deletes files matching ``pattern`` in ``folder`` left by an earlier, larger build."""
-    for path in folder.glob(pattern):
-        if path not in keep:
-            path.unlink()
-
-
 def _select(labels: np.ndarray, max_per_class: int | None) -> list[int]:
     """Source rows kept: all, or the first ``max_per_class`` of each class, in source order."""
     if max_per_class is None:
@@ -257,131 +234,7 @@ def build_digits_corpus(
     return write_corpus_manifest(out_dir, rows, params, key="image")
 
 
-# ----------------------------------------------------------------------------- manifests and folders
-
-
-def _bad_line(manifest: Path, number: int, message: str, *, skip: bool) -> None:
-    text = f"{manifest}:{number}: {message}"
-    if not skip:
-        raise ValueError(text)
-    log.warning("skipping manifest line: %s", text)
-
-
-def read_media_manifest(path: str | Path, *, key: str, skip_bad_lines: bool = False) -> tuple[list[dict], int]:
-    """Reads a manifest.jsonl whose entries name a media file under ``key`` (e.g. "image", "video").
-
-    Every non-blank line must be a JSON object whose ``key`` is a string naming an existing file
-    (relative to the manifest's folder, or absolute) and whose ``split``, when present, is one of
-    train/valid/test. Otherwise raises ValueError naming the manifest and the line number, or with
-    ``skip_bad_lines`` logs a warning and skips the line. Returns (entries with ``key`` made an
-    absolute path string, number of lines skipped).
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"manifest {path} does not exist")
-    entries, skipped = [], 0
-    for number, line in enumerate(path.read_text(encoding="utf-8").splitlines(), start=1):
-        if not line.strip():
-            continue
-        try:
-            entry = json.loads(line)
-        except json.JSONDecodeError as error:
-            _bad_line(path, number, f"not valid JSON ({error.msg})", skip=skip_bad_lines)
-            skipped += 1
-            continue
-        if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
-            _bad_line(path, number, f"expected a JSON object with a string {key!r} key, got {line[:80]!r}",
-                      skip=skip_bad_lines)
-            skipped += 1
-            continue
-        if "split" in entry and entry["split"] not in SPLITS:
-            _bad_line(path, number, f"unknown split {entry['split']!r}, expected one of {SPLITS}", skip=skip_bad_lines)
-            skipped += 1
-            continue
-        media = Path(entry[key])
-        media = media if media.is_absolute() else path.parent / media
-        if not media.is_file():
-            _bad_line(path, number, f"{key} file {str(media)!r} does not exist", skip=skip_bad_lines)
-            skipped += 1
-            continue
-        entries.append({**entry, key: str(media.resolve())})
-    return entries, skipped
-
-
-def find_media_files(folder: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
-    """Files under ``folder`` (recursively) whose suffix, any case, is in ``suffixes``; sorted."""
-    return sorted(p for p in Path(folder).rglob("*") if p.is_file() and p.suffix.lower() in suffixes)
-
-
-def sidecar_text(path: str | Path) -> str | None:
-    """The caption in ``<path without suffix>.txt`` (stripped), or None when there is none."""
-    sidecar = Path(path).with_suffix(".txt")
-    if not sidecar.is_file():
-        return None
-    try:
-        return sidecar.read_text(encoding="utf-8").strip()
-    except UnicodeDecodeError as error:
-        raise ValueError(f"{sidecar}: caption file is not UTF-8 text ({error})") from error
-
-
-def folder_entries(folder: str | Path, *, key: str, suffixes: tuple[str, ...]) -> list[dict]:
-    """Entries for a plain folder of media files: ``key`` (absolute path), ``text`` from a sidecar."""
-    entries = []
-    for file in find_media_files(folder, suffixes):
-        entry = {key: str(file.resolve())}
-        text = sidecar_text(file)
-        if text is not None:
-            entry["text"] = text
-        entries.append(entry)
-    return entries
-
-
-def assign_missing_splits(entries: list[dict], *, key: str, root: Path) -> list[dict]:
-    """Fills ``split`` where missing from a hash of each file's path relative to ``root``."""
-    missing = [entry for entry in entries if "split" not in entry]
-    root = root.resolve()
-    names = []
-    for entry in missing:
-        media = Path(entry[key])
-        names.append(media.relative_to(root).as_posix() if media.is_relative_to(root) else media.as_posix())
-    for entry, split in zip(missing, hash_splits(names)):
-        entry["split"] = split
-    return entries
-
-
-class SkipCounter:
-    """Counts skipped items across DataLoader workers (shared memory, one slot per worker)."""
-
-    def __init__(self) -> None:
-        self._counts = torch.zeros(_SKIP_SLOTS, dtype=torch.long).share_memory_()
-
-    def add(self) -> None:
-        worker = get_worker_info()
-        self._counts[0 if worker is None else 1 + worker.id % (_SKIP_SLOTS - 1)] += 1
-
-    @property
-    def total(self) -> int:
-        return int(self._counts.sum())
-
-
-def load_entries(
-    path: Path, *, key: str, suffixes: tuple[str, ...], skip_bad_lines: bool, owner: str
-) -> tuple[list[dict], int]:
-    """Entries (with splits) of a manifest file, a folder holding manifest.jsonl, or a plain folder.
-
-    Returns (entries, manifest lines skipped). ``owner`` names the caller in error messages.
-    """
-    manifest = path if path.is_file() else path / "manifest.jsonl"
-    if manifest.is_file():
-        entries, skipped = read_media_manifest(manifest, key=key, skip_bad_lines=skip_bad_lines)
-        return assign_missing_splits(entries, key=key, root=manifest.parent), skipped
-    if not path.is_dir():
-        raise FileNotFoundError(f"{owner}: path {str(path)!r} does not exist")
-    entries = folder_entries(path, key=key, suffixes=suffixes)
-    if not entries:
-        raise FileNotFoundError(f"{owner}: {str(path)!r} holds no manifest.jsonl and no {key} files "
-                                f"({', '.join(suffixes)})")
-    return assign_missing_splits(entries, key=key, root=path), 0
+# ----------------------------------------------------------------------------- batches
 
 
 def passthrough(items: list[dict], batch: dict) -> dict:
@@ -412,7 +265,7 @@ def _as_size(size: int | tuple[int, int] | list[int] | None, *, name: str) -> tu
     return int(pair[0]), int(pair[1])
 
 
-class ImageDataset(Dataset):
+class ImageDataset(ManifestDataset):
     """Image items from manifest-style entries (dicts with an absolute ``image`` path).
 
     An item is a dict: ``image`` FloatTensor [channels, H, W] in [0, 1] (gray and RGBA files are
@@ -422,6 +275,9 @@ class ImageDataset(Dataset):
     ``skip_bad_files`` a bad file gives None (dropped by :func:`collate_images`), a logged warning
     and one more :attr:`num_skipped`.
     """
+
+    key = "image"
+    error = MediaFileError
 
     def __init__(
         self,
@@ -434,22 +290,12 @@ class ImageDataset(Dataset):
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"ImageDataset: channels must be 1 or 3, got {channels}")
-        self.entries = list(entries)
+        super().__init__(entries, skip_bad_files=skip_bad_files)
         self.channels = channels
         self.image_size = _as_size(image_size, name="ImageDataset: image_size")
         self.resize = resize
-        self.skip_bad_files = skip_bad_files
-        self._skips = SkipCounter()
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    @property
-    def num_skipped(self) -> int:
-        """How many item loads were skipped because their file was bad (all workers together)."""
-        return self._skips.total
-
-    def _load(self, path: str) -> torch.Tensor:
+    def load(self, path: str) -> torch.Tensor:
         image = read_image(path, channels=self.channels)  # [C, H, W]
         if self.image_size is None or tuple(image.shape[-2:]) == self.image_size:
             return image
@@ -460,16 +306,7 @@ class ImageDataset(Dataset):
                                                   antialias=True, align_corners=False)
         return resized[0].clamp(0.0, 1.0)
 
-    def __getitem__(self, index: int) -> dict | None:
-        entry = self.entries[index]
-        try:
-            image = self._load(entry["image"])
-        except MediaFileError as error:
-            if not self.skip_bad_files:
-                raise
-            self._skips.add()
-            log.warning("skipping bad image file: %s", error)
-            return None
+    def make_item(self, entry: dict, image: torch.Tensor) -> dict:
         item = {"image": image, "path": entry["image"]}
         item.update({key: entry[key] for key in ("text", "label") if key in entry})
         return item
@@ -494,18 +331,7 @@ def collate_images(items: list[dict | None]) -> dict | None:
     return passthrough(items, {"image": torch.stack([item["image"] for item in items])})
 
 
-def split_datasets(entries: list[dict], *, path: Path, max_valid_items: int | None, owner: str,
-                   make: Callable[[str, list[dict]], Dataset]) -> dict[str, Dataset]:
-    """One dataset per split from entries holding ``split``; ValueError when there is no train item."""
-    by_split = {split: [e for e in entries if e["split"] == split] for split in SPLITS}
-    if not by_split["train"]:
-        raise ValueError(f"{owner}: {str(path)!r} has no train items")
-    if max_valid_items is not None:
-        by_split["valid"] = by_split["valid"][:max_valid_items]
-    return {split: make(split, items) for split, items in by_split.items()}
-
-
-class ImageDataModule(L.LightningDataModule):
+class ImageDataModule(ManifestDataModule):
     """Train/valid/test image loaders from a manifest, a folder holding one, or a folder of images.
 
     ``path`` is a folder with ``manifest.jsonl``, a manifest file, or a plain folder of images
@@ -516,6 +342,12 @@ class ImageDataModule(L.LightningDataModule):
     ``skip_bad_files`` bad manifest lines and bad files are skipped, logged and counted
     (:attr:`num_skipped`); a batch whose items were all skipped arrives as None.
     """
+
+    key = "image"
+    suffixes = IMAGE_SUFFIXES
+    media = "images"
+    corpus = "digits corpus"
+    collate = staticmethod(collate_images)
 
     def __init__(
         self,
@@ -533,69 +365,20 @@ class ImageDataModule(L.LightningDataModule):
         seed: int = 0,
         max_valid_items: int | None = None,
     ) -> None:
-        super().__init__()
+        super().__init__(path=path, batch_size=batch_size, valid_batch_size=valid_batch_size, num_workers=num_workers,
+                         skip_bad_files=skip_bad_files, build_embedded=build_embedded, seed=seed,
+                         max_valid_items=max_valid_items)
         self.save_hyperparameters()
-        if not build_embedded and not Path(path).exists():
-            raise FileNotFoundError(
-                f"ImageDataModule: path {path!r} does not exist; expected a folder holding manifest.jsonl, "
-                "a manifest file, or a folder of images (or set build_embedded=True to build the embedded "
-                "digits corpus there)"
-            )
         if channels not in (1, 3):
             raise ValueError(f"ImageDataModule: channels must be 1 or 3, got {channels}")
-        self.path = Path(path)
         self.channels = channels
         self.image_size = image_size
         self.resize = resize
-        self.batch_size = batch_size
-        self.valid_batch_size = valid_batch_size
-        self.num_workers = num_workers
-        self.skip_bad_files = skip_bad_files
-        self.build_embedded = build_embedded
         self.embedded_source = embedded_source
-        self.seed = seed
-        self.max_valid_items = max_valid_items
-        self.num_skipped_lines = 0
-        self.datasets: dict[str, ImageDataset] = {}
 
-    def prepare_data(self) -> None:
-        """Builds the embedded digits corpus in ``path`` when asked to and no manifest is there."""
-        manifest = self.path if self.path.is_file() else self.path / "manifest.jsonl"
-        if self.build_embedded and not manifest.is_file():
-            build_digits_corpus(self.path, source=self.embedded_source, image_size=self.image_size, seed=self.seed)
+    def make_dataset(self, split: str, entries: list[dict]) -> ImageDataset:
+        return ImageDataset(entries, channels=self.channels, image_size=self.image_size, resize=self.resize,
+                            skip_bad_files=self.skip_bad_files)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Reads the source and makes the train/valid/test datasets (all stages at once)."""
-        if self.datasets:
-            return
-        entries, self.num_skipped_lines = load_entries(
-            self.path, key="image", suffixes=IMAGE_SUFFIXES, skip_bad_lines=self.skip_bad_files,
-            owner="ImageDataModule",
-        )
-        if self.num_skipped_lines:
-            log.warning("ImageDataModule: skipped %d bad manifest line(s) in %s", self.num_skipped_lines, self.path)
-        self.datasets = split_datasets(
-            entries, path=self.path, max_valid_items=self.max_valid_items, owner="ImageDataModule",
-            make=lambda split, items: ImageDataset(items, channels=self.channels, image_size=self.image_size,
-                                                   resize=self.resize, skip_bad_files=self.skip_bad_files),
-        )
-
-    @property
-    def num_skipped(self) -> int:
-        """Bad manifest lines plus bad files skipped so far (train/valid/test together)."""
-        return self.num_skipped_lines + sum(dataset.num_skipped for dataset in self.datasets.values())
-
-    def _loader(self, split: str, *, batch_size: int, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            raise RuntimeError("ImageDataModule: call setup() before asking for a dataloader")
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_images, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", batch_size=self.valid_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", batch_size=self.valid_batch_size, shuffle=False)
+    def build_corpus(self) -> None:
+        build_digits_corpus(self.path, source=self.embedded_source, image_size=self.image_size, seed=self.seed)

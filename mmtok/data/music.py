@@ -41,7 +41,7 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from mmtok.data.images import corpus_is_cached, remove_stale_files, write_corpus_manifest
+from mmtok.data.manifest import corpus_is_cached, remove_stale_files, write_corpus_manifest
 from mmtok.data.speech import assign_splits, trim_silence
 from mmtok.media import write_wav
 

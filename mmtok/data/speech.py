@@ -22,7 +22,6 @@ it (the default) the manifest and wavs are exactly those of the espeak-ng-only c
 
 from __future__ import annotations
 
-import json
 import logging
 import random
 import shutil
@@ -37,6 +36,7 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
+from mmtok.data.manifest import corpus_is_cached, remove_stale_files, write_corpus_manifest
 from mmtok.media import write_wav
 
 log = logging.getLogger(__name__)
@@ -425,21 +425,6 @@ def _corpus_params(*, num_utterances: int, seed: int, sample_rate: int, flite: b
     return params
 
 
-def _cached(out_dir: Path, params: dict) -> bool:
-    """True when ``out_dir`` holds a finished build with ``params`` and every wav it lists."""
-    corpus, manifest = out_dir / "corpus.json", out_dir / "manifest.jsonl"
-    if not (corpus.is_file() and manifest.is_file()):
-        return False
-    try:
-        if json.loads(corpus.read_text(encoding="utf-8")) != params:
-            return False
-        entries = [json.loads(line) for line in manifest.read_text(encoding="utf-8").splitlines()]
-        complete = all((out_dir / entry["audio"]).is_file() for entry in entries)
-        return complete and len(entries) == params["num_utterances"]
-    except (json.JSONDecodeError, UnicodeDecodeError, KeyError, TypeError):
-        return False
-
-
 def _make_utterance(
     job: tuple[str, str, Speaker | FliteSpeaker, str], *, out_dir: Path, tmp_dir: Path, sample_rate: int,
     executable: str, flite_path: str | None = None,
@@ -493,10 +478,9 @@ def build_speech_corpus(
     flite_path = flite_executable() if flite else None
     out_dir = Path(out_dir)
     params = _corpus_params(num_utterances=num_utterances, seed=seed, sample_rate=sample_rate, flite=flite)
-    manifest = out_dir / "manifest.jsonl"
-    if _cached(out_dir, params):
+    if corpus_is_cached(out_dir, params, key="audio", count_key="num_utterances"):
         log.info("speech corpus in %s is up to date (%d utterances)", out_dir, num_utterances)
-        return manifest
+        return out_dir / "manifest.jsonl"
     splits = assign_splits(num_utterances, seed=seed)
     width = max(5, len(str(num_utterances - 1)))
     texts = generate_sentences(num_utterances, seed=seed)
@@ -513,17 +497,5 @@ def build_speech_corpus(
 
         results = pool.map(make, jobs)
         rows = list(tqdm(results, total=len(jobs), desc="espeak-ng corpus", disable=not progress))
-    _remove_stale_wavs(out_dir, keep={row["audio"] for row in rows})
-    rows.sort(key=lambda row: row["audio"])
-    lines = [json.dumps(row, sort_keys=True, ensure_ascii=False) for row in rows]
-    manifest.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    corpus = json.dumps(params, sort_keys=True, indent=2)
-    (out_dir / "corpus.json").write_text(corpus + "\n", encoding="utf-8")
-    return manifest
-
-
-def _remove_stale_wavs(out_dir: Path, *, keep: set[str]) -> None:
-    """Deletes ``wavs/utt*.wav`` left by an earlier, larger build."""
-    for path in (out_dir / "wavs").glob("utt*.wav"):
-        if f"wavs/{path.name}" not in keep:
-            path.unlink()
+    remove_stale_files(out_dir / "wavs", "utt*.wav", keep={out_dir / row["audio"] for row in rows})
+    return write_corpus_manifest(out_dir, rows, params, key="audio")

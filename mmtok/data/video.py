@@ -35,22 +35,16 @@ import random
 from dataclasses import dataclass
 from pathlib import Path
 
-import lightning as L
 import numpy as np
 import torch
-from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mmtok.data.images import (
-    DIGIT_WORDS,
-    SkipCounter,
+from mmtok.data.images import DIGIT_WORDS, digit_splits, load_digit_source, passthrough
+from mmtok.data.manifest import (
+    ManifestDataModule,
+    ManifestDataset,
     corpus_is_cached,
-    digit_splits,
-    load_digit_source,
-    load_entries,
-    passthrough,
     remove_stale_files,
-    split_datasets,
     write_corpus_manifest,
 )
 from mmtok.data.speech import assign_splits
@@ -236,7 +230,7 @@ def build_moving_digits(
 # ----------------------------------------------------------------------------- dataset and data module
 
 
-class VideoDataset(Dataset):
+class VideoDataset(ManifestDataset):
     """Video items from manifest-style entries (dicts with an absolute ``video`` path).
 
     An item is a dict: ``video`` FloatTensor [channels, T, H, W] in [0, 1], ``length`` (valid
@@ -248,6 +242,9 @@ class VideoDataset(Dataset):
     ``skip_bad_files`` they give None (dropped by :func:`collate_videos`), a logged warning and
     one more :attr:`num_skipped`.
     """
+
+    key = "video"
+    error = MediaFileError
 
     def __init__(
         self,
@@ -268,24 +265,14 @@ class VideoDataset(Dataset):
             frame_size = (frame_size, frame_size)
         if frame_size is not None and (len(frame_size) != 2 or min(frame_size) < 1):
             raise ValueError(f"VideoDataset: frame_size must be a positive int or (height, width), got {frame_size}")
-        self.entries = list(entries)
+        super().__init__(entries, skip_bad_files=skip_bad_files)
         self.channels = channels
         self.frame_size = None if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
         self.resize = resize
         self.num_frames = num_frames
-        self.skip_bad_files = skip_bad_files
         self.generator = generator
-        self._skips = SkipCounter()
 
-    def __len__(self) -> int:
-        return len(self.entries)
-
-    @property
-    def num_skipped(self) -> int:
-        """How many item loads were skipped because their file was bad (all workers together)."""
-        return self._skips.total
-
-    def _load(self, path: str) -> torch.Tensor:
+    def load(self, path: str) -> torch.Tensor:
         video, _ = read_video(path, channels=self.channels)  # [C, T, H, W]
         if self.frame_size is None or tuple(video.shape[-2:]) == self.frame_size:
             return video
@@ -305,16 +292,7 @@ class VideoDataset(Dataset):
             return video[:, start:start + crop], crop
         return torch.nn.functional.pad(video, (0, 0, 0, 0, 0, crop - total)), total
 
-    def __getitem__(self, index: int) -> dict | None:
-        entry = self.entries[index]
-        try:
-            video = self._load(entry["video"])
-        except MediaFileError as error:
-            if not self.skip_bad_files:
-                raise
-            self._skips.add()
-            log.warning("skipping bad video file: %s", error)
-            return None
+    def make_item(self, entry: dict, video: torch.Tensor) -> dict:
         length = video.shape[1]
         if self.num_frames is not None:
             video, length = self._crop(video)
@@ -350,7 +328,7 @@ def collate_videos(items: list[dict | None]) -> dict | None:
     return passthrough(items, {"video": video, "lengths": lengths})
 
 
-class VideoDataModule(L.LightningDataModule):
+class VideoDataModule(ManifestDataModule):
     """Train/valid/test video loaders from a manifest, a folder holding one, or a folder of videos.
 
     ``path`` is a folder with ``manifest.jsonl``, a manifest file, or a plain folder of videos
@@ -362,6 +340,12 @@ class VideoDataModule(L.LightningDataModule):
     :class:`VideoDataset`; skipped manifest lines and files are logged and counted
     (:attr:`num_skipped`), and a batch whose items were all skipped arrives as None.
     """
+
+    key = "video"
+    suffixes = VIDEO_SUFFIXES
+    media = "videos"
+    corpus = "moving-digits corpus"
+    collate = staticmethod(collate_videos)
 
     def __init__(
         self,
@@ -380,71 +364,20 @@ class VideoDataModule(L.LightningDataModule):
         seed: int = 0,
         max_valid_items: int | None = 64,
     ) -> None:
-        super().__init__()
+        super().__init__(path=path, batch_size=batch_size, valid_batch_size=valid_batch_size, num_workers=num_workers,
+                         skip_bad_files=skip_bad_files, build_embedded=build_embedded, seed=seed,
+                         max_valid_items=max_valid_items)
         self.save_hyperparameters()
-        if not build_embedded and not Path(path).exists():
-            raise FileNotFoundError(
-                f"VideoDataModule: path {path!r} does not exist; expected a folder holding manifest.jsonl, "
-                "a manifest file, or a folder of videos (or set build_embedded=True to build the embedded "
-                "moving-digits corpus there)"
-            )
-        self.path = Path(path)
         self.channels = channels
         self.frame_size = frame_size
         self.resize = resize
         self.num_frames = num_frames
-        self.batch_size = batch_size
-        self.valid_batch_size = valid_batch_size
-        self.num_workers = num_workers
-        self.skip_bad_files = skip_bad_files
-        self.build_embedded = build_embedded
         self.num_clips = num_clips
-        self.seed = seed
-        self.max_valid_items = max_valid_items
-        self.num_skipped_lines = 0
-        self.datasets: dict[str, VideoDataset] = {}
 
-    def prepare_data(self) -> None:
-        """Builds the moving-digits corpus in ``path`` when asked to and no manifest is there."""
-        manifest = self.path if self.path.is_file() else self.path / "manifest.jsonl"
-        if self.build_embedded and not manifest.is_file():
-            build_moving_digits(self.path, num_clips=self.num_clips, seed=self.seed, frame_size=self.frame_size or 64)
+    def make_dataset(self, split: str, entries: list[dict]) -> VideoDataset:
+        return VideoDataset(entries, channels=self.channels, frame_size=self.frame_size, resize=self.resize,
+                            num_frames=self.num_frames if split == "train" else None,
+                            skip_bad_files=self.skip_bad_files)
 
-    def setup(self, stage: str | None = None) -> None:
-        """Reads the source and makes the train/valid/test datasets (all stages at once)."""
-        if self.datasets:
-            return
-        entries, self.num_skipped_lines = load_entries(
-            self.path, key="video", suffixes=VIDEO_SUFFIXES, skip_bad_lines=self.skip_bad_files,
-            owner="VideoDataModule",
-        )
-        if self.num_skipped_lines:
-            log.warning("VideoDataModule: skipped %d bad manifest line(s) in %s", self.num_skipped_lines, self.path)
-
-        def make(split: str, items: list[dict]) -> VideoDataset:
-            return VideoDataset(items, channels=self.channels, frame_size=self.frame_size, resize=self.resize,
-                                num_frames=self.num_frames if split == "train" else None,
-                                skip_bad_files=self.skip_bad_files)
-
-        self.datasets = split_datasets(entries, path=self.path, max_valid_items=self.max_valid_items,
-                                       owner="VideoDataModule", make=make)
-
-    @property
-    def num_skipped(self) -> int:
-        """Bad manifest lines plus bad files skipped so far (train/valid/test together)."""
-        return self.num_skipped_lines + sum(dataset.num_skipped for dataset in self.datasets.values())
-
-    def _loader(self, split: str, *, batch_size: int, shuffle: bool) -> DataLoader:
-        if not self.datasets:
-            raise RuntimeError("VideoDataModule: call setup() before asking for a dataloader")
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=collate_videos, persistent_workers=self.num_workers > 0)
-
-    def train_dataloader(self) -> DataLoader:
-        return self._loader("train", batch_size=self.batch_size, shuffle=True)
-
-    def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", batch_size=self.valid_batch_size, shuffle=False)
-
-    def test_dataloader(self) -> DataLoader:
-        return self._loader("test", batch_size=self.valid_batch_size, shuffle=False)
+    def build_corpus(self) -> None:
+        build_moving_digits(self.path, num_clips=self.num_clips, seed=self.seed, frame_size=self.frame_size or 64)
