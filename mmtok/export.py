@@ -69,7 +69,10 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str 
     builder = next(fn for family, fn in CARD_BUILDERS.items() if isinstance(model, family))
     card = builder(model, data, split, max_items)
     recipe = ckpt["mmtok"].get("recipe") or ""
-    steps = f"Trained for {ckpt.get('global_step', '?')} optimizer steps (epoch {ckpt.get('epoch', '?')})"
+    steps = f"Trained for {ckpt.get('global_step', '?')} optimizer steps (epoch {ckpt.get('epoch', '?')}"
+    if "generator_steps" in ckpt["state_dict"]:  # GAN training: the optimizer steps count both networks
+        steps += f"; {int(ckpt['state_dict']['generator_steps'])} generator steps"
+    steps += ")"
     card["recipe"] = f"{steps} with this LightningCLI config:\n\n```yaml\n{recipe}```" if recipe else steps + "."
     card["title"] = Path(out_dir).name
     model.card = card
