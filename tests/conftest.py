@@ -5,11 +5,21 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 
 from mmtok.data.speech import build_speech_corpus
 
 REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "codec" / "rvq_speech.yaml"
+
+
+@pytest.fixture(scope="session", autouse=True)
+def single_thread():
+    """The tests' models are tiny: one thread is faster, and much faster when the CPU is shared."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

@@ -16,15 +16,6 @@ TINY = dict(encoder_channels=4, decoder_channels=32, latent_dim=16, codebook_siz
             quantizer_dropout=0.25)
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Small-op models run faster on one thread, and much faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def _audio(num_samples: int = 2500) -> torch.Tensor:
     t = torch.arange(num_samples) / 16000
     generator = torch.Generator().manual_seed(1)

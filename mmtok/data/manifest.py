@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
 
@@ -203,7 +204,7 @@ class SkipCounter:
         return int(self._counts.sum())
 
 
-class ManifestDataset(Dataset):
+class ManifestDataset(Dataset, ABC):
     """Items from manifest-style entries (dicts with an absolute path under :attr:`key`).
 
     Subclasses set ``key`` and ``error`` (the exception a bad file raises) and supply
@@ -228,11 +229,13 @@ class ManifestDataset(Dataset):
         """How many item loads were skipped because their file was bad (all workers together)."""
         return self._skips.total
 
+    @abstractmethod
     def load(self, path: str) -> torch.Tensor:
-        raise NotImplementedError
+        """The media tensor of one file; raises the modality's error naming the file when it is bad."""
 
+    @abstractmethod
     def make_item(self, entry: dict, media: torch.Tensor) -> dict:
-        raise NotImplementedError
+        """The dataset item for ``entry`` whose file loaded as ``media``."""
 
     def __getitem__(self, index: int) -> dict | None:
         entry = self.entries[index]
@@ -285,7 +288,7 @@ def remove_stale_files(folder: Path, pattern: str, *, keep: set[Path]) -> None:
 # ----------------------------------------------------------------------------- data module
 
 
-class ManifestDataModule(L.LightningDataModule):
+class ManifestDataModule(L.LightningDataModule, ABC):
     """Train/valid/test loaders from a manifest, a folder holding one, or a plain folder of media.
 
     Subclasses set the class facts (``key``: the manifest key naming the media file, ``suffixes``
@@ -341,13 +344,13 @@ class ManifestDataModule(L.LightningDataModule):
         """Entries of a plain folder: files with :attr:`suffixes`, captions from sidecar .txt files."""
         return folder_entries(folder, key=self.key, suffixes=self.suffixes)
 
+    @abstractmethod
     def make_dataset(self, split: str, entries: list[dict]) -> Dataset:
         """The dataset of ``split`` over ``entries`` (dicts with an absolute :attr:`key` path)."""
-        raise NotImplementedError
 
+    @abstractmethod
     def build_corpus(self) -> None:
         """Builds the embedded corpus in ``path``."""
-        raise NotImplementedError
 
     def prepare_data(self) -> None:
         """Builds the embedded corpus in ``path`` when asked to and no manifest is there."""

@@ -11,15 +11,6 @@ SR = 16000
 N_LONG = 3 * SR + 123  # ~3 s, not a multiple of the hop (320) nor of any chunk
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Small-op models run faster on one thread, and much faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def signal(num_samples: int, *, seed: int = 0) -> torch.Tensor:
     """[1, 1, N]: a gliding sine plus a fixed sine plus noise, so that every chunk is different."""
     generator = torch.Generator().manual_seed(seed)

@@ -13,15 +13,6 @@ TINY = dict(encoder_channels=4, decoder_channels=32, latent_dim=16, codebook_siz
 HOP = 320
 
 
-@pytest.fixture(scope="module", autouse=True)
-def single_thread():
-    """Small-op models run faster on one thread, and much faster when the CPU is shared."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
-
 def sines(batch: int, num_samples: int, *, seed: int = 0) -> torch.Tensor:
     """Real-ish audio [B, 1, N]: two sines per item at different pitches, plus a little noise."""
     generator = torch.Generator().manual_seed(seed)
