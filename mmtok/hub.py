@@ -47,13 +47,13 @@ class HubMixin(
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
-        _REGISTRY[_class_name(cls)] = cls
+        _REGISTRY[class_name(cls)] = cls
 
     def _save_pretrained(self, save_directory: Path) -> None:
         # Own copies: a buffer may be a view of a larger storage (torchaudio windows) or tied to another.
         state = {name: tensor.detach().clone().contiguous() for name, tensor in self.state_dict().items()}
         save_file(state, str(save_directory / WEIGHTS_NAME))
-        config = {"mmtok_class": _class_name(type(self)), **(self._hub_mixin_config or {})}
+        config = {"mmtok_class": class_name(type(self)), **(self._hub_mixin_config or {})}
         (save_directory / CONFIG_NAME).write_text(json.dumps(config, sort_keys=True, indent=2) + "\n")
         (save_directory / CARD_NAME).write_text(model_card(type(self).__name__, config, self.card or {}))
 
@@ -67,7 +67,7 @@ class HubMixin(
         return model.eval()
 
 
-def _class_name(cls: type) -> str:
+def class_name(cls: type) -> str:
     return f"{cls.__module__}.{cls.__qualname__}"
 
 

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import lightning as L
 
-from mmtok.hub import HubMixin
+from mmtok.hub import HubMixin, class_name
 
 
 def record_model(checkpoint: dict, model: HubMixin, *, prefix: str, trainer: L.Trainer | None) -> None:
     """Store the model's class, constructor arguments and state-dict prefix, and the run's recipe."""
     checkpoint["mmtok"] = {
-        "model_class": f"{type(model).__module__}.{type(model).__qualname__}",
+        "model_class": class_name(type(model)),
         "model_config": dict(model._hub_mixin_config or {}),
         "model_prefix": prefix,
         "recipe": recipe_text(trainer),
