@@ -29,7 +29,6 @@ import logging
 import math
 import random
 import re
-import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -42,6 +41,7 @@ import torch
 from tqdm import tqdm
 
 from mmtok.data.manifest import corpus_is_cached, remove_stale_files, write_corpus_manifest
+from mmtok.data.tools import debian_tool
 from mmtok.data.speech import assign_splits, trim_silence
 from mmtok.media import write_wav
 
@@ -69,13 +69,7 @@ INSTRUMENTS: dict[int, str] = {
 
 def fluidsynth_executable() -> str:
     """Path of the fluidsynth binary; RuntimeError with the install command when it is missing."""
-    path = shutil.which("fluidsynth")
-    if path is None:
-        raise RuntimeError(
-            "mmtok/data/music.py: fluidsynth was not found on PATH; the embedded music corpus needs it. Install it "
-            "with `apt-get install -y --no-install-recommends fluidsynth` (or `make setup`)."
-        )
-    return path
+    return debian_tool("fluidsynth", needed_for="the embedded music corpus")
 
 
 def fluidsynth_version() -> str:

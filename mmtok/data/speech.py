@@ -24,7 +24,6 @@ from __future__ import annotations
 
 import logging
 import random
-import shutil
 import subprocess
 import tempfile
 from concurrent.futures import ThreadPoolExecutor
@@ -37,6 +36,7 @@ import torchaudio
 from tqdm import tqdm
 
 from mmtok.data.manifest import corpus_is_cached, remove_stale_files, write_corpus_manifest
+from mmtok.data.tools import debian_tool
 from mmtok.media import write_wav
 
 log = logging.getLogger(__name__)
@@ -250,13 +250,7 @@ ARPABET_TO_IPA = {
 
 def espeak_executable() -> str:
     """Path of the espeak-ng binary; RuntimeError with the install command when it is missing."""
-    path = shutil.which("espeak-ng")
-    if path is None:
-        raise RuntimeError(
-            "mmtok/data/speech.py: espeak-ng was not found on PATH; the embedded speech corpus needs it. "
-            "Install it with `apt-get install -y espeak-ng` (or `make setup`)."
-        )
-    return path
+    return debian_tool("espeak-ng", needed_for="the embedded speech corpus")
 
 
 def espeak_version() -> str:
@@ -267,13 +261,7 @@ def espeak_version() -> str:
 
 def flite_executable() -> str:
     """Path of the flite binary; RuntimeError with the install command when it is missing."""
-    path = shutil.which("flite")
-    if path is None:
-        raise RuntimeError(
-            "mmtok/data/speech.py: flite was not found on PATH; flite speakers need it. Install it with "
-            "`apt-get install -y --no-install-recommends flite` (or `make setup`)."
-        )
-    return path
+    return debian_tool("flite", needed_for="the flite speakers of the speech corpus")
 
 
 def flite_version() -> str:

@@ -8,7 +8,7 @@ import pytest
 import soundfile as sf
 import torch
 
-from mmtok.data import speech
+from mmtok.data import speech, tools
 from mmtok.data.speech import (
     SPEAKERS,
     assign_speakers,
@@ -154,7 +154,7 @@ def test_missing_wav_triggers_rebuild(tmp_path):
 
 
 def test_missing_espeak_says_how_to_install(monkeypatch, tmp_path):
-    monkeypatch.setattr(speech.shutil, "which", lambda name: None)
+    monkeypatch.setattr(tools.shutil, "which", lambda name: None)
     with pytest.raises(RuntimeError, match="apt-get install -y espeak-ng"):
         build_speech_corpus(tmp_path, num_utterances=3, progress=False)
 
