@@ -75,7 +75,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from mmtok.export import export_checkpoint
 
     folder = export_checkpoint(args.checkpoint, args.out_dir, data=args.data, split=args.split,
-                               max_items=args.max_items)
+                               max_items=args.max_items, judge=args.judge)
     print(f"Hub folder written to {folder}")
 
 
@@ -90,8 +90,12 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     else:
         from mmtok.codecs.evaluate import evaluate_codec
 
+        judge = load_pretrained(args.judge) if args.judge else None
+        if judge is not None and not isinstance(judge, PhonemeRecognizer):
+            raise SystemExit(f"--judge {args.judge}: expected a phoneme recognizer, got a {type(judge).__name__}")
         rows = evaluate_codec(model, args.data, split=args.split, max_items=args.max_items,
-                              quantizers=args.quantizers, examples_dir=args.out, num_examples=args.examples)
+                              quantizers=args.quantizers, examples_dir=args.out, num_examples=args.examples,
+                              judge=judge)
     table = write_table(Path(args.out) / "metrics.md", rows) if args.out else markdown_table(rows)
     print(table)
     if args.out:
@@ -210,6 +214,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", help="corpus to measure the card's metrics on (manifest folder)")
     export.add_argument("--split", default="test")
     export.add_argument("--max-items", type=int, default=None)
+    export.add_argument("--judge", help="phoneme recognizer Hub folder: a codec card also gets the PER of "
+                                        "reconstructions")
     export.set_defaults(func=cmd_export)
 
     evaluate = sub.add_parser("evaluate", help="measure a codec (at several bitrates) or a recognizer (PER)")
@@ -220,6 +226,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quantizers", type=int, nargs="+", default=None)
     evaluate.add_argument("--out", help="folder for metrics.md and example wavs/pngs")
     evaluate.add_argument("--examples", type=int, default=3, help="examples written to --out")
+    evaluate.add_argument("--judge", help="phoneme recognizer Hub folder: add the PER of the reconstructions")
     evaluate.set_defaults(func=cmd_evaluate)
 
     transcribe = sub.add_parser("transcribe", help="phoneme transcripts of an audio file or folder")

@@ -13,7 +13,7 @@ import torch
 
 from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
 from mmtok.codecs.base import Tokenizer
-from mmtok.hub import HubMixin, load_state_strict, model_class
+from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class
 
 
 def load_model_from_checkpoint(checkpoint: str | Path) -> tuple[HubMixin, dict]:
@@ -35,7 +35,7 @@ def load_model_from_checkpoint(checkpoint: str | Path) -> tuple[HubMixin, dict]:
     return model.eval(), ckpt
 
 
-def _codec_card(codec: Tokenizer, data: str | None, split: str, max_items: int | None) -> dict:
+def _codec_card(codec: Tokenizer, data: str | None, split: str, max_items: int | None, judge: str | None) -> dict:
     from mmtok.codecs.evaluate import evaluate_codec
 
     card = {"description": (
@@ -43,16 +43,21 @@ def _codec_card(codec: Tokenizer, data: str | None, split: str, max_items: int |
         f"{codec.codebook_sizes[0]} codes at {codec.frame_rate:g} frames/s ({codec.sample_rate} Hz audio); "
         "any first n codebooks decode (quantizer dropout).")}
     if data is not None:
-        card["metrics"] = evaluate_codec(codec, data, split=split, max_items=max_items)
+        recognizer = load_pretrained(judge) if judge else None
+        card["metrics"] = evaluate_codec(codec, data, split=split, max_items=max_items, judge=recognizer)
         card["metrics_note"] = (f"Measured by `mmtok evaluate` on the `{split}` split of `{data}` (whole "
-                                "utterances; mel and STFT distances: lower is better; SI-SDR in dB).")
+                                "utterances; mel and STFT distances: lower is better; SI-SDR in dB"
+                                + (f"; per: phoneme error rate of the reconstructions by `{judge}`" if judge else "")
+                                + ").")
     return card
 
 
-def _recognizer_card(recognizer: PhonemeRecognizer, data: str | None, split: str, max_items: int | None) -> dict:
+def _recognizer_card(recognizer: PhonemeRecognizer, data: str | None, split: str, max_items: int | None,
+                     judge: str | None) -> dict:
     card = {"description": (
         f"A CTC phoneme recognizer trained with mmtok over {len(recognizer.phonemes)} phonemes; its encoder "
-        f"output at {recognizer.frame_rate:g} frames/s is the embedded semantic feature for X-Codec.")}
+        f"output at {recognizer.frame_rate:g} frames/s is the embedded semantic feature for X-Codec."),
+        "usage": "`mmtok transcribe MODEL input.wav` (a file or a folder; `--out transcripts.jsonl`)"}
     if data is not None:
         card["metrics"] = [evaluate_recognizer(recognizer, data, split=split, max_items=max_items)]
         card["metrics_note"] = f"Phoneme error rate (greedy CTC) on the `{split}` split of `{data}`."
@@ -63,11 +68,12 @@ CARD_BUILDERS = {Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,
-                      split: str = "test", max_items: int | None = None) -> Path:
-    """Write ``out_dir`` as a Hub folder; with ``data``, measure metrics on its ``split`` for the card."""
+                      split: str = "test", max_items: int | None = None, judge: str | None = None) -> Path:
+    """Write ``out_dir`` as a Hub folder; with ``data``, measure metrics on its ``split`` for the card
+    (for a codec, with ``judge``, a phoneme recognizer folder, also the PER of its reconstructions)."""
     model, ckpt = load_model_from_checkpoint(checkpoint)
     builder = next(fn for family, fn in CARD_BUILDERS.items() if isinstance(model, family))
-    card = builder(model, data, split, max_items)
+    card = builder(model, data, split, max_items, judge)
     recipe = ckpt["mmtok"].get("recipe") or ""
     steps = f"Trained for {ckpt.get('global_step', '?')} optimizer steps (epoch {ckpt.get('epoch', '?')}"
     if "generator_steps" in ckpt["state_dict"]:  # GAN training: the optimizer steps count both networks

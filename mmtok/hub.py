@@ -39,8 +39,8 @@ class HubMixin(
 ):
     """Mix into an ``nn.Module`` whose constructor arguments are JSON values.
 
-    ``card`` is a dict the owner fills before saving: ``{"description": str, "recipe": str,
-    "metrics": list[dict]}``; it becomes the README model card.
+    ``card`` is a dict the owner fills before saving: ``{"description": str, "usage": str,
+    "recipe": str, "metrics": list[dict]}``; it becomes the README model card.
     """
 
     card: dict[str, Any] | None = None
@@ -134,6 +134,11 @@ def _import_model_modules() -> None:
     """Import the modules that define Hub models so that their classes are registered."""
     import mmtok.asr  # noqa: F401
     import mmtok.codecs.rvq  # noqa: F401
+    import mmtok.codecs.xcodec  # noqa: F401
+
+
+CODEC_USAGE = ("`mmtok encode MODEL input.wav tokens.safetensors` and "
+               "`mmtok decode MODEL tokens.safetensors output.wav`")
 
 
 def model_card(class_name: str, config: dict[str, Any], card: dict[str, Any]) -> str:
@@ -147,8 +152,7 @@ def model_card(class_name: str, config: dict[str, Any], card: dict[str, Any]) ->
         card.get("description", f"An mmtok `{class_name}` checkpoint."),
         "\n## Use\n",
         "```python\nfrom mmtok.hub import load_pretrained\n\nmodel = load_pretrained(\"path/or/repo-id\")\n```\n",
-        "or from the shell: `mmtok encode MODEL input.wav tokens.safetensors` and "
-        "`mmtok decode MODEL tokens.safetensors output.wav`.\n",
+        "or from the shell: " + card.get("usage", CODEC_USAGE) + ".\n",
     ]
     if card.get("recipe"):
         parts.append(f"\n## Training\n\n{card['recipe']}\n")

@@ -30,12 +30,23 @@ def tiny_corpus(tmp_path_factory) -> Path:
     return out
 
 
+@pytest.fixture(scope="session")
+def recognizer_folder(tmp_path_factory) -> Path:
+    """A tiny randomly initialised phoneme recognizer saved as a Hub folder (a semantic teacher)."""
+    from mmtok.asr import PhonemeRecognizer
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_recognizer")
+    PhonemeRecognizer(phonemes=["a", "b", "k"], dim=24, num_layers=1, num_heads=2).save_pretrained(folder)
+    return folder
+
+
 def tiny_codec_args(corpus: Path, run_dir: Path, *, max_steps: int, adversarial_start_step: int = 0,
-                    val_check_interval: int = 10) -> list[str]:
-    """`mmtok fit` arguments: the real speech recipe shrunk to a model that trains in seconds."""
+                    val_check_interval: int = 10, recipe: Path = RECIPE) -> list[str]:
+    """`mmtok fit` arguments: a real speech codec recipe shrunk to a model that trains in seconds."""
     codec = "--model.init_args.codec.init_args."
     return [
-        "fit", "-c", str(RECIPE),
+        "fit", "-c", str(recipe),
         "--data.init_args.path", str(corpus), "--data.init_args.build_embedded", "false",
         "--data.init_args.num_workers", "0", "--data.init_args.batch_size", "4",
         "--data.init_args.crop_seconds", "0.25", "--data.init_args.max_valid_items", "2",

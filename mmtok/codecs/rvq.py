@@ -34,13 +34,15 @@ class CodecOutput:
     """What a training forward pass returns.
 
     audio: FloatTensor [B, 1, N] reconstruction; codes: LongTensor [B, Q, T] (-1 for dropped
-    quantizers); commitment_loss: scalar; latent: FloatTensor [B, D, T] before quantization.
+    quantizers); commitment_loss: scalar; latent: FloatTensor [B, D, T] before quantization;
+    semantic_loss: scalar for codecs with a semantic head (X-Codec), else None.
     """
 
     audio: torch.Tensor
     codes: torch.Tensor
     commitment_loss: torch.Tensor
     latent: torch.Tensor
+    semantic_loss: torch.Tensor | None = None
 
 
 def frame_mask(lengths: torch.Tensor | None, num_samples: int, hop_length: int, batch: int,
@@ -122,6 +124,10 @@ class RVQCodec(Tokenizer):
         return self._sample_rate / self.hop_length
 
     # -- pieces --------------------------------------------------------------------------------
+    def _latent(self, audio: torch.Tensor, lengths: torch.Tensor | None, num_frames: int) -> torch.Tensor:
+        """audio [B, 1, N] -> the vector the RVQ quantizes, [B, D, num_frames]."""
+        return self.encoder(self._pad(audio))
+
     def _pad(self, audio: torch.Tensor) -> torch.Tensor:
         if audio.dim() != 3 or audio.shape[1] != 1:
             raise ValueError(f"audio must be [B, 1, N], got shape {tuple(audio.shape)}")
@@ -150,8 +156,8 @@ class RVQCodec(Tokenizer):
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> CodecOutput:
         """Encode, quantize (with dropout on a ``quantizer_dropout`` fraction of training batches), decode."""
         num_samples = audio.shape[-1]
-        latent = self.encoder(self._pad(audio))
         mask = frame_mask(lengths, num_samples, self.hop_length, audio.shape[0], audio.device)
+        latent = self._latent(audio, lengths, mask.shape[1])
         dropout = self.training and self._draw_dropout(audio.device)
         quantized, codes, commitment = self._quantize(latent, mask, dropout=dropout)
         reconstruction = self.decoder(quantized)[..., :num_samples]
@@ -189,8 +195,8 @@ class RVQCodec(Tokenizer):
                num_quantizers: int | None = None) -> Tokens:
         num_quantizers = self._check_num_quantizers(num_quantizers)
         num_samples = x.shape[-1]
-        latent = self.encoder(self._pad(x))
         mask = frame_mask(lengths, num_samples, self.hop_length, x.shape[0], x.device)
+        latent = self._latent(x, lengths, mask.shape[1])
         was_training = self.quantizer.training
         self.quantizer.eval()  # no EMA update, no dropout: encoding is a pure function
         try:

@@ -94,3 +94,16 @@ class ConvDecoder(nn.Module):
 
     def forward(self, latent: torch.Tensor) -> torch.Tensor:
         return self.layers(latent)
+
+
+class FrameConvNet(nn.Module):
+    """Frame-rate features ``[B, in_dim, T]`` -> ``[B, out_dim, T]``: a convolution, residual units
+    (dilations 1, 3, 9) and a convolution; X-Codec's semantic encoder and decoder have this shape."""
+
+    def __init__(self, *, in_dim: int, out_dim: int, channels: int = 256):
+        super().__init__()
+        self.layers = nn.Sequential(_conv(in_dim, channels, 3), *_residual_stack(channels),
+                                    Snake1d(channels), _conv(channels, out_dim, 3))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.layers(x)

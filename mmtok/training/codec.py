@@ -1,7 +1,8 @@
 """GAN training of an audio codec (EnCodec/DAC recipe) as a LightningModule with manual optimization.
 
 Generator loss (EnCodec eq. 4 with DAC's weights): λ_mel · multi-scale mel L1 + λ_adv · hinge
-adversarial + λ_feat · relative feature matching + λ_commit · commitment. The discriminator
+adversarial + λ_feat · relative feature matching + λ_commit · commitment, plus λ_semantic · the
+semantic reconstruction loss for codecs that have one (X-Codec). The discriminator
 (multi-resolution STFT + multi-period) is trained with the hinge loss on real vs. reconstructed
 audio. ``adversarial_start_step`` lets the codec learn from the mel loss alone first, which is
 what makes a few CPU hours useful.
@@ -43,6 +44,7 @@ class CodecModule(L.LightningModule):
         lambda_adv: float = 1.0,
         lambda_feat: float = 2.0,
         lambda_commit: float = 1.0,
+        lambda_semantic: float = 1.0,
         lr: float = 3e-4,
         betas: tuple[float, float] = (0.8, 0.99),
         lr_decay: float = 0.99999,
@@ -100,6 +102,9 @@ class CodecModule(L.LightningModule):
         mel = self.mel_loss(out.audio, audio)
         loss = hp.lambda_mel * mel + hp.lambda_commit * out.commitment_loss
         logs = {"train/mel_loss": mel.detach(), "train/commitment": out.commitment_loss.detach()}
+        if out.semantic_loss is not None:  # X-Codec's semantic reconstruction (Ye et al. 2024, eq. 2)
+            loss = loss + hp.lambda_semantic * out.semantic_loss
+            logs["train/semantic_loss"] = out.semantic_loss.detach()
         if adversarial:
             with torch.no_grad():
                 _, real_features = self.discriminator(audio)

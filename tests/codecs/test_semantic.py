@@ -1,0 +1,111 @@
+"""Semantic teachers: frame counts at the codec's rate, offline Hugging Face loading, frozen, rebuildable."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import pytest
+import torch
+from transformers import HubertConfig, HubertModel
+
+from mmtok.codecs.semantic import HFSpeechEncoder, RecognizerEncoder, build_semantic_encoder
+
+
+def tiny_hubert_config() -> HubertConfig:
+    """A 2-layer HuBERT with a 2-stage conv front-end (hop 320 at 16 kHz, like the real one)."""
+    return HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                        conv_dim=(16, 16), conv_stride=(5, 64), conv_kernel=(10, 64),
+                        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+
+
+@pytest.fixture(scope="module")
+def hubert_folder(tmp_path_factory):
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_hubert")
+    HubertModel(tiny_hubert_config()).save_pretrained(folder)
+    return folder
+
+
+@pytest.mark.parametrize("num_samples", [400, 641, 3200, 5001, 16000])
+@pytest.mark.parametrize("kind", ["hf", "recognizer"])
+def test_features_have_the_codec_frame_count_for_any_length(kind, num_samples, hubert_folder, recognizer_folder):
+    folder = hubert_folder if kind == "hf" else recognizer_folder
+    teacher = build_semantic_encoder({"type": kind, "path": str(folder)})
+    frames = math.ceil(num_samples / 320)
+    features = teacher.features(torch.randn(2, 1, num_samples), num_frames=frames)
+    assert features.shape == (2, teacher.dim, frames)
+    assert torch.isfinite(features).all()
+
+
+def test_hf_features_are_the_mean_of_hidden_states_or_one_layer(hubert_folder):
+    audio = torch.randn(1, 1, 6400)
+    reference = HubertModel.from_pretrained(hubert_folder).eval()
+    with torch.no_grad():
+        states = reference(audio[:, 0], output_hidden_states=True).hidden_states
+    assert len(states) == 3 and states[0].shape[1] == 19  # HuBERT's own rate: floor((N - 400) / 320) + 1
+    mean_teacher = build_semantic_encoder({"type": "hf", "path": str(hubert_folder)})
+    layer_teacher = build_semantic_encoder({"type": "hf", "path": str(hubert_folder), "layer": 1})
+    torch.testing.assert_close(mean_teacher.features(audio, num_frames=19), torch.stack(states).mean(0).transpose(1, 2))
+    torch.testing.assert_close(layer_teacher.features(audio, num_frames=19), states[1].transpose(1, 2))
+    resampled = mean_teacher.features(audio, num_frames=20)  # the codec's ceil(6400 / 320)
+    assert resampled.shape[-1] == 20
+    torch.testing.assert_close(resampled[..., 0], torch.stack(states).mean(0)[:, 0], atol=0.3, rtol=0)
+
+
+def test_hf_normalisation_follows_the_preprocessor_config(hubert_folder, tmp_path):
+    assert build_semantic_encoder({"type": "hf", "path": str(hubert_folder)}).normalize is False
+    folder = tmp_path / "normalised"
+    HubertModel.from_pretrained(hubert_folder).save_pretrained(folder)
+    (folder / "preprocessor_config.json").write_text(json.dumps({"do_normalize": True}))
+    teacher = build_semantic_encoder({"type": "hf", "path": str(folder)})
+    assert teacher.normalize is True
+    audio = torch.randn(1, 1, 3200)
+    torch.testing.assert_close(teacher.features(audio, num_frames=10),
+                               teacher.features(5 * audio + 0.5, num_frames=10), atol=1e-4, rtol=1e-4)
+
+
+def test_audio_at_another_rate_is_resampled_to_the_teacher_rate(recognizer_folder):
+    teacher = build_semantic_encoder({"type": "recognizer", "path": str(recognizer_folder)})
+    audio = torch.randn(1, 1, 24000)
+    features = teacher.features(audio, num_frames=50, sample_rate=24000)
+    assert features.shape == (1, 24, 50)
+
+
+@pytest.mark.parametrize("kind", ["hf", "recognizer"])
+def test_teachers_are_frozen_and_stay_in_eval_mode(kind, hubert_folder, recognizer_folder):
+    folder = hubert_folder if kind == "hf" else recognizer_folder
+    teacher = build_semantic_encoder({"type": kind, "path": str(folder)})
+    teacher.train()
+    assert not teacher.training and not any(m.training for m in teacher.modules())
+    assert not any(p.requires_grad for p in teacher.parameters())
+    audio = torch.randn(1, 1, 3200, requires_grad=True)
+    assert not teacher.features(audio, num_frames=10).requires_grad
+
+
+@pytest.mark.parametrize("kind", ["hf", "recognizer"])
+def test_spec_rebuilds_the_architecture_without_the_weights_folder(kind, hubert_folder, recognizer_folder):
+    folder = hubert_folder if kind == "hf" else recognizer_folder
+    teacher = build_semantic_encoder({"type": kind, "path": str(folder)})
+    spec = json.loads(json.dumps(teacher.spec()))  # JSON-serialisable, no path
+    assert "path" not in spec and spec["type"] == kind
+    rebuilt = build_semantic_encoder(spec)
+    assert isinstance(rebuilt, HFSpeechEncoder if kind == "hf" else RecognizerEncoder)
+    rebuilt.load_state_dict(teacher.state_dict())
+    audio = torch.randn(2, 1, 4000)
+    torch.testing.assert_close(rebuilt.features(audio, num_frames=13), teacher.features(audio, num_frames=13))
+
+
+def test_bad_specs_name_what_is_wrong(hubert_folder, tmp_path):
+    with pytest.raises(ValueError, match="type 'recognizer' or 'hf'"):
+        build_semantic_encoder({"type": "clip", "path": "x"})
+    with pytest.raises(ValueError, match="exactly one of 'path'"):
+        build_semantic_encoder({"type": "hf", "path": None, "layer": "mean"})
+    with pytest.raises(ValueError, match=r"layer must be 'mean' or an int in 0\.\.2"):
+        build_semantic_encoder({"type": "hf", "path": str(hubert_folder), "layer": 3})
+    with pytest.raises(FileNotFoundError, match="missing: no such Hub folder"):
+        build_semantic_encoder({"type": "hf", "path": str(tmp_path / "missing")})
+    with pytest.raises(FileNotFoundError, match="Hub folder has no config.json"):
+        build_semantic_encoder({"type": "hf", "path": str(tmp_path)})
+    with pytest.raises(ValueError, match=r"audio must be \[B, 1, N\]"):
+        build_semantic_encoder({"type": "hf", "path": str(hubert_folder)}).features(torch.randn(1, 100), num_frames=1)
