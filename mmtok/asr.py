@@ -171,5 +171,6 @@ def evaluate_recognizer(recognizer: PhonemeRecognizer, data: str | Path, *, spli
         references += [p.split() for p in batch["phonemes"]]
         hypotheses += [h.split() for h in recognizer.transcribe(batch["audio"], batch["lengths"])]
         if max_items is not None and len(references) >= max_items:
+            references, hypotheses = references[:max_items], hypotheses[:max_items]
             break
     return {"per": error_rate(references, hypotheses), "utterances": len(references)}
