@@ -42,7 +42,8 @@ def test_evaluate_command_with_a_judge(codec_and_judge, tiny_corpus, tmp_path, c
     codec, judge = codec_and_judge
     codec.save_pretrained(tmp_path / "codec")
     judge.save_pretrained(tmp_path / "judge")
-    main(["evaluate", str(tmp_path / "codec"), str(tiny_corpus), "--max-items", "1", "--judge", str(tmp_path / "judge")])
+    main(["evaluate", str(tmp_path / "codec"), str(tiny_corpus), "--max-items", "1",
+          "--judge", str(tmp_path / "judge")])
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| quantizers"))
     assert "per" in [cell.strip() for cell in header.split("|")]
     with pytest.raises(SystemExit, match="expected a phoneme recognizer"):
