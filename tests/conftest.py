@@ -41,6 +41,21 @@ def recognizer_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def hubert_folder(tmp_path_factory) -> Path:
+    """A 2-layer randomly initialised HuBERT saved with transformers, with a 2-stage conv front-end
+    (hop 320 at 16 kHz, like the real one): an offline stand-in for a Hub speech SSL model."""
+    from transformers import HubertConfig, HubertModel
+
+    torch.manual_seed(0)
+    config = HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
+                          conv_dim=(16, 16), conv_stride=(5, 64), conv_kernel=(10, 64),
+                          num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
+    folder = tmp_path_factory.mktemp("tiny_hubert")
+    HubertModel(config).save_pretrained(folder)
+    return folder
+
+
 def tiny_codec_args(corpus: Path, run_dir: Path, *, max_steps: int, adversarial_start_step: int = 0,
                     val_check_interval: int = 10, recipe: Path = RECIPE) -> list[str]:
     """`mmtok fit` arguments: a real speech codec recipe shrunk to a model that trains in seconds."""

@@ -7,24 +7,9 @@ import math
 
 import pytest
 import torch
-from transformers import HubertConfig, HubertModel
+from transformers import HubertModel
 
 from mmtok.codecs.semantic import HFSpeechEncoder, RecognizerEncoder, build_semantic_encoder
-
-
-def tiny_hubert_config() -> HubertConfig:
-    """A 2-layer HuBERT with a 2-stage conv front-end (hop 320 at 16 kHz, like the real one)."""
-    return HubertConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64,
-                        conv_dim=(16, 16), conv_stride=(5, 64), conv_kernel=(10, 64),
-                        num_conv_pos_embeddings=16, num_conv_pos_embedding_groups=2)
-
-
-@pytest.fixture(scope="module")
-def hubert_folder(tmp_path_factory):
-    torch.manual_seed(0)
-    folder = tmp_path_factory.mktemp("tiny_hubert")
-    HubertModel(tiny_hubert_config()).save_pretrained(folder)
-    return folder
 
 
 @pytest.mark.parametrize("num_samples", [400, 641, 3200, 5001, 16000])

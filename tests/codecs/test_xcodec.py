@@ -15,8 +15,6 @@ from mmtok.codecs.xcodec import XCodec, semantic_reconstruction_loss
 from mmtok.data.audio import AudioDataModule
 from mmtok.hub import load_pretrained
 
-RECIPE = REPO / "recipes" / "codec" / "xcodec_speech.yaml"
-
 
 def tiny_xcodec(teacher_folder, **overrides) -> XCodec:
     options = dict(encoder_channels=4, decoder_channels=32, acoustic_dim=12, semantic_dim=6, semantic_channels=16,
@@ -112,19 +110,22 @@ def test_bad_arguments_are_named(recognizer_folder):
         tiny_xcodec(recognizer_folder.parent / "no-such-teacher")
 
 
-def test_recipe_fit_logs_the_semantic_loss_and_exports(recognizer_folder, tiny_corpus, tmp_path):
+@pytest.mark.parametrize("recipe", ["xcodec_speech", "xcodec_hubert"])
+def test_recipe_fit_logs_the_semantic_loss_and_exports(recipe, recognizer_folder, hubert_folder, tiny_corpus, tmp_path):
     codec = "--model.init_args.codec.init_args."
-    args = tiny_codec_args(tiny_corpus, tmp_path / "run", max_steps=6, val_check_interval=6, recipe=RECIPE,
-                           adversarial_start_step=100)
-    args += ["--model.init_args.codec.init_args.teacher",
-             json.dumps({"type": "recognizer", "path": str(recognizer_folder)}),
+    teacher = ({"type": "recognizer", "path": str(recognizer_folder)} if recipe == "xcodec_speech"
+               else {"type": "hf", "path": str(hubert_folder), "layer": "mean"})
+    args = tiny_codec_args(tiny_corpus, tmp_path / "run", max_steps=6, val_check_interval=6,
+                           recipe=REPO / "recipes" / "codec" / f"{recipe}.yaml", adversarial_start_step=100)
+    args += [codec + "teacher", json.dumps(teacher),
              codec + "acoustic_dim", "12", codec + "semantic_dim", "6", codec + "semantic_channels", "16"]
     main(args)
     assert any(row.get("train/semantic_loss") for row in _csv_rows(tmp_path / "run"))
     main(["export", str(tmp_path / "run" / "checkpoints" / "last.ckpt"), str(tmp_path / "hub")])
     loaded = load_pretrained(tmp_path / "hub")
     assert isinstance(loaded, XCodec)
-    assert "path" not in json.loads((tmp_path / "hub" / "config.json").read_text())["teacher"]
+    saved_teacher = json.loads((tmp_path / "hub" / "config.json").read_text())["teacher"]
+    assert saved_teacher["type"] == teacher["type"] and "path" not in saved_teacher
     audio = torch.randn(1, 1, 1000) * 0.1
     assert loaded.decode(loaded.encode(audio)).shape == audio.shape
 
