@@ -75,7 +75,7 @@ def cmd_export(args: argparse.Namespace) -> None:
     from mmtok.export import export_checkpoint
 
     folder = export_checkpoint(args.checkpoint, args.out_dir, data=args.data, split=args.split,
-                               max_items=args.max_items, judge=args.judge)
+                               max_items=args.max_items, judge=args.judge, half=args.half)
     print(f"Hub folder written to {folder}")
 
 
@@ -214,6 +214,7 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--data", help="corpus to measure the card's metrics on (manifest folder)")
     export.add_argument("--split", default="test")
     export.add_argument("--max-items", type=int, default=None)
+    export.add_argument("--half", action="store_true", help="store the weights in float16 (half the size)")
     export.add_argument("--judge", help="phoneme recognizer Hub folder: a codec card also gets the PER of "
                                         "reconstructions")
     export.set_defaults(func=cmd_export)

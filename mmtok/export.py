@@ -13,7 +13,7 @@ import torch
 
 from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
 from mmtok.codecs.base import Tokenizer
-from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class
+from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class, round_to_half
 
 
 def load_model_from_checkpoint(checkpoint: str | Path) -> tuple[HubMixin, dict]:
@@ -68,10 +68,15 @@ CARD_BUILDERS = {Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,
-                      split: str = "test", max_items: int | None = None, judge: str | None = None) -> Path:
+                      split: str = "test", max_items: int | None = None, judge: str | None = None,
+                      half: bool = False) -> Path:
     """Write ``out_dir`` as a Hub folder; with ``data``, measure metrics on its ``split`` for the card
-    (for a codec, with ``judge``, a phoneme recognizer folder, also the PER of its reconstructions)."""
+    (for a codec, with ``judge``, a phoneme recognizer folder, also the PER of its reconstructions).
+    ``half`` stores the weights in float16; the metrics are then measured with the rounded weights."""
     model, ckpt = load_model_from_checkpoint(checkpoint)
+    if half:
+        round_to_half(model)
+        model.store_half = True
     builder = next(fn for family, fn in CARD_BUILDERS.items() if isinstance(model, family))
     card = builder(model, data, split, max_items, judge)
     recipe = ckpt["mmtok"].get("recipe") or ""
@@ -81,6 +86,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str 
     steps += ")"
     card["recipe"] = f"{steps} with this LightningCLI config:\n\n```yaml\n{recipe}```" if recipe else steps + "."
     card["title"] = Path(out_dir).name
+    if half:
+        card["recipe"] += "\n\nWeights are stored in float16 (the metrics were measured with those weights).\n"
     model.card = card
     model.save_pretrained(out_dir)
     return Path(out_dir)

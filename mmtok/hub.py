@@ -44,6 +44,7 @@ class HubMixin(
     """
 
     card: dict[str, Any] | None = None
+    store_half: bool = False  # write float32 tensors as float16 (see :func:`half_precision_state`)
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -52,6 +53,8 @@ class HubMixin(
     def _save_pretrained(self, save_directory: Path) -> None:
         # Own copies: a buffer may be a view of a larger storage (torchaudio windows) or tied to another.
         state = {name: tensor.detach().clone().contiguous() for name, tensor in self.state_dict().items()}
+        if self.store_half:
+            state = half_precision_state(state)
         save_file(state, str(save_directory / WEIGHTS_NAME))
         config = {"mmtok_class": class_name(type(self)), **(self._hub_mixin_config or {})}
         (save_directory / CONFIG_NAME).write_text(json.dumps(config, sort_keys=True, indent=2) + "\n")
@@ -65,6 +68,27 @@ class HubMixin(
         model = cls(**model_kwargs)
         load_weights_strict(model, weights)
         return model.eval()
+
+
+FLOAT16_MAX = 65504.0
+
+
+def half_precision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """float32 tensors as float16 where their values fit float16's range; everything else unchanged.
+
+    Halves a release folder (a Hub folder is loaded into float32 parameters, so the model computes in
+    float32 with weights rounded to float16). Call :func:`round_to_half` on the model before measuring
+    it, so that the measured model is the stored one.
+    """
+    return {name: tensor.half() if tensor.dtype == torch.float32 and tensor.abs().max() <= FLOAT16_MAX
+            else tensor for name, tensor in state.items()}
+
+
+@torch.no_grad()
+def round_to_half(model: torch.nn.Module) -> None:
+    """Round the model's weights in place to exactly what :func:`half_precision_state` stores."""
+    rounded = half_precision_state(model.state_dict())
+    model.load_state_dict({name: tensor.to(model.state_dict()[name].dtype) for name, tensor in rounded.items()})
 
 
 def class_name(cls: type) -> str:

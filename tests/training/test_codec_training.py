@@ -11,6 +11,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file
 
 from conftest import tiny_codec_args
 from mmtok.cli import main
@@ -18,7 +19,7 @@ from mmtok.codecs.discriminators import MultiPeriodDiscriminator
 from mmtok.codecs.rvq import RVQCodec
 from mmtok.data.audio import load_audio, read_manifest
 from mmtok.export import export_checkpoint, load_model_from_checkpoint
-from mmtok.hub import load_pretrained
+from mmtok.hub import load_pretrained, round_to_half
 from mmtok.tokens import Tokens
 from mmtok.training.codec import CodecModule
 from mmtok.training.loggers import wandb_credentials_available
@@ -78,6 +79,25 @@ def test_export_gives_a_hub_folder_with_measured_metrics(trained_run, tiny_corpu
     audio = load_audio(read_manifest(tiny_corpus / "manifest.jsonl")[0]["audio"], sample_rate=16000)[None]
     assert torch.equal(from_ckpt.encode(audio).codes, from_hub.encode(audio).codes)
     assert torch.equal(from_ckpt.decode(from_ckpt.encode(audio)), from_hub.decode(from_hub.encode(audio)))
+
+
+def test_half_export_stores_float16_and_loads_the_measured_weights(trained_run, tiny_corpus, tmp_path):
+    ckpt = trained_run / "checkpoints" / "last.ckpt"
+    full = export_checkpoint(ckpt, tmp_path / "full")
+    half = export_checkpoint(ckpt, tmp_path / "half", half=True)
+    stored = load_file(str(half / "model.safetensors"))
+    assert {t.dtype for t in stored.values()} >= {torch.float16}
+    assert not any(t.dtype == torch.float32 and t.abs().max() <= 65504 for t in stored.values())
+    assert (half / "model.safetensors").stat().st_size < 0.6 * (full / "model.safetensors").stat().st_size
+    rounded, _ = load_model_from_checkpoint(ckpt)
+    round_to_half(rounded)
+    loaded = load_pretrained(half)
+    assert all(p.dtype == torch.float32 for p in loaded.parameters())
+    audio = load_audio(read_manifest(tiny_corpus / "manifest.jsonl")[0]["audio"], sample_rate=16000)[None]
+    tokens = rounded.encode(audio)
+    assert torch.equal(loaded.encode(audio).codes, tokens.codes)
+    assert torch.equal(loaded.decode(tokens), rounded.decode(tokens))
+    assert "stored in float16" in (half / "README.md").read_text()
 
 
 def test_export_refuses_a_checkpoint_without_mmtok_metadata(tmp_path):
