@@ -16,7 +16,7 @@ setup: $(STAMP)
 
 ## The whole suite, long end-to-end tests included (what CI runs).
 test: $(STAMP)
-	$(BIN)/python -m flake8 mmtok tests
+	$(BIN)/python -m flake8 mmtok tests bench
 	$(BIN)/python -m pytest -q
 
 ## Without the tests marked slow.
@@ -24,7 +24,7 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/python -m flake8 mmtok tests
+	$(BIN)/python -m flake8 mmtok tests bench
 
 ## Build the speech corpus, fine-tune the shipped RVQ codec on it for a few minutes (mel and commitment
 ## losses: the release holds no discriminator, and a fresh one would first undo more than it adds),

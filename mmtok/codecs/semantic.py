@@ -4,7 +4,7 @@ Two implementations of :class:`SemanticEncoder`:
 
 - :class:`HFSpeechEncoder`: any Hugging Face speech SSL model (HuBERT, WavLM, wav2vec2) loaded with
   ``transformers`` from a local folder or a repo id. Features are the mean over all hidden states
-  (X-Codec's choice, Ye et al. 2024, sec. 3.2) or one chosen layer.
+  (X-Codec's choice, Ye et al. 2024) or one chosen layer.
 - :class:`RecognizerEncoder`: the embedded default, the encoder of mmtok's CTC phoneme recognizer
   (:mod:`mmtok.asr`), trained on the espeak-ng speech corpus.
 

@@ -1,15 +1,15 @@
 """X-Codec: semantic features fused before residual VQ, a semantic reconstruction loss after it.
 
 Ye et al., 2024, "Codec Does Matter: Exploring the Semantic Shortcoming of Codec for Audio Language
-Model", sec. 3 and Fig. 2:
+Model" (the architecture figure and the training objective):
 
     acoustic  A = Enc_a(x)                                  [B, D_a, T]   (the RVQ codec's encoder)
     semantic  S = teacher(x)  (frozen, resampled to T)      [B, D_t, T]
-    fused     z = fc_prior([A ; Enc_s(S)])                  [B, D,   T]   (eq. 1: concatenation, linear)
+    fused     z = fc_prior([A ; Enc_s(S)])                  [B, D,   T]   (concatenation, then a linear layer)
     quantized ẑ = RVQ(z)
     outputs   x̂ = Dec_a(ẑ),   Ŝ = Dec_s(ẑ)                              (fc_post_a / fc_post_s are the
                                                                           first convolutions of each head)
-    loss      L = L_acoustic + λ_s · L_semantic(Ŝ, S)                     (eq. 2; MSE, or 1 − cosine)
+    loss      L = L_acoustic + λ_s · L_semantic(Ŝ, S)                     (MSE, or 1 − cosine)
 
 Encoding needs the teacher; decoding does not: :meth:`decode` runs only the RVQ codebooks and the
 acoustic decoder, exactly as :class:`~mmtok.codecs.rvq.RVQCodec` does, so every tool that reads

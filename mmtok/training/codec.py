@@ -102,7 +102,7 @@ class CodecModule(L.LightningModule):
         mel = self.mel_loss(out.audio, audio)
         loss = hp.lambda_mel * mel + hp.lambda_commit * out.commitment_loss
         logs = {"train/mel_loss": mel.detach(), "train/commitment": out.commitment_loss.detach()}
-        if out.semantic_loss is not None:  # X-Codec's semantic reconstruction (Ye et al. 2024, eq. 2)
+        if out.semantic_loss is not None:  # X-Codec's semantic reconstruction (Ye et al. 2024)
             loss = loss + hp.lambda_semantic * out.semantic_loss
             logs["train/semantic_loss"] = out.semantic_loss.detach()
         if adversarial:
