@@ -5,7 +5,8 @@ RoFormer eq. 34: pairs of channels rotated by position-dependent angles), attent
 ``scaled_dot_product_attention`` and SwiGLU feed-forward layers (Shazeer, 2020). The same blocks run
 causally (``causal=True``) or bidirectionally, with a key padding mask for batches of unequal lengths.
 
-Shapes: ``x: FloatTensor [B, T, D]``, ``valid: BoolTensor [B, T]`` (True = real step).
+Shapes: ``x: FloatTensor [B, T, D]``, ``valid: BoolTensor [B, T]`` (True = real step). A
+:class:`KVCache` makes decoding incremental: each call feeds only the new steps.
 """
 
 from __future__ import annotations
@@ -43,6 +44,41 @@ def apply_rotary(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
     return rearrange(rotated, "... d two -> ... (d two)").type_as(x)
 
 
+class KVCache:
+    """Keys and values of every layer for incremental decoding, preallocated to ``max_length`` steps.
+
+    ``keys``/``values``: [layers, B, H, max_length, Dh]; ``valid``: [B, max_length] (which cached steps
+    may be attended to: False for a padded prompt position); ``length``: steps stored so far. The
+    transformer writes a layer's new keys with :meth:`store` and moves on with :meth:`advance`.
+    """
+
+    def __init__(self, *, num_layers: int, batch: int, num_heads: int, head_dim: int, max_length: int,
+                 device: torch.device | None = None, dtype: torch.dtype = torch.float32):
+        shape = (num_layers, batch, num_heads, max_length, head_dim)
+        self.keys = torch.zeros(shape, device=device, dtype=dtype)
+        self.values = torch.zeros(shape, device=device, dtype=dtype)
+        self.valid = torch.ones(batch, max_length, dtype=torch.bool, device=device)
+        self.length = 0
+
+    @property
+    def max_length(self) -> int:
+        return self.keys.shape[3]
+
+    def store(self, layer: int, keys: torch.Tensor, values: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Write [B, H, T, Dh] at the next T steps; return all keys and values so far, [B, H, length + T, Dh]."""
+        end = self.length + keys.shape[2]
+        if end > self.max_length:
+            raise ValueError(f"KVCache holds {self.max_length} steps; {end} were asked for")
+        self.keys[layer, :, :, self.length:end] = keys
+        self.values[layer, :, :, self.length:end] = values
+        return self.keys[layer, :, :, :end], self.values[layer, :, :, :end]
+
+    def advance(self, steps: int, valid: torch.Tensor | None = None) -> None:
+        if valid is not None:
+            self.valid[:, self.length:self.length + steps] = valid
+        self.length += steps
+
+
 class SelfAttention(nn.Module):
     def __init__(self, *, dim: int, num_heads: int, dropout: float = 0.0):
         super().__init__()
@@ -54,9 +90,11 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(dim, dim, bias=False)
 
     def forward(self, x: torch.Tensor, *, angles: torch.Tensor, valid: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
+                causal: bool = False, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
         q, k = apply_rotary(q, angles), apply_rotary(k, angles)
+        if cache is not None:
+            return self._cached(q, k, v, valid=valid, causal=causal, cache=cache, layer=layer)
         mask = None
         if valid is not None:
             mask = valid[:, None, None, :]  # [B, 1, 1, T]: which keys may be attended to
@@ -64,6 +102,20 @@ class SelfAttention(nn.Module):
                 mask = mask & torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=self.dropout if self.training else 0.0,
                                              is_causal=causal and mask is None)
+        return self.out(rearrange(out, "b h t d -> b t (h d)"))
+
+    def _cached(self, q, k, v, *, valid, causal: bool, cache: KVCache, layer: int) -> torch.Tensor:
+        """Attend from the T new steps to every cached step and to themselves (causally if asked)."""
+        start, steps = cache.length, q.shape[2]
+        k, v = cache.store(layer, k, v)
+        keys_valid = cache.valid[:, : start + steps].clone()
+        if valid is not None:
+            keys_valid[:, start:] = valid
+        mask = keys_valid[:, None, None, :].expand(-1, 1, steps, -1)
+        if causal:
+            query_positions = torch.arange(start, start + steps, device=q.device)
+            mask = mask & (torch.arange(start + steps, device=q.device)[None, :] <= query_positions[:, None])
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(rearrange(out, "b h t d -> b t (h d)"))
 
 
@@ -89,8 +141,9 @@ class TransformerBlock(nn.Module):
         self.dropout = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor, *, angles: torch.Tensor, valid: torch.Tensor | None = None,
-                causal: bool = False) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), angles=angles, valid=valid, causal=causal))
+                causal: bool = False, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), angles=angles, valid=valid, causal=causal,
+                                            cache=cache, layer=layer))
         return x + self.dropout(self.ff(self.ff_norm(x)))
 
 
@@ -108,9 +161,22 @@ class Transformer(nn.Module):
         )
         self.norm = RMSNorm(dim)
 
-    def forward(self, x: torch.Tensor, *, valid: torch.Tensor | None = None, causal: bool = False) -> torch.Tensor:
-        positions = torch.arange(x.shape[1], device=x.device)
+    def new_cache(self, batch: int, max_length: int, *, device: torch.device | None = None,
+                  dtype: torch.dtype = torch.float32) -> KVCache:
+        """An empty cache for incremental decoding of up to ``max_length`` steps."""
+        return KVCache(num_layers=len(self.blocks), batch=batch, num_heads=self.blocks[0].attention.num_heads,
+                       head_dim=self.head_dim, max_length=max_length, device=device, dtype=dtype)
+
+    def forward(self, x: torch.Tensor, *, valid: torch.Tensor | None = None, causal: bool = False,
+                cache: KVCache | None = None) -> torch.Tensor:
+        """With ``cache``, x holds the next steps after the cached ones (positions continue from
+        ``cache.length``) and the cache is extended by them: feeding a sequence in pieces gives the
+        outputs of one full pass."""
+        start = cache.length if cache is not None else 0
+        positions = torch.arange(start, start + x.shape[1], device=x.device)
         angles = rotary_angles(positions, self.head_dim, base=self.rotary_base)
-        for block in self.blocks:
-            x = block(x, angles=angles, valid=valid, causal=causal)
+        for layer, block in enumerate(self.blocks):
+            x = block(x, angles=angles, valid=valid, causal=causal, cache=cache, layer=layer)
+        if cache is not None:
+            cache.advance(x.shape[1], valid)
         return self.norm(x)
