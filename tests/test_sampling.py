@@ -1,0 +1,68 @@
+"""Logits processors and the float64 categorical draw, against hand computations and exact probabilities."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from mmtok.sampling import (classifier_free_guidance, process_logits, sample_categorical, top_k_filter,
+                            top_p_filter)
+
+
+def test_top_k_one_is_greedy():
+    logits = torch.randn(64, 100, generator=torch.Generator().manual_seed(0))
+    samples = sample_categorical(top_k_filter(logits, 1), generator=torch.Generator().manual_seed(1))
+    assert torch.equal(samples, logits.argmax(-1))
+
+
+def test_top_k_keeps_exactly_the_k_largest():
+    logits = torch.tensor([[0.1, 3.0, -1.0, 2.0, 0.5]])
+    kept = torch.isfinite(top_k_filter(logits, 2))
+    assert kept.tolist() == [[False, True, False, True, False]]
+
+
+def test_top_p_keeps_the_smallest_set_over_p():
+    probs = torch.tensor([[0.5, 0.05, 0.3, 0.15]])
+    logits = probs.log()
+    # sorted: 0.5, 0.3, 0.15, 0.05 -> cumulative 0.5, 0.8, 0.95, 1.0
+    assert torch.isfinite(top_p_filter(logits, 0.5)).tolist() == [[True, False, False, False]]
+    assert torch.isfinite(top_p_filter(logits, 0.51)).tolist() == [[True, False, True, False]]
+    assert torch.isfinite(top_p_filter(logits, 0.9)).tolist() == [[True, False, True, True]]
+    assert torch.isfinite(top_p_filter(logits, 0.01)).tolist() == [[True, False, False, False]], "never empty"
+    assert torch.equal(top_p_filter(logits, 1.0), logits)
+
+
+def test_guidance_scale_one_is_the_conditional_logits_and_zero_the_unconditional():
+    conditional, unconditional = torch.randn(3, 10), torch.randn(3, 10)
+    torch.testing.assert_close(classifier_free_guidance(conditional, unconditional, 1.0), conditional)
+    torch.testing.assert_close(classifier_free_guidance(conditional, unconditional, 0.0), unconditional)
+    torch.testing.assert_close(classifier_free_guidance(conditional, unconditional, 3.0),
+                               unconditional + 3 * (conditional - unconditional))
+
+
+def test_a_fixed_generator_gives_identical_samples():
+    logits = torch.randn(8, 50)
+    first = sample_categorical(logits, generator=torch.Generator().manual_seed(7))
+    second = sample_categorical(logits, generator=torch.Generator().manual_seed(7))
+    assert torch.equal(first, second)
+
+
+def test_samples_follow_the_exact_probabilities():
+    probs = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
+    logits = probs.log().expand(20000, -1)
+    samples = sample_categorical(logits, generator=torch.Generator().manual_seed(0))
+    empirical = torch.bincount(samples, minlength=5).double() / len(samples)
+    assert 0.5 * (empirical - probs.double()).abs().sum() < 0.01
+    assert sample_categorical(torch.tensor([[0.0, float("-inf"), 0.0]]).expand(1000, -1)).ne(1).all()
+
+
+def test_temperature_sharpens_and_rejects_zero():
+    logits = torch.tensor([[1.0, 2.0]])
+    cold = process_logits(logits, temperature=0.5).softmax(-1)[0, 1].item()
+    assert cold == pytest.approx(1 / (1 + math.exp(-2.0)))
+    with pytest.raises(ValueError, match="temperature must be > 0"):
+        process_logits(logits, temperature=0.0)
+    with pytest.raises(ValueError, match="precision must be one of"):
+        sample_categorical(logits, precision="float16")
