@@ -47,15 +47,17 @@ class Pattern(ABC):
     def num_steps(self, num_codebooks: int, num_frames: int) -> int:
         return self.layout(num_codebooks, num_frames).shape[1]
 
-    def build(self, codes: torch.Tensor, *, fill: int) -> tuple[torch.Tensor, torch.Tensor]:
-        """codes [B, Q, T] -> (steps [B, Q, S] with ``fill`` in empty slots, mask [Q, S])."""
+    def build(self, codes: torch.Tensor, *, fill: int | Sequence[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """codes [B, Q, T] -> (steps [B, Q, S] with ``fill`` in empty slots, mask [Q, S]); ``fill`` is
+        one id, or one per codebook (a generator's "empty slot" id of each codebook)."""
         if codes.dim() != 3:
             raise ValueError(f"codes must be [B, Q, T], got shape {tuple(codes.shape)}")
         layout = self.layout(codes.shape[1], codes.shape[2]).to(codes.device)
         mask = layout != EMPTY
         index = layout.clamp(min=0).expand(codes.shape[0], -1, -1)
         steps = torch.gather(codes, 2, index) if codes.shape[2] else torch.zeros_like(index)
-        return steps.masked_fill(~mask, fill), mask
+        fill = torch.as_tensor(fill, dtype=codes.dtype, device=codes.device).reshape(-1, 1)
+        return torch.where(mask, steps, fill), mask
 
     def revert(self, steps: torch.Tensor, num_frames: int) -> torch.Tensor:
         """steps [B, Q, S] -> codes [B, Q, T]: the inverse of :meth:`build`."""

@@ -39,6 +39,8 @@ def test_steps_carry_the_codes_the_layout_names():
     assert steps.tolist() == [[[10, 11, 12, -7], [-7, 20, 21, 22]]]
     steps, _ = FlattenPattern().build(codes, fill=-7)
     assert steps.tolist() == [[[10, -7, 11, -7, 12, -7], [-7, 20, -7, 21, -7, 22]]]
+    steps, _ = CoarseFirstPattern().build(codes, fill=[100, 200])  # one "empty" id per codebook
+    assert steps.tolist() == [[[10, 11, 12, 100, 100, 100], [200, 200, 200, 20, 21, 22]]]
 
 
 def test_bad_layouts_and_arguments_are_named():

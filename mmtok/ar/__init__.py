@@ -1,0 +1,1 @@
+"""Autoregressive generation over any tokenizer's codes (through a codebook pattern)."""

@@ -1,0 +1,74 @@
+"""A decoder-only transformer over pattern steps: one embedding and one output head per codebook.
+
+The input at step s is the sum over codebooks of the embeddings of step s - 1 (MusicGen, Copet et al.
+2023, sec. 2.3); step 0 sees the start token. Each codebook q has ``codebook_sizes[q] + 1`` input
+ids: its codes and one special id, ``codebook_sizes[q]``, which stands for "start" and for the empty
+slots of a pattern. An optional prefix of condition embeddings ``[B, P, D]`` (phonemes, a voice
+prompt, a class) precedes the steps; outputs are read only at the step positions.
+
+Shapes: ``steps: LongTensor [B, Q, S]`` -> ``logits: FloatTensor [B, Q, S, max(codebook_sizes)]``,
+with ``-inf`` past a smaller codebook's size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+from torch import nn
+
+from mmtok.nn import KVCache, Transformer
+
+
+class ARTransformer(nn.Module):
+    def __init__(self, *, codebook_sizes: Sequence[int], dim: int = 256, num_layers: int = 6, num_heads: int = 4,
+                 ff_mult: float = 8 / 3, dropout: float = 0.0):
+        super().__init__()
+        if not codebook_sizes or any(size < 1 for size in codebook_sizes):
+            raise ValueError(f"codebook_sizes must be positive integers, got {list(codebook_sizes)}")
+        self.codebook_sizes = [int(size) for size in codebook_sizes]
+        self.embeddings = nn.ModuleList(nn.Embedding(size + 1, dim) for size in self.codebook_sizes)
+        self.transformer = Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, ff_mult=ff_mult,
+                                       dropout=dropout)
+        self.heads = nn.ModuleList(nn.Linear(dim, size) for size in self.codebook_sizes)
+
+    @property
+    def special_ids(self) -> list[int]:
+        """Per codebook, the id of "start / empty slot"."""
+        return list(self.codebook_sizes)
+
+    def embed(self, steps: torch.Tensor) -> torch.Tensor:
+        """steps [B, Q, S] -> the sum of the codebooks' embeddings, [B, S, D]."""
+        if steps.dim() != 3 or steps.shape[1] != len(self.embeddings):
+            raise ValueError(f"steps must be [B, {len(self.embeddings)}, S], got shape {tuple(steps.shape)}")
+        return sum(embedding(steps[:, q]) for q, embedding in enumerate(self.embeddings))
+
+    def shift_right(self, steps: torch.Tensor) -> torch.Tensor:
+        """The input ids for predicting ``steps``: the start token, then steps[:, :, :-1]."""
+        start = torch.tensor(self.special_ids, device=steps.device)[None, :, None].expand(steps.shape[0], -1, 1)
+        return torch.cat([start, steps[:, :, :-1]], dim=2)
+
+    def logits(self, hidden: torch.Tensor) -> torch.Tensor:
+        """hidden [B, S, D] -> [B, Q, S, max V], -inf past each codebook's size."""
+        width = max(self.codebook_sizes)
+        out = hidden.new_full((hidden.shape[0], len(self.heads), hidden.shape[1], width), float("-inf"))
+        for q, head in enumerate(self.heads):
+            out[:, q, :, : self.codebook_sizes[q]] = head(hidden)
+        return out
+
+    def forward(self, inputs: torch.Tensor, *, prefix: torch.Tensor | None = None,
+                prefix_valid: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
+        """Logits for the next step after each input step. ``inputs [B, Q, S]`` are already shifted
+        (:meth:`shift_right`); with ``cache`` only the new steps are given."""
+        x = self.embed(inputs)
+        valid = None
+        if prefix is not None:
+            x = torch.cat([prefix, x], dim=1)
+            if prefix_valid is not None:
+                steps_valid = torch.ones(x.shape[0], inputs.shape[2], dtype=torch.bool, device=x.device)
+                valid = torch.cat([prefix_valid, steps_valid], dim=1)
+        hidden = self.transformer(x, valid=valid, causal=True, cache=cache)
+        return self.logits(hidden[:, hidden.shape[1] - inputs.shape[2]:])
+
+    def new_cache(self, batch: int, max_length: int, *, device: torch.device | None = None) -> KVCache:
+        return self.transformer.new_cache(batch, max_length, device=device)
