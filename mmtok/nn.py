@@ -58,6 +58,7 @@ class KVCache:
         self.keys = torch.zeros(shape, device=device, dtype=dtype)
         self.values = torch.zeros(shape, device=device, dtype=dtype)
         self.valid = torch.ones(batch, max_length, dtype=torch.bool, device=device)
+        self.all_valid = True  # no padded step stored yet: attention needs no mask
         self.length = 0
 
     @property
@@ -76,6 +77,7 @@ class KVCache:
     def advance(self, steps: int, valid: torch.Tensor | None = None) -> None:
         if valid is not None:
             self.valid[:, self.length:self.length + steps] = valid
+            self.all_valid = self.all_valid and bool(valid.all())
         self.length += steps
 
 
@@ -108,6 +110,10 @@ class SelfAttention(nn.Module):
         """Attend from the T new steps to every cached step and to themselves (causally if asked)."""
         start, steps = cache.length, q.shape[2]
         k, v = cache.store(layer, k, v)
+        if valid is None and cache.all_valid and (steps == 1 or not causal or start == 0):
+            # No padding anywhere: one new step may see every key, and a first chunk is plainly causal.
+            out = F.scaled_dot_product_attention(q, k, v, is_causal=causal and steps > 1)
+            return self.out(rearrange(out, "b h t d -> b t (h d)"))
         keys_valid = cache.valid[:, : start + steps].clone()
         if valid is not None:
             keys_valid[:, start:] = valid
