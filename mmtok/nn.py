@@ -24,7 +24,7 @@ class RMSNorm(nn.Module):
         self.weight = nn.Parameter(torch.ones(dim))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + self.eps) * self.weight
+        return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
 def rotary_angles(positions: torch.Tensor, head_dim: int, *, base: float = 10000.0) -> torch.Tensor:
@@ -35,10 +35,11 @@ def rotary_angles(positions: torch.Tensor, head_dim: int, *, base: float = 10000
     return positions.float()[:, None] * inverse_frequency[None, :]
 
 
-def apply_rotary(x: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
-    """Rotate channel pairs (2i, 2i+1) of x [B, H, T, Dh] by angles [T, Dh / 2]."""
+def apply_rotary(x: torch.Tensor, rotation: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
+    """Rotate channel pairs (2i, 2i+1) of x [B, H, T, Dh] by angles [T, Dh / 2], given as their
+    (cos, sin), computed once per forward pass and shared by every layer."""
     x_pairs = rearrange(x.float(), "... (d two) -> ... d two", two=2)
-    cos, sin = angles.cos(), angles.sin()
+    cos, sin = rotation
     even, odd = x_pairs[..., 0], x_pairs[..., 1]
     rotated = torch.stack((even * cos - odd * sin, even * sin + odd * cos), dim=-1)
     return rearrange(rotated, "... d two -> ... (d two)").type_as(x)
@@ -91,10 +92,11 @@ class SelfAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim, bias=False)
         self.out = nn.Linear(dim, dim, bias=False)
 
-    def forward(self, x: torch.Tensor, *, angles: torch.Tensor, valid: torch.Tensor | None = None,
-                causal: bool = False, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
+    def forward(self, x: torch.Tensor, *, rotation: tuple[torch.Tensor, torch.Tensor],
+                valid: torch.Tensor | None = None, causal: bool = False, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
-        q, k = apply_rotary(q, angles), apply_rotary(k, angles)
+        q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
         if cache is not None:
             return self._cached(q, k, v, valid=valid, causal=causal, cache=cache, layer=layer)
         mask = None
@@ -146,9 +148,10 @@ class TransformerBlock(nn.Module):
         self.ff = SwiGLU(dim=dim, hidden_dim=int(ff_mult * dim), dropout=dropout)
         self.dropout = nn.Dropout(dropout)
 
-    def forward(self, x: torch.Tensor, *, angles: torch.Tensor, valid: torch.Tensor | None = None,
-                causal: bool = False, cache: KVCache | None = None, layer: int = 0) -> torch.Tensor:
-        x = x + self.dropout(self.attention(self.attention_norm(x), angles=angles, valid=valid, causal=causal,
+    def forward(self, x: torch.Tensor, *, rotation: tuple[torch.Tensor, torch.Tensor],
+                valid: torch.Tensor | None = None, causal: bool = False, cache: KVCache | None = None,
+                layer: int = 0) -> torch.Tensor:
+        x = x + self.dropout(self.attention(self.attention_norm(x), rotation=rotation, valid=valid, causal=causal,
                                             cache=cache, layer=layer))
         return x + self.dropout(self.ff(self.ff_norm(x)))
 
@@ -181,8 +184,9 @@ class Transformer(nn.Module):
         start = cache.length if cache is not None else 0
         positions = torch.arange(start, start + x.shape[1], device=x.device)
         angles = rotary_angles(positions, self.head_dim, base=self.rotary_base)
+        rotation = (angles.cos(), angles.sin())
         for layer, block in enumerate(self.blocks):
-            x = block(x, angles=angles, valid=valid, causal=causal, cache=cache, layer=layer)
+            x = block(x, rotation=rotation, valid=valid, causal=causal, cache=cache, layer=layer)
         if cache is not None:
             cache.advance(x.shape[1], valid)
         return self.norm(x)
