@@ -48,8 +48,10 @@ def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
 
 
 def classifier_free_guidance(conditional: torch.Tensor, unconditional: torch.Tensor, scale: float) -> torch.Tensor:
-    """uncond + scale · (cond − uncond) on logits: scale 1 gives the conditional logits."""
-    return unconditional + scale * (conditional - unconditional)
+    """uncond + scale · (cond − uncond) on logits: scale 1 gives the conditional logits. A token the
+    conditional logits rule out (-inf, e.g. past a codebook's size) stays ruled out, not NaN."""
+    guided = unconditional + scale * (conditional - unconditional)
+    return guided.masked_fill(torch.isneginf(conditional), float("-inf"))
 
 
 def process_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int | None = None,

@@ -40,6 +40,9 @@ def test_guidance_scale_one_is_the_conditional_logits_and_zero_the_unconditional
     torch.testing.assert_close(classifier_free_guidance(conditional, unconditional, 0.0), unconditional)
     torch.testing.assert_close(classifier_free_guidance(conditional, unconditional, 3.0),
                                unconditional + 3 * (conditional - unconditional))
+    impossible = torch.tensor([[0.0, float("-inf")]])
+    guided = classifier_free_guidance(impossible, impossible.clone(), 3.0)
+    assert guided.tolist() == [[0.0, float("-inf")]], "-inf stays -inf instead of becoming NaN"
 
 
 def test_a_fixed_generator_gives_identical_samples():

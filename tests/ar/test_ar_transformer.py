@@ -59,6 +59,21 @@ def test_a_fixed_generator_gives_identical_samples():
     assert (first[:, 0] < 5).all() and (first[:, 1] < 7).all(), "no special id in generated codes"
 
 
+def test_guidance_scale_one_is_conditional_and_zero_is_unconditional_generation():
+    model = tiny()
+    condition, null = torch.randn(2, 3, 32), torch.randn(2, 3, 32)
+    options = dict(num_frames=6, temperature=0)
+    conditional = generate(model, DelayPattern(), prefix=condition, **options)
+    unconditional = generate(model, DelayPattern(), prefix=null, **options)
+    assert not torch.equal(conditional, unconditional), "the prefix must matter for this test to mean anything"
+    assert torch.equal(generate(model, DelayPattern(), prefix=condition, null_prefix=null, cfg_scale=1.0, **options),
+                       conditional)
+    assert torch.equal(generate(model, DelayPattern(), prefix=condition, null_prefix=null, cfg_scale=0.0, **options),
+                       unconditional)
+    with pytest.raises(ValueError, match="null_prefix needs a prefix of the same shape"):
+        generate(model, DelayPattern(), prefix=condition, null_prefix=null[:1], **options)
+
+
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="codebook_sizes must be positive"):
         ARTransformer(codebook_sizes=[])
