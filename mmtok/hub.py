@@ -87,8 +87,9 @@ def half_precision_state(state: dict[str, torch.Tensor]) -> dict[str, torch.Tens
 @torch.no_grad()
 def round_to_half(model: torch.nn.Module) -> None:
     """Round the model's weights in place to exactly what :func:`half_precision_state` stores."""
-    rounded = half_precision_state(model.state_dict())
-    model.load_state_dict({name: tensor.to(model.state_dict()[name].dtype) for name, tensor in rounded.items()})
+    state = model.state_dict()
+    rounded = half_precision_state(state)
+    model.load_state_dict({name: tensor.to(state[name].dtype) for name, tensor in rounded.items()})
 
 
 def class_name(cls: type) -> str:

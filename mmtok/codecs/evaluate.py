@@ -38,6 +38,8 @@ def evaluate_codec(codec: Tokenizer, data: str | Path, *, split: str = "test", m
         raise ValueError(f"split must be 'valid' or 'test', got {split!r}")
     quantizers = list(quantizers or default_quantizer_counts(codec.num_codebooks))
     codec = codec.eval()
+    if judge is not None:
+        judge.eval()
     module = AudioDataModule(path=str(data), sample_rate=codec.sample_rate, valid_batch_size=1,
                              max_valid_items=max_items)
     module.setup("test" if split == "test" else "validate")
@@ -81,7 +83,7 @@ def _reference_phonemes(batch: dict, data: str | Path, split: str) -> list[str]:
 def _transcribe(judge, audio: torch.Tensor, sample_rate: int) -> list[str]:
     if sample_rate != judge.sample_rate:
         audio = torchaudio.functional.resample(audio, sample_rate, judge.sample_rate)
-    return judge.eval().transcribe(audio)[0].split()
+    return judge.transcribe(audio)[0].split()
 
 
 def _row(codec: Tokenizer, n: int, sums: dict[str, float], count: int) -> dict:
