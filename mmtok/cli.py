@@ -175,6 +175,64 @@ def cmd_decode(args: argparse.Namespace) -> None:
     print(f"wrote {len(pairs)} wav file(s) to {Path(args.output).resolve()}")
 
 
+# -- generators -------------------------------------------------------------------------------
+def cmd_tokenize(args: argparse.Namespace) -> None:
+    from mmtok.data.tokens import tokenize_corpus
+
+    out = tokenize_corpus(args.model, args.manifest, args.out)
+    print(f"token cache written to {Path(out).resolve()}")
+
+
+def _slug(text: str, width: int = 40) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower())[:width].strip("_") or "utterance"
+
+
+def cmd_generate(args: argparse.Namespace) -> None:
+    import json
+    import time
+
+    import torch
+
+    from mmtok.ar.model import ARGenerator
+    from mmtok.ar.tts import synthesize
+    from mmtok.data.audio import load_audio
+    from mmtok.data.speech import phonemize
+    from mmtok.hub import load_pretrained
+    from mmtok.media import write_spectrogram_png, write_wav
+
+    generator = load_pretrained(args.model)
+    if not isinstance(generator, ARGenerator):
+        raise SystemExit(f"mmtok generate: {args.model} holds a {type(generator).__name__}, not a generator")
+    tokenizer = generator.load_tokenizer(args.tokenizer, near=args.model)
+    texts = list(args.text)
+    if args.text_file:
+        texts += [line.strip() for line in Path(args.text_file).read_text().splitlines() if line.strip()]
+    if not texts:
+        raise SystemExit("mmtok generate: give --text (repeatable) or --text-file")
+    prompt = load_audio(args.prompt, sample_rate=tokenizer.sample_rate) if args.prompt else None
+    voice = args.voice or args.speaker or "en-us"
+    phonemes = [phonemize(text, voice=voice) for text in texts]
+    rng = torch.Generator().manual_seed(args.seed)
+    started = time.perf_counter()
+    audio, tokens = synthesize(generator, tokenizer, phonemes, speaker=args.speaker, prompt=prompt,
+                               prompt_seconds=args.prompt_seconds, max_seconds=args.max_seconds,
+                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
+                               cfg_scale=args.cfg_scale, generator=rng)
+    seconds = time.perf_counter() - started
+    out = Path(args.out)
+    lines = []
+    for i, (text, wave) in enumerate(zip(texts, audio)):
+        path = out / f"{i:02d}_{_slug(text)}.wav"
+        write_wav(path, wave, sample_rate=tokenizer.sample_rate)
+        write_spectrogram_png(path.with_suffix(".png"), wave, sample_rate=tokenizer.sample_rate, title=text)
+        lines.append({"audio": path.name, "text": text, "phonemes": phonemes[i], "speaker": args.speaker,
+                      "prompt": args.prompt, "seconds": round(wave.shape[-1] / tokenizer.sample_rate, 3),
+                      "frames": int(tokens.lengths[i])})
+        print(f"{path}\t{lines[-1]['seconds']:.2f} s\t{text}")
+    (out / "generated.jsonl").write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+    print(f"generated {len(texts)} utterance(s) in {seconds:.1f} s; wavs and spectrograms in {out.resolve()}")
+
+
 # -- parser -------------------------------------------------------------------------------------
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
@@ -247,6 +305,30 @@ def build_parser() -> argparse.ArgumentParser:
         if name == "decode":
             p.add_argument("--spectrogram", action="store_true", help="also write a spectrogram png")
         p.set_defaults(func=func)
+
+    tokenize = sub.add_parser("tokenize", help="encode a corpus once into a token cache for generator training")
+    tokenize.add_argument("model", help="tokenizer Hub folder or repo id")
+    tokenize.add_argument("manifest", help="corpus folder or manifest.jsonl")
+    tokenize.add_argument("out", help="output folder (tokens.safetensors, manifest.jsonl, info.json)")
+    tokenize.set_defaults(func=cmd_tokenize)
+
+    gen = sub.add_parser("generate", help="text -> speech with a trained TTS generator (wav + spectrogram png)")
+    gen.add_argument("model", help="generator Hub folder or repo id")
+    gen.add_argument("--text", action="append", default=[], help="a sentence to speak (repeatable)")
+    gen.add_argument("--text-file", help="a file with one sentence per line")
+    gen.add_argument("--out", required=True, help="output folder")
+    gen.add_argument("--prompt", help="a wav of the voice to imitate (its first --prompt-seconds are used)")
+    gen.add_argument("--prompt-seconds", type=float, default=3.0)
+    gen.add_argument("--speaker", help="a corpus speaker id (the speaker condition), e.g. us-f3")
+    gen.add_argument("--voice", help="espeak-ng voice used to phonemize the text (default: the speaker's, or en-us)")
+    gen.add_argument("--tokenizer", help="tokenizer Hub folder (default: the one the generator names)")
+    gen.add_argument("--max-seconds", type=float, default=10.0)
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
+    gen.add_argument("--seed", type=int, default=0)
+    gen.set_defaults(func=cmd_generate)
     return parser
 
 

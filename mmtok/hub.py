@@ -157,6 +157,7 @@ def load_pretrained(model_id: str | os.PathLike, **kwargs) -> HubMixin:
 
 def _import_model_modules() -> None:
     """Import the modules that define Hub models so that their classes are registered."""
+    import mmtok.ar.model  # noqa: F401
     import mmtok.asr  # noqa: F401
     import mmtok.codecs.rvq  # noqa: F401
     import mmtok.codecs.xcodec  # noqa: F401

@@ -130,10 +130,12 @@ def write_spectrogram_png(
     sample_rate: int,
     title: str | None = None,
     reference: AudioLike | None = None,
+    reference_title: str = "reference",
     dpi: int = 100,
 ) -> Path:
     """Writes :func:`spectrogram_figure` to a png at ``path`` (parents created); returns the path."""
-    fig = spectrogram_figure(audio, sample_rate=sample_rate, title=title, reference=reference)
+    fig = spectrogram_figure(audio, sample_rate=sample_rate, title=title, reference=reference,
+                             reference_title=reference_title)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=dpi)

@@ -44,6 +44,14 @@ class Pattern(ABC):
         """BoolTensor [Q, S]: which slots hold a code."""
         return self.layout(num_codebooks, num_frames) != EMPTY
 
+    def is_frame_stable(self, num_codebooks: int) -> bool:
+        """Whether code (q, t) sits at the same step whatever the number of frames, so that a sequence
+        can stop at any frame (what an end token needs). Parallel, delay and flatten are; coarse_first
+        is not (its second half starts after the last frame)."""
+        short, longer = self.layout(num_codebooks, 3), self.layout(num_codebooks, 5)
+        head = longer[:, :short.shape[1]]
+        return torch.equal(torch.where(head < 3, head, EMPTY), short)
+
     def num_steps(self, num_codebooks: int, num_frames: int) -> int:
         return self.layout(num_codebooks, num_frames).shape[1]
 

@@ -56,6 +56,27 @@ def hubert_folder(tmp_path_factory) -> Path:
     return folder
 
 
+@pytest.fixture(scope="session")
+def tiny_codec_folder(tmp_path_factory) -> Path:
+    """A tiny randomly initialised RVQ codec (4 codebooks of 32 codes, 50 frames/s) as a Hub folder."""
+    from mmtok.codecs.rvq import RVQCodec
+
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("tiny_codec")
+    RVQCodec(encoder_channels=4, decoder_channels=16, latent_dim=16, codebook_size=32, num_quantizers=4,
+             kmeans_init=False).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def tiny_tokens(tiny_corpus, tiny_codec_folder, tmp_path_factory) -> Path:
+    """The tiny corpus tokenized by the tiny codec (a token cache folder)."""
+    from mmtok.data.tokens import tokenize_corpus
+
+    return tokenize_corpus(str(tiny_codec_folder), tiny_corpus, tmp_path_factory.mktemp("tiny_tokens"),
+                           progress=False)
+
+
 def tiny_codec_args(corpus: Path, run_dir: Path, *, max_steps: int, adversarial_start_step: int = 0,
                     val_check_interval: int = 10, recipe: Path = RECIPE) -> list[str]:
     """`mmtok fit` arguments: a real speech codec recipe shrunk to a model that trains in seconds."""

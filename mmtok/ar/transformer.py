@@ -6,8 +6,12 @@ ids: its codes and one special id, ``codebook_sizes[q]``, which stands for "star
 slots of a pattern. An optional prefix of condition embeddings ``[B, P, D]`` (phonemes, a voice
 prompt, a class) precedes the steps; outputs are read only at the step positions.
 
-Shapes: ``steps: LongTensor [B, Q, S]`` -> ``logits: FloatTensor [B, Q, S, max(codebook_sizes)]``,
-with ``-inf`` past a smaller codebook's size.
+With ``end_token`` the first codebook's head has one more output, ``codebook_sizes[0]``, meaning
+"the sequence ends before this frame" (VALL-E's end-of-sequence on its first codebook): generation
+stops per item when it is drawn. It is never fed back, so it may share its id with "start".
+
+Shapes: ``steps: LongTensor [B, Q, S]`` -> ``logits: FloatTensor [B, Q, S, V]`` with V the widest
+head, and ``-inf`` past a smaller head's size.
 """
 
 from __future__ import annotations
@@ -22,7 +26,7 @@ from mmtok.nn import KVCache, Transformer
 
 class ARTransformer(nn.Module):
     def __init__(self, *, codebook_sizes: Sequence[int], dim: int = 256, num_layers: int = 6, num_heads: int = 4,
-                 ff_mult: float = 8 / 3, dropout: float = 0.0):
+                 ff_mult: float = 8 / 3, dropout: float = 0.0, end_token: bool = False):
         super().__init__()
         if not codebook_sizes or any(size < 1 for size in codebook_sizes):
             raise ValueError(f"codebook_sizes must be positive integers, got {list(codebook_sizes)}")
@@ -30,12 +34,19 @@ class ARTransformer(nn.Module):
         self.embeddings = nn.ModuleList(nn.Embedding(size + 1, dim) for size in self.codebook_sizes)
         self.transformer = Transformer(dim=dim, num_layers=num_layers, num_heads=num_heads, ff_mult=ff_mult,
                                        dropout=dropout)
-        self.heads = nn.ModuleList(nn.Linear(dim, size) for size in self.codebook_sizes)
+        self.end_token = end_token
+        self.head_sizes = [size + (end_token and q == 0) for q, size in enumerate(self.codebook_sizes)]
+        self.heads = nn.ModuleList(nn.Linear(dim, size) for size in self.head_sizes)
 
     @property
     def special_ids(self) -> list[int]:
         """Per codebook, the id of "start / empty slot"."""
         return list(self.codebook_sizes)
+
+    @property
+    def end_id(self) -> int | None:
+        """The first codebook's output id meaning "end", or None without an end token."""
+        return self.codebook_sizes[0] if self.end_token else None
 
     def embed(self, steps: torch.Tensor) -> torch.Tensor:
         """steps [B, Q, S] -> the sum of the codebooks' embeddings, [B, S, D]."""
@@ -49,11 +60,11 @@ class ARTransformer(nn.Module):
         return torch.cat([start, steps[:, :, :-1]], dim=2)
 
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
-        """hidden [B, S, D] -> [B, Q, S, max V], -inf past each codebook's size."""
-        width = max(self.codebook_sizes)
+        """hidden [B, S, D] -> [B, Q, S, max head size], -inf past each head's size."""
+        width = max(self.head_sizes)
         out = hidden.new_full((hidden.shape[0], len(self.heads), hidden.shape[1], width), float("-inf"))
         for q, head in enumerate(self.heads):
-            out[:, q, :, : self.codebook_sizes[q]] = head(hidden)
+            out[:, q, :, : self.head_sizes[q]] = head(hidden)
         return out
 
     def forward(self, inputs: torch.Tensor, *, prefix: torch.Tensor | None = None,

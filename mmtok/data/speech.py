@@ -350,6 +350,19 @@ def synthesize(
     return audio, clean_phonemes(done.stdout.decode("utf-8"))
 
 
+def phonemize(text: str, *, voice: str = "en-us", executable: str | None = None) -> str:
+    """The phonemes espeak-ng speaks for ``text`` in ``voice`` (a voice name or a :data:`SPEAKERS` id),
+    in the corpus' format (:func:`clean_phonemes`): what a TTS model trained on the corpus reads."""
+    speaker = next((s for s in SPEAKERS if s.id == voice), None)
+    arguments = speaker.espeak_args() if speaker else ["-v", voice]
+    done = subprocess.run([executable or espeak_executable(), *arguments, "-q", "--ipa", "--sep= ", text],
+                          capture_output=True, check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"espeak-ng could not phonemize {text!r} with voice {voice!r}: "
+                           f"{done.stderr.decode(errors='replace').strip()}")
+    return clean_phonemes(done.stdout.decode("utf-8"))
+
+
 def trim_silence(
     audio: torch.Tensor, *, sample_rate: int, threshold_db: float = -40.0, margin_seconds: float = 0.05
 ) -> torch.Tensor:

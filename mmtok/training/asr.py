@@ -9,6 +9,7 @@ import torch.nn.functional as F
 from mmtok.asr import BLANK, PhonemeRecognizer
 from mmtok.metrics import edit_distance
 from mmtok.training.checkpoint import record_model
+from mmtok.training.optim import warmup_cosine
 
 
 class PhonemeRecognizerModule(L.LightningModule):
@@ -27,15 +28,8 @@ class PhonemeRecognizerModule(L.LightningModule):
     def configure_optimizers(self):
         hp = self.hparams
         optimizer = torch.optim.AdamW(self.recognizer.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        total = max(int(self.trainer.estimated_stepping_batches), hp.warmup_steps + 1)
-
-        def schedule(step: int) -> float:
-            if step < hp.warmup_steps:
-                return (step + 1) / hp.warmup_steps
-            progress = (step - hp.warmup_steps) / (total - hp.warmup_steps)
-            return 0.5 * (1 + torch.cos(torch.tensor(min(progress, 1.0) * torch.pi)).item())
-
-        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, schedule)
+        scheduler = warmup_cosine(optimizer, warmup_steps=hp.warmup_steps,
+                                  total_steps=int(self.trainer.estimated_stepping_batches))
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
 
     def _ctc_loss(self, batch: dict):

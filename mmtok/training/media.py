@@ -34,11 +34,31 @@ def log_audio_examples(module: L.LightningModule, audio: torch.Tensor, reconstru
         write_spectrogram_png(folder / f"{i}_recon_{suffix}.png", recon, sample_rate=sample_rate,
                               reference=original, title=f"item {i}, {suffix}")
         if wandb_logger is not None:
-            import matplotlib.pyplot as plt
+            _log_to_wandb(wandb_logger, f"val_media/{i}_{suffix}", recon, sample_rate=sample_rate,
+                          reference=original, step=module.global_step)
 
-            key = f"val_media/{i}_{suffix}"
-            wandb_logger.log_audio(key=key, audios=[recon.squeeze(0).numpy()], sample_rate=[sample_rate],
-                                   step=module.global_step)
-            figure = spectrogram_figure(recon, sample_rate=sample_rate, reference=original, title=key)
-            wandb_logger.log_image(key=f"{key}_mel", images=[figure], step=module.global_step)
-            plt.close(figure)
+
+def _log_to_wandb(wandb_logger: WandbLogger, key: str, audio: torch.Tensor, *, sample_rate: int,
+                  reference: torch.Tensor | None, step: int) -> None:
+    import matplotlib.pyplot as plt
+
+    wandb_logger.log_audio(key=key, audios=[audio.squeeze(0).numpy()], sample_rate=[sample_rate], step=step)
+    figure = spectrogram_figure(audio, sample_rate=sample_rate, reference=reference, title=key)
+    wandb_logger.log_image(key=f"{key}_mel", images=[figure], step=step)
+    plt.close(figure)
+
+
+def log_generated_audio(module: L.LightningModule, audios: list[torch.Tensor], references: list[torch.Tensor],
+                        *, sample_rate: int) -> None:
+    """Write generated items (wav + spectrogram png over the real utterance's) to the run's media
+    folder, and log them to wandb when it is a logger. audios, references: FloatTensors [1, N]."""
+    folder = media_dir(module)
+    wandb_logger = next((lg for lg in module.loggers if isinstance(lg, WandbLogger)), None)
+    for i, (audio, reference) in enumerate(zip(audios, references)):
+        audio, reference = audio.float().cpu(), reference.float().cpu()
+        write_wav(folder / f"{i}_generated.wav", audio, sample_rate=sample_rate)
+        write_spectrogram_png(folder / f"{i}_generated.png", audio, sample_rate=sample_rate, reference=reference,
+                              title=f"item {i}, generated", reference_title="real utterance (decoded tokens)")
+        if wandb_logger is not None:
+            _log_to_wandb(wandb_logger, f"val_media/{i}_generated", audio, sample_rate=sample_rate,
+                          reference=reference, step=module.global_step)

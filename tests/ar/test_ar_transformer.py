@@ -45,16 +45,16 @@ def test_a_tiny_model_memorises_codes_and_greedy_generation_reproduces_them(patt
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    generated = generate(model.eval(), pattern, num_frames=6, temperature=0)
-    assert torch.equal(generated, codes)
+    generated, lengths = generate(model.eval(), pattern, num_frames=6, temperature=0)
+    assert torch.equal(generated, codes) and lengths.tolist() == [6]
 
 
 def test_a_fixed_generator_gives_identical_samples():
     model = tiny()
-    first = generate(model, DelayPattern(), num_frames=5, batch_size=3, generator=torch.Generator().manual_seed(3),
-                     top_k=4, top_p=0.9)
-    second = generate(model, DelayPattern(), num_frames=5, batch_size=3, generator=torch.Generator().manual_seed(3),
-                      top_k=4, top_p=0.9)
+    first, _ = generate(model, DelayPattern(), num_frames=5, batch_size=3,
+                        generator=torch.Generator().manual_seed(3), top_k=4, top_p=0.9)
+    second, _ = generate(model, DelayPattern(), num_frames=5, batch_size=3,
+                         generator=torch.Generator().manual_seed(3), top_k=4, top_p=0.9)
     assert torch.equal(first, second) and first.shape == (3, 2, 5)
     assert (first[:, 0] < 5).all() and (first[:, 1] < 7).all(), "no special id in generated codes"
 
@@ -63,13 +63,12 @@ def test_guidance_scale_one_is_conditional_and_zero_is_unconditional_generation(
     model = tiny()
     condition, null = torch.randn(2, 3, 32), torch.randn(2, 3, 32)
     options = dict(num_frames=6, temperature=0)
-    conditional = generate(model, DelayPattern(), prefix=condition, **options)
-    unconditional = generate(model, DelayPattern(), prefix=null, **options)
+    conditional, _ = generate(model, DelayPattern(), prefix=condition, **options)
+    unconditional, _ = generate(model, DelayPattern(), prefix=null, **options)
     assert not torch.equal(conditional, unconditional), "the prefix must matter for this test to mean anything"
-    assert torch.equal(generate(model, DelayPattern(), prefix=condition, null_prefix=null, cfg_scale=1.0, **options),
-                       conditional)
-    assert torch.equal(generate(model, DelayPattern(), prefix=condition, null_prefix=null, cfg_scale=0.0, **options),
-                       unconditional)
+    for scale, expected in ((1.0, conditional), (0.0, unconditional)):
+        guided, _ = generate(model, DelayPattern(), prefix=condition, null_prefix=null, cfg_scale=scale, **options)
+        assert torch.equal(guided, expected)
     with pytest.raises(ValueError, match="null_prefix needs a prefix of the same shape"):
         generate(model, DelayPattern(), prefix=condition, null_prefix=null[:1], **options)
 
@@ -79,3 +78,54 @@ def test_bad_arguments_are_named():
         ARTransformer(codebook_sizes=[])
     with pytest.raises(ValueError, match=r"steps must be \[B, 2, S\]"):
         tiny()(torch.zeros(1, 3, 4, dtype=torch.long))
+
+
+def test_items_with_prompts_of_different_lengths_generate_as_they_would_alone():
+    model = tiny()
+    long_prompt, short_prompt = torch.randn(1, 5, 32), torch.randn(1, 2, 32)
+    alone = [generate(model, DelayPattern(), num_frames=6, temperature=0, prefix=p)[0]
+             for p in (long_prompt, short_prompt)]
+    padded = torch.cat([long_prompt, torch.cat([torch.zeros(1, 3, 32), short_prompt], dim=1)])
+    valid = torch.tensor([[True] * 5, [False] * 3 + [True] * 2])
+    batched, _ = generate(model, DelayPattern(), num_frames=6, temperature=0, prefix=padded, prefix_valid=valid)
+    assert torch.equal(batched, torch.cat(alone))
+
+
+def end_token_model(pattern, codes_per_item):
+    """A tiny model with an end token trained on items of different lengths (each prompted by its own
+    class-like prefix vector) until greedy decoding reproduces them."""
+    from mmtok.ar.model import teacher_forcing
+
+    model = tiny(end_token=True).train()
+    torch.manual_seed(1)
+    prefixes = torch.randn(len(codes_per_item), 1, 32)
+    lengths = torch.tensor([c.shape[1] for c in codes_per_item])
+    codes = torch.zeros(len(codes_per_item), 2, int(lengths.max()), dtype=torch.long)
+    for i, c in enumerate(codes_per_item):
+        codes[i, :, : c.shape[1]] = c
+    inputs, targets, mask = teacher_forcing(model, pattern, codes, lengths)
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(200):
+        logits = model(inputs, prefix=prefixes)
+        loss = F.cross_entropy(logits[mask], targets[mask])
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return model.eval(), prefixes, codes, lengths
+
+
+@pytest.mark.parametrize("pattern", [ParallelPattern(), DelayPattern(), FlattenPattern()],
+                         ids=lambda p: type(p).__name__)
+def test_generation_stops_at_the_end_token_per_item(pattern):
+    items = [torch.tensor([[0, 3, 1, 4], [6, 0, 5, 1]]), torch.tensor([[2, 2], [3, 4]])]
+    model, prefixes, codes, lengths = end_token_model(pattern, items)
+    generated, generated_lengths = generate(model, pattern, num_frames=8, temperature=0, prefix=prefixes)
+    assert generated_lengths.tolist() == [4, 2]
+    assert torch.equal(generated[:, :, :4], codes) and (generated[:, :, 4:] == 0).all()
+    assert (generated[1, :, 2:] == 0).all(), "zeros past an item's end"
+
+
+def test_an_end_token_needs_a_frame_stable_pattern():
+    assert not CoarseFirstPattern().is_frame_stable(2) and DelayPattern().is_frame_stable(3)
+    with pytest.raises(ValueError, match="frame-stable pattern"):
+        generate(tiny(end_token=True), CoarseFirstPattern(), num_frames=4)

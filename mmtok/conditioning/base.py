@@ -1,0 +1,118 @@
+"""The condition interface, the conditioner that joins conditions into one prefix, and specs."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import Any
+
+import torch
+from torch import nn
+
+
+class Condition(nn.Module, ABC):
+    """One batch field (``key``) embedded as a sequence of ``dim``-vectors.
+
+    ``forward`` puts the condition's null embedding first; it is valid only for dropped (or absent)
+    items, whose own embeddings are then all invalid. ``dropout`` is the training probability of
+    dropping an item's condition (classifier-free guidance, Ho & Salimans 2022).
+    """
+
+    type_name: str = ""
+
+    def __init__(self, *, key: str, dim: int, dropout: float = 0.0):
+        super().__init__()
+        if not 0.0 <= dropout <= 1.0:
+            raise ValueError(f"condition {key!r}: dropout must be in [0, 1], got {dropout}")
+        self.key, self.dim, self.dropout = key, dim, dropout
+        self.null = nn.Parameter(torch.randn(dim) * 0.02)
+
+    @abstractmethod
+    def embed(self, value: Any, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The batch field -> (embeddings [B, P, D], valid BoolTensor [B, P])."""
+
+    @abstractmethod
+    def spec(self) -> dict:
+        """The JSON arguments that rebuild this condition (with :func:`build_condition`)."""
+
+    def forward(self, value: Any, *, batch_size: int, device: torch.device,
+                drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        null = self.null.expand(batch_size, 1, -1)
+        if value is None:
+            return null, torch.ones(batch_size, 1, dtype=torch.bool, device=device)
+        embeddings, valid = self.embed(value, device)
+        if embeddings.shape[0] != batch_size:
+            raise ValueError(f"condition {self.key!r}: {embeddings.shape[0]} items for a batch of {batch_size}")
+        drop = torch.zeros(batch_size, dtype=torch.bool, device=device) if drop is None else drop
+        return torch.cat([null, embeddings], dim=1), torch.cat([drop[:, None], valid & ~drop[:, None]], dim=1)
+
+
+def left_pack(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Move each row's valid positions to the end, in order ([B, P, D], [B, P]), and drop the leading
+    columns that no row uses. Left padding keeps every item's steps right after its own prefix."""
+    order = torch.sort(valid.long(), dim=1, stable=True).indices
+    x = torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[2]))
+    valid = torch.gather(valid, 1, order)
+    used = valid.any(0).nonzero()
+    start = int(used[0]) if len(used) else valid.shape[1]
+    return x[:, start:], valid[:, start:]
+
+
+def pad_left(x: torch.Tensor, valid: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Left-pad a prefix ([B, P, D], [B, P]) with invalid zeros to ``length`` positions."""
+    extra = length - x.shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot pad a prefix of {x.shape[1]} positions to {length}")
+    return (torch.cat([x.new_zeros(x.shape[0], extra, x.shape[2]), x], dim=1),
+            torch.cat([valid.new_zeros(valid.shape[0], extra), valid], dim=1))
+
+
+class Conditioner(nn.Module):
+    """Joins conditions, in order, into one left-padded prefix read from a batch dict."""
+
+    def __init__(self, conditions: list[Condition]):
+        super().__init__()
+        keys = [c.key for c in conditions]
+        if len(set(keys)) != len(keys):
+            raise ValueError(f"conditions must read distinct batch fields, got {keys}")
+        self.conditions = nn.ModuleList(conditions)
+
+    @property
+    def keys(self) -> list[str]:
+        return [c.key for c in self.conditions]
+
+    def forward(self, batch: dict, *, batch_size: int, device: torch.device, null: bool = False,
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
+        """(prefix [B, P, D], valid [B, P]), or (None, None) without conditions. In training mode each
+        condition is dropped per item with its probability; ``null=True`` drops every condition."""
+        if not len(self.conditions):
+            return None, None
+        pieces, masks = [], []
+        for condition in self.conditions:
+            drop = None
+            if self.training and condition.dropout > 0:
+                drop = torch.rand(batch_size, generator=generator).to(device) < condition.dropout
+            x, valid = condition(None if null else batch.get(condition.key), batch_size=batch_size, device=device,
+                                 drop=drop)
+            pieces.append(x)
+            masks.append(valid)
+        return left_pack(torch.cat(pieces, dim=1), torch.cat(masks, dim=1))
+
+    def specs(self) -> list[dict]:
+        return [condition.spec() for condition in self.conditions]
+
+
+def build_condition(spec: dict, *, dim: int) -> Condition:
+    """A condition from its spec: ``{"type": "class"|"phonemes"|"audio_prompt"|"text_encoder", ...}``
+    (the other keys are the condition's arguments; ``dim`` is the generator's width)."""
+    from mmtok.conditioning.conditions import AudioPromptCondition, ClassCondition, PhonemeCondition
+    from mmtok.conditioning.text import TextEncoderCondition
+
+    types = {cls.type_name: cls for cls in (ClassCondition, PhonemeCondition, AudioPromptCondition,
+                                            TextEncoderCondition)}
+    if not isinstance(spec, dict) or spec.get("type") not in types:
+        raise ValueError(f"condition spec {spec!r}: needs 'type', one of {sorted(types)}")
+    arguments = {k: v for k, v in spec.items() if k != "type"}
+    try:
+        return types[spec["type"]](dim=dim, **arguments)
+    except TypeError as error:
+        raise ValueError(f"condition spec {spec!r}: {error}") from error

@@ -1,0 +1,136 @@
+"""Class labels, phoneme sequences and audio prompts as conditions."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmtok.conditioning.base import Condition
+
+
+def manifest_values(source: str | Path, field: str) -> list[str]:
+    """Sorted distinct values of ``field`` in a corpus (a folder with manifest.jsonl, or the file)."""
+    path = Path(source)
+    manifest = path / "manifest.jsonl" if path.is_dir() else path
+    if not manifest.is_file():
+        raise FileNotFoundError(f"classes: {source} has no manifest.jsonl to read '{field}' values from")
+    values = set()
+    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
+        if line.strip():
+            entry = json.loads(line)
+            if field not in entry:
+                raise ValueError(f"{manifest}:{number}: no '{field}' field")
+            values.add(str(entry[field]))
+    return sorted(values)
+
+
+class ClassCondition(Condition):
+    """A class label (a speaker, a digit) as one embedding. ``classes`` is the list of names, a count
+    (names "0".."n-1"), or a corpus folder whose manifest's ``key`` field gives the names."""
+
+    type_name = "class"
+
+    def __init__(self, *, dim: int, key: str = "label", classes: Sequence[str] | int | str, dropout: float = 0.0):
+        super().__init__(key=key, dim=dim, dropout=dropout)
+        if isinstance(classes, int):
+            classes = [str(i) for i in range(classes)]
+        elif isinstance(classes, str):
+            classes = manifest_values(classes, key)
+        if not classes or len(set(classes)) != len(classes):
+            raise ValueError(f"condition {key!r}: classes must be a non-empty list of distinct names")
+        self.classes = [str(c) for c in classes]
+        self._index = {name: i for i, name in enumerate(self.classes)}
+        self.embedding = nn.Embedding(len(self.classes), dim)
+
+    def ids(self, value, device: torch.device) -> torch.Tensor:
+        if isinstance(value, torch.Tensor):
+            ids = value.long().reshape(-1)
+            if ids.numel() and (ids.min() < 0 or ids.max() >= len(self.classes)):
+                raise ValueError(f"condition {self.key!r}: class ids must be in [0, {len(self.classes)}), "
+                                 f"got {ids.tolist()}")
+            return ids.to(device)
+        unknown = [v for v in value if str(v) not in self._index]
+        if unknown:
+            raise ValueError(f"condition {self.key!r}: unknown classes {unknown} (known: {self.classes})")
+        return torch.tensor([self._index[str(v)] for v in value], device=device)
+
+    def embed(self, value, device):
+        ids = self.ids(value, device)
+        return self.embedding(ids)[:, None], torch.ones(len(ids), 1, dtype=torch.bool, device=device)
+
+    def spec(self) -> dict:
+        return {"type": self.type_name, "key": self.key, "classes": self.classes, "dropout": self.dropout}
+
+
+class PhonemeCondition(Condition):
+    """A phoneme (or character) sequence, space-separated symbols, with its own embedding table.
+    ``phonemes`` is the inventory or a corpus to read it from (:func:`mmtok.asr.phoneme_inventory`)."""
+
+    type_name = "phonemes"
+
+    def __init__(self, *, dim: int, key: str = "phonemes", phonemes: Sequence[str] | str, dropout: float = 0.0):
+        super().__init__(key=key, dim=dim, dropout=dropout)
+        if isinstance(phonemes, str):
+            from mmtok.asr import phoneme_inventory
+
+            phonemes = phoneme_inventory(phonemes)
+        if not phonemes or len(set(phonemes)) != len(phonemes):
+            raise ValueError(f"condition {key!r}: phonemes must be a non-empty list of distinct symbols")
+        self.phonemes = list(phonemes)
+        self._index = {p: i + 1 for i, p in enumerate(self.phonemes)}  # 0 pads
+        self.embedding = nn.Embedding(len(self.phonemes) + 1, dim, padding_idx=0)
+
+    def encode(self, text: str) -> list[int]:
+        unknown = sorted({p for p in text.split() if p not in self._index})
+        if unknown:
+            raise ValueError(f"condition {self.key!r}: phonemes {unknown} are not in the inventory of "
+                             f"{len(self.phonemes)} symbols")
+        return [self._index[p] for p in text.split()]
+
+    def embed(self, value: Sequence[str], device):
+        ids = [self.encode(text) for text in value]
+        width = max(1, max(len(i) for i in ids))
+        padded = torch.zeros(len(ids), width, dtype=torch.long, device=device)
+        for row, sequence in enumerate(ids):
+            padded[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        return self.embedding(padded), padded != 0
+
+    def spec(self) -> dict:
+        return {"type": self.type_name, "key": self.key, "phonemes": self.phonemes, "dropout": self.dropout}
+
+
+class AudioPromptCondition(Condition):
+    """Codes of a few seconds of audio (a voice to imitate: VALL-E's acoustic prompt), one position
+    per frame, the sum of per-codebook embeddings. The batch field is a dict with ``codes``
+    ``[B, Q, T]`` and optional ``lengths`` ``[B]`` (or a :class:`~mmtok.tokens.Tokens`)."""
+
+    type_name = "audio_prompt"
+
+    def __init__(self, *, dim: int, key: str = "prompt", codebook_sizes: Sequence[int], dropout: float = 0.0):
+        super().__init__(key=key, dim=dim, dropout=dropout)
+        self.codebook_sizes = [int(size) for size in codebook_sizes]
+        self.embeddings = nn.ModuleList(nn.Embedding(size, dim) for size in self.codebook_sizes)
+
+    def embed(self, value, device):
+        if hasattr(value, "codes"):  # Tokens
+            codes, lengths = value.codes, value.lengths
+        else:
+            codes, lengths = value["codes"], value.get("lengths")
+        codes = codes.to(device)
+        if codes.dim() != 3 or codes.shape[1] < len(self.embeddings):
+            raise ValueError(f"condition {self.key!r}: prompt codes must be [B, ≥{len(self.embeddings)}, T], "
+                             f"got {tuple(codes.shape)}")
+        x = sum(embedding(codes[:, q]) for q, embedding in enumerate(self.embeddings))
+        frames = torch.arange(codes.shape[2], device=device)
+        if lengths is None:
+            return x, torch.ones_like(codes[:, 0], dtype=torch.bool)
+        valid = frames[None] < lengths.to(device)[:, None]
+        return x, valid
+
+    def spec(self) -> dict:
+        return {"type": self.type_name, "key": self.key, "codebook_sizes": self.codebook_sizes,
+                "dropout": self.dropout}

@@ -1,0 +1,62 @@
+"""A frozen pre-trained text encoder (``transformers`` / sentence-transformers folder) as a condition."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mmtok.conditioning.base import Condition
+
+
+class TextEncoderCondition(Condition):
+    """Token states of a frozen ``transformers`` encoder (BERT, T5 encoder, all-MiniLM-L6-v2 ...),
+    projected to the generator's width. ``pooling="tokens"`` gives one position per text token;
+    ``"mean"`` one position, the masked mean (sentence-transformers' pooling).
+
+    ``path`` is a local folder or a Hub repo id, holding the model and its tokenizer. The encoder is
+    not part of this module's weights: it stays frozen and is reloaded from ``path``, so a generator's
+    Hub folder stores only the projection.
+    """
+
+    type_name = "text_encoder"
+
+    def __init__(self, *, dim: int, path: str, key: str = "text", pooling: str = "tokens", max_length: int = 64,
+                 dropout: float = 0.0):
+        super().__init__(key=key, dim=dim, dropout=dropout)
+        from transformers import AutoModel, AutoTokenizer
+
+        if pooling not in ("tokens", "mean"):
+            raise ValueError(f"condition {key!r}: pooling must be 'tokens' or 'mean', got {pooling!r}")
+        local = Path(path)
+        if (local.exists() or path.startswith((".", "/", "~"))) and not (local / "config.json").is_file():
+            raise FileNotFoundError(f"condition {key!r}: {path} is not a transformers model folder (no config.json)")
+        self.path, self.pooling, self.max_length = path, pooling, max_length
+        self.tokenizer = AutoTokenizer.from_pretrained(path)
+        encoder = AutoModel.from_pretrained(path).eval().requires_grad_(False)
+        self._encoder = [encoder]  # a list, so that it is neither trained nor saved with this module
+        self.projection = nn.Linear(encoder.config.hidden_size, dim)
+
+    @torch.no_grad()
+    def encoder_states(self, texts: list[str], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """The frozen encoder's last hidden states [B, L, H] and attention mask [B, L] (bool)."""
+        encoder = self._encoder[0].to(device)
+        inputs = self.tokenizer(list(texts), padding=True, truncation=True, max_length=self.max_length,
+                                return_tensors="pt").to(device)
+        if getattr(encoder.config, "is_encoder_decoder", False):
+            encoder = encoder.get_encoder()
+        states = encoder(input_ids=inputs["input_ids"], attention_mask=inputs["attention_mask"]).last_hidden_state
+        return states, inputs["attention_mask"].bool()
+
+    def embed(self, value, device):
+        states, mask = self.encoder_states(value, device)
+        if self.pooling == "mean":
+            weights = mask[..., None].float()
+            states = (states * weights).sum(1, keepdim=True) / weights.sum(1, keepdim=True).clamp(min=1)
+            mask = mask.any(1, keepdim=True)
+        return self.projection(states), mask
+
+    def spec(self) -> dict:
+        return {"type": self.type_name, "key": self.key, "path": self.path, "pooling": self.pooling,
+                "max_length": self.max_length, "dropout": self.dropout}

@@ -1,0 +1,90 @@
+"""The AR generator as a Hub model: patterns from specs, teacher forcing with an end token,
+conditioning that steers generation, the tokenizer check, and a Hub round trip."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from mmtok.ar.model import ARGenerator, build_pattern, teacher_forcing
+from mmtok.ar.transformer import ARTransformer
+from mmtok.patterns import DelayPattern, ParallelPattern
+
+
+def test_patterns_are_built_from_a_name_or_a_class_path():
+    assert isinstance(build_pattern("parallel"), ParallelPattern)
+    delay = build_pattern({"class_path": "mmtok.patterns.DelayPattern", "init_args": {"delays": [0, 2]}})
+    assert isinstance(delay, DelayPattern) and delay.delays == [0, 2]
+    with pytest.raises(ValueError, match="expected one of"):
+        build_pattern({"class_path": "os.system"})
+
+
+def test_teacher_forcing_targets_codes_then_end_and_masks_padding():
+    model = ARTransformer(codebook_sizes=[5, 5], dim=8, num_layers=1, num_heads=2, end_token=True)
+    codes = torch.tensor([[[1, 2], [3, 4]], [[0, 9], [2, 9]]])  # item 1 has one frame (9 = padding)
+    inputs, targets, mask = teacher_forcing(model, ParallelPattern(), codes, torch.tensor([2, 1]))
+    assert targets[0].tolist() == [[1, 2, 5], [3, 4, 5]] and mask[0].tolist() == [[True, True, True],
+                                                                                  [True, True, False]]
+    assert mask[1].tolist() == [[True, True, False], [True, False, False]] and targets[1, 0, 1] == 5
+    assert inputs[0].tolist() == [[5, 1, 2], [5, 3, 4]], "start, then the codes; padding never fed"
+    assert inputs[1].tolist() == [[5, 0, 5], [5, 2, 5]]
+
+
+def tiny_generator(folder, **overrides) -> ARGenerator:
+    torch.manual_seed(0)
+    options = dict(tokenizer=str(folder), codebook_sizes=[32, 32], pattern="delay", dim=32, num_layers=2,
+                   num_heads=2, dropout=0.0, max_frames=12,
+                   conditions=[{"type": "class", "key": "speaker", "classes": ["a", "b"]}])
+    return ARGenerator(**{**options, **overrides})
+
+
+def test_a_class_condition_steers_generation_to_its_own_sequence_and_length(tiny_codec_folder):
+    generator = tiny_generator(tiny_codec_folder)
+    codes = torch.tensor([[[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], [[7, 7, 0, 0, 0], [8, 1, 0, 0, 0]]])
+    batch = {"codes": codes, "lengths": torch.tensor([5, 2]), "speaker": ["a", "b"]}
+    optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    first_loss = None
+    for _ in range(150):
+        loss, logs = generator.loss(batch)
+        first_loss = first_loss or float(loss.detach())
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    assert float(loss) < 0.05 * first_loss and logs["accuracy"] == 1.0
+    tokens = generator.eval().generate({"speaker": ["b", "a"]}, batch_size=2, temperature=0)
+    assert tokens.lengths.tolist() == [2, 5]
+    assert torch.equal(tokens[0].codes[0], codes[1, :, :2]) and torch.equal(tokens[1].codes[0], codes[0])
+    guided = generator.generate({"speaker": ["b", "a"]}, batch_size=2, temperature=0, cfg_scale=1.5)
+    assert guided.lengths.tolist() == [2, 5]
+
+
+def test_a_tokenizer_that_does_not_fit_the_vocabulary_fails_with_both_numbers(tiny_codec_folder):
+    from mmtok.training.ar import ARModule
+
+    with pytest.raises(ValueError, match=r"codebook sizes \[32, 32, 32, 32\].*vocabulary is \[64, 64\]"):
+        ARModule(generator=tiny_generator(tiny_codec_folder, codebook_sizes=[64, 64]))
+    with pytest.raises(ValueError, match=r"vocabulary is \[32, 32, 32, 32, 32\]"):
+        ARModule(generator=tiny_generator(tiny_codec_folder, codebook_sizes=[32] * 5))
+    with pytest.raises(ValueError, match="cannot stop at an end token"):
+        tiny_generator(tiny_codec_folder, pattern="coarse_first")
+
+
+def test_hub_round_trip_keeps_resolved_conditions_and_generates_the_same(tiny_codec_folder, tiny_corpus, tmp_path):
+    from mmtok.hub import load_pretrained
+
+    generator = tiny_generator(tiny_codec_folder, conditions=[
+        {"type": "phonemes", "phonemes": str(tiny_corpus)},
+        {"type": "class", "key": "speaker", "classes": str(tiny_corpus)}]).eval()
+    generator.save_pretrained(tmp_path / "gen")
+    config = json.loads((tmp_path / "gen" / "config.json").read_text())
+    assert isinstance(config["conditions"][0]["phonemes"], list), "the inventory itself, not the corpus path"
+    assert config["pattern"]["class_path"] == "mmtok.patterns.DelayPattern"
+    loaded = load_pretrained(tmp_path / "gen")
+    speaker = generator.conditioner.conditions[1].classes[0]
+    conditions = {"phonemes": ["ð ə", "k æ t"], "speaker": [speaker, speaker]}
+    first = generator.generate(conditions, batch_size=2, generator=torch.Generator().manual_seed(0))
+    second = loaded.generate(conditions, batch_size=2, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(first.codes, second.codes) and torch.equal(first.lengths, second.lengths)
+    assert loaded.load_tokenizer().codebook_sizes[:2] == [32, 32]

@@ -1,0 +1,109 @@
+"""Conditions and the conditioner: packing, null conditions, dropout, and a frozen text encoder."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmtok.conditioning import (AudioPromptCondition, ClassCondition, Conditioner, PhonemeCondition,
+                                TextEncoderCondition, build_condition, left_pack, pad_left)
+
+
+def test_left_pack_moves_valid_positions_to_the_end_in_order_and_drops_unused_columns():
+    x = torch.arange(8.0).reshape(2, 4, 1)
+    valid = torch.tensor([[True, False, True, False], [False, False, True, False]])
+    packed, packed_valid = left_pack(x, valid)
+    assert packed_valid.tolist() == [[True, True], [False, True]]
+    assert packed[0, :, 0].tolist() == [0.0, 2.0] and packed[1, 1, 0] == 6.0
+    padded, padded_valid = pad_left(packed, packed_valid, 4)
+    assert padded_valid.tolist() == [[False, False, True, True], [False, False, False, True]]
+
+
+def conditioner(dim=8, **dropouts):
+    torch.manual_seed(0)
+    return Conditioner([
+        PhonemeCondition(dim=dim, phonemes=["a", "b", "k"], dropout=dropouts.get("phonemes", 0.0)),
+        ClassCondition(dim=dim, key="speaker", classes=["x", "y"], dropout=dropouts.get("speaker", 0.0)),
+        AudioPromptCondition(dim=dim, codebook_sizes=[4, 4], dropout=dropouts.get("prompt", 0.0)),
+    ]).eval()
+
+
+def batch():
+    return {"phonemes": ["a b", "k"], "speaker": ["y", "x"],
+            "prompt": {"codes": torch.tensor([[[1, 2, 3], [0, 0, 1]], [[3, 0, 0], [2, 0, 0]]]),
+                       "lengths": torch.tensor([3, 1])}}
+
+
+def test_the_prefix_is_each_items_embeddings_in_condition_order_left_padded():
+    model = conditioner()
+    prefix, valid = model(batch(), batch_size=2, device=torch.device("cpu"))
+    assert valid.sum(1).tolist() == [2 + 1 + 3, 1 + 1 + 1]
+    phonemes, speakers, prompt = model.conditions
+    expected_second = torch.stack([phonemes.embedding.weight[3], speakers.embedding.weight[0],
+                                   prompt.embeddings[0].weight[3] + prompt.embeddings[1].weight[2]])
+    torch.testing.assert_close(prefix[1, -3:], expected_second)
+    assert not valid[1, :-3].any()
+
+
+def test_the_null_condition_is_one_learned_vector_per_condition_and_dropout_one_gives_it():
+    model = conditioner()
+    null, null_valid = model({}, batch_size=2, device=torch.device("cpu"), null=True)
+    assert null.shape == (2, 3, 8) and null_valid.all()
+    torch.testing.assert_close(null[0], torch.stack([c.null for c in model.conditions]))
+    dropped = conditioner(phonemes=1.0, speaker=1.0, prompt=1.0).train()
+    prefix, valid = dropped(batch(), batch_size=2, device=torch.device("cpu"))
+    torch.testing.assert_close(prefix[valid].reshape(2, 3, 8), null)
+
+
+def test_bad_condition_values_are_named():
+    model = conditioner()
+    with pytest.raises(ValueError, match=r"phonemes \['z'\] are not in the inventory"):
+        model({**batch(), "phonemes": ["a z", "b"]}, batch_size=2, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match=r"unknown classes \['w'\]"):
+        model({**batch(), "speaker": ["w", "x"]}, batch_size=2, device=torch.device("cpu"))
+    with pytest.raises(ValueError, match="needs 'type'"):
+        build_condition({"type": "colour"}, dim=4)
+    with pytest.raises(ValueError, match="distinct batch fields"):
+        Conditioner([ClassCondition(dim=4, classes=2), ClassCondition(dim=4, classes=3)])
+
+
+def test_class_names_are_read_from_a_corpus_manifest(tiny_corpus):
+    condition = build_condition({"type": "class", "key": "speaker", "classes": str(tiny_corpus)}, dim=4)
+    assert len(condition.classes) > 1 and condition.spec()["classes"] == condition.classes
+
+
+@pytest.fixture(scope="module")
+def bert_folder(tmp_path_factory):
+    """A 2-layer randomly initialised BERT with a word-piece tokenizer, saved with transformers."""
+    from transformers import BertConfig, BertModel, BertTokenizer
+
+    folder = tmp_path_factory.mktemp("tiny_bert")
+    words = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", "the", "cat", "sat", "on", "mat", "a", "dog"]
+    (folder / "vocab.txt").write_text("\n".join(words) + "\n")
+    BertTokenizer(str(folder / "vocab.txt")).save_pretrained(folder)
+    torch.manual_seed(0)
+    BertModel(BertConfig(vocab_size=len(words), hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                         intermediate_size=32)).save_pretrained(folder)
+    return folder
+
+
+def test_a_text_encoder_from_a_local_folder_conditions_through_a_trained_projection_only(bert_folder):
+    from transformers import AutoModel, AutoTokenizer
+
+    tokens = TextEncoderCondition(dim=8, path=str(bert_folder), pooling="tokens")
+    mean = TextEncoderCondition(dim=8, path=str(bert_folder), pooling="mean")
+    texts = ["the cat sat on the mat", "a dog"]
+    embedded, valid = tokens.embed(texts, torch.device("cpu"))
+    assert valid.sum(1).tolist() == [6 + 2, 2 + 2], "one position per word piece, plus [CLS] and [SEP]"
+    model, tokenizer = AutoModel.from_pretrained(bert_folder).eval(), AutoTokenizer.from_pretrained(bert_folder)
+    inputs = tokenizer(["a dog"], return_tensors="pt")
+    with torch.no_grad():
+        states = model(**inputs).last_hidden_state
+    pooled, pooled_valid = mean.embed(["a dog"], torch.device("cpu"))
+    torch.testing.assert_close(pooled[0, 0], mean.projection(states.mean(1))[0])
+    assert pooled_valid.tolist() == [[True]]
+    assert all(name.startswith(("null", "projection")) for name in tokens.state_dict()), "the encoder is not saved"
+    assert not any(p.requires_grad for p in tokens._encoder[0].parameters())
+    assert build_condition(tokens.spec(), dim=8).spec() == tokens.spec()
+    with pytest.raises(FileNotFoundError, match="not a transformers model folder"):
+        TextEncoderCondition(dim=8, path=str(bert_folder / "missing"))

@@ -1,0 +1,57 @@
+"""The token cache: equal to encoding each item, reused when fresh, and the TTS items built from it."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from mmtok.data.audio import load_audio, read_manifest
+from mmtok.data.tokens import TokenCorpus, TokenDataModule, collate_tokens, tokenize_corpus
+from mmtok.hub import load_pretrained
+
+
+def test_the_cache_holds_exactly_each_items_codes(tiny_tokens, tiny_corpus, tiny_codec_folder):
+    corpus = TokenCorpus(tiny_tokens)
+    entries = read_manifest(tiny_corpus / "manifest.jsonl")
+    codec = load_pretrained(tiny_codec_folder)
+    assert len(corpus) == len(entries) and corpus.info["codebook_sizes"] == [32] * 4
+    for index in (0, len(entries) - 1):
+        audio = load_audio(entries[index]["audio"], sample_rate=16000)[None]
+        assert torch.equal(corpus.codes(index), codec.encode(audio).codes[0])
+        assert corpus.entries[index]["phonemes"] == entries[index]["phonemes"]
+
+
+def test_a_fresh_cache_is_reused(tiny_tokens, tiny_corpus, tiny_codec_folder):
+    stamp = (tiny_tokens / "tokens.safetensors").stat().st_mtime_ns
+    tokenize_corpus(str(tiny_codec_folder), tiny_corpus, tiny_tokens, progress=False)
+    assert (tiny_tokens / "tokens.safetensors").stat().st_mtime_ns == stamp
+
+
+def test_items_get_a_prompt_from_another_utterance_of_their_speaker(tiny_tokens):
+    data = TokenDataModule(tokens=str(tiny_tokens), prompt_seconds=0.2, batch_size=4)
+    data.setup("fit")
+    dataset, corpus = data.datasets["train"], data.corpus
+    for position in range(len(dataset)):
+        item, index = dataset[position], dataset.indices[position]
+        speaker = corpus.entries[index]["speaker"]
+        sources = [i for i in dataset.by_speaker[speaker] if i != index] or [index]
+        assert item["prompt"].shape[1] <= 10, "0.2 s at 50 frames/s"
+        assert any(_contains(corpus.codes(i), item["prompt"]) for i in sources)
+    valid = data.datasets["valid"]
+    if len(valid):
+        assert torch.equal(valid[0]["prompt"], valid[0]["prompt"]), "evaluation prompts are fixed"
+    batch = collate_tokens([dataset[0], dataset[1]])
+    assert batch["codes"].shape[:2] == (2, 4)
+    assert batch["lengths"].tolist() == [dataset[0]["codes"].shape[1], dataset[1]["codes"].shape[1]]
+    assert batch["prompt"]["codes"].shape[0] == 2 and len(batch["phonemes"]) == 2
+
+
+def _contains(codes: torch.Tensor, piece: torch.Tensor) -> bool:
+    return any(torch.equal(codes[:, s:s + piece.shape[1]], piece) for s in range(codes.shape[1] - piece.shape[1] + 1))
+
+
+def test_a_missing_cache_names_the_command_that_builds_it(tmp_path):
+    with pytest.raises(FileNotFoundError, match="mmtok tokenize"):
+        TokenDataModule(tokens=str(tmp_path / "none")).setup("fit")
+    with pytest.raises(ValueError, match="both `tokenizer` and `data`"):
+        TokenDataModule(tokens=str(tmp_path), tokenizer="x")

@@ -1,0 +1,75 @@
+"""The TTS recipe end to end at tiny size: LightningCLI fit from the token cache, export, `mmtok generate`."""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+
+import pytest
+
+from mmtok.cli import main
+
+REPO = Path(__file__).resolve().parents[2]
+
+
+def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir: Path, *, max_steps: int):
+    generator = "--model.init_args.generator.init_args."
+    condition_specs = json.dumps([
+        {"type": "phonemes", "key": "phonemes", "phonemes": str(corpus), "dropout": 0.1},
+        {"type": "class", "key": "speaker", "classes": str(corpus), "dropout": 0.5},
+        {"type": "audio_prompt", "key": "prompt", "codebook_sizes": [32, 32], "dropout": 0.5}])
+    return [
+        "fit", "-c", str(recipe),
+        generator + "tokenizer", str(codec), generator + "codebook_sizes", "[32, 32]",
+        generator + "conditions", condition_specs, generator + "dim", "32", generator + "num_layers", "2",
+        generator + "num_heads", "2", generator + "max_frames", "40",
+        "--model.init_args.lr", "0.003", "--model.init_args.warmup_steps", "5",
+        "--model.init_args.num_generated_examples", "1",
+        "--data.init_args.tokens", str(tokens), "--data.init_args.tokenizer", str(codec),
+        "--data.init_args.data", str(corpus), "--data.init_args.batch_size", "4",
+        "--data.init_args.valid_batch_size", "2", "--data.init_args.prompt_seconds", "0.3",
+        "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", str(max_steps),
+        "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+        "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+        "--trainer.default_root_dir", str(run_dir),
+        "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+        "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "csv",
+    ]
+
+
+@pytest.mark.parametrize("recipe", ["ar_xcodec_speech.yaml", "ar_rvq_speech.yaml"])
+def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_corpus, tiny_codec_folder, tmp_path,
+                                                                 capsys):
+    run = tmp_path / "run"
+    main(tiny_tts_args(REPO / "recipes" / "tts" / recipe, tiny_corpus, tiny_codec_folder, tmp_path / "tokens", run,
+                       max_steps=40))
+    assert (tmp_path / "tokens" / "tokens.safetensors").is_file(), "the recipe built the token cache"
+    rows = list(csv.DictReader(open(next(run.glob("csv/*/metrics.csv")))))
+    losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
+    assert losses[-1] < 0.8 * losses[0], f"training loss did not go down: {losses[0]:.3f} -> {losses[-1]:.3f}"
+    assert list(run.glob("media/step_*/0_generated.wav")) and list(run.glob("media/step_*/0_generated.png"))
+
+    main(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "hub")])
+    card = (tmp_path / "hub" / "README.md").read_text()
+    assert "mmtok generate" in card and "DelayPattern" in card
+    prompt = next((tiny_corpus / "wavs").glob("*.wav"))
+    main(["generate", str(tmp_path / "hub"), "--text", "The cat sat.", "--text", "A dog ran home.",
+          "--speaker", "us-m1", "--prompt", str(prompt), "--out", str(tmp_path / "out"), "--max-seconds", "0.6"])
+    lines = [json.loads(line) for line in (tmp_path / "out" / "generated.jsonl").read_text().splitlines()]
+    assert [line["text"] for line in lines] == ["The cat sat.", "A dog ran home."]
+    for line in lines:
+        assert (tmp_path / "out" / line["audio"]).is_file() and 0 < line["seconds"] <= 0.6
+        assert (tmp_path / "out" / line["audio"]).with_suffix(".png").is_file()
+    assert "generated 2 utterance(s)" in capsys.readouterr().out
+
+
+def test_generate_names_a_condition_the_model_does_not_have(tiny_codec_folder, tmp_path):
+    from mmtok.ar.model import ARGenerator
+
+    ARGenerator(tokenizer=str(tiny_codec_folder), codebook_sizes=[32], dim=16, num_layers=1, num_heads=2,
+                conditions=[{"type": "phonemes", "phonemes": ["k", "æ", "t", "ð", "ə", "s"]}]).save_pretrained(
+        tmp_path / "gen")
+    with pytest.raises(ValueError, match="no 'speaker' condition"):
+        main(["generate", str(tmp_path / "gen"), "--text", "the cat", "--speaker", "us-m1", "--out",
+              str(tmp_path / "out")])
