@@ -5,6 +5,9 @@ STAMP := $(VENV)/.mmtok-installed
 DEMO_OUT ?= outputs/demo
 DEMO_RUN ?= runs/demo
 DEMO_STEPS ?= 300
+DEMO_TTS_STEPS ?= 60
+DEMO_SENTENCES := --text "Grace paints a small boat near the river." \
+  --text "The old king reads a letter to his horse." --text "Where did Oscar hide the yellow camera?"
 
 .PHONY: setup test test-fast lint demo clean-demo
 
@@ -29,7 +32,9 @@ lint: $(STAMP)
 ## Build the speech corpus, fine-tune the shipped RVQ codec on it for a few minutes (mel and commitment
 ## losses: the release holds no discriminator, and a fresh one would first undo more than it adds),
 ## export it as a Hub folder, then encode/decode held-out utterances and write wavs, spectrograms and
-## a metrics table to $(DEMO_OUT).
+## a metrics table to $(DEMO_OUT). Then fine-tune the shipped X-Codec TTS briefly (the corpus is tokenized
+## once into runs/tts/tokens-xcodec) and speak three new sentences in a corpus voice (speaker label) and
+## in a prompted voice (3 s of a held-out utterance) to $(DEMO_OUT)/tts.
 demo: $(STAMP)
 	$(BIN)/mmtok data speech --out data/speech --num-utterances 2000
 	rm -rf $(DEMO_RUN)
@@ -43,7 +48,18 @@ demo: $(STAMP)
 	$(BIN)/mmtok evaluate $(DEMO_OUT)/model data/speech --split test --max-items 40 --out $(DEMO_OUT)
 	$(BIN)/mmtok encode $(DEMO_OUT)/model $(DEMO_OUT)/0_original.wav $(DEMO_OUT)/0_tokens.safetensors
 	$(BIN)/mmtok decode $(DEMO_OUT)/model $(DEMO_OUT)/0_tokens.safetensors $(DEMO_OUT)/0_decoded_cli.wav --spectrogram
-	@echo "demo outputs (wavs, spectrogram pngs, metrics.md, Hub folder): $(abspath $(DEMO_OUT))"
+	$(BIN)/mmtok fit -c recipes/tts/ar_xcodec_speech.yaml \
+	  --model.init_args.init_from checkpoints/tts-ar-xcodec \
+	  --model.init_args.lr 0.0002 --model.init_args.warmup_steps 10 \
+	  --trainer.max_steps $(DEMO_TTS_STEPS) --trainer.val_check_interval $(DEMO_TTS_STEPS) \
+	  --trainer.limit_val_batches 1 --trainer.default_root_dir $(DEMO_RUN)/tts \
+	  --trainer.logger.init_args.save_dir $(DEMO_RUN)/tts --trainer.logger.init_args.name demo_tts
+	$(BIN)/mmtok export $(DEMO_RUN)/tts/checkpoints/last.ckpt $(DEMO_OUT)/tts-model --half
+	$(BIN)/mmtok generate $(DEMO_OUT)/tts-model --tokenizer checkpoints/xcodec-speech-16k \
+	  $(DEMO_SENTENCES) --speaker us-f3 --out $(DEMO_OUT)/tts/corpus_voice_us-f3
+	$(BIN)/mmtok generate $(DEMO_OUT)/tts-model --tokenizer checkpoints/xcodec-speech-16k \
+	  $(DEMO_SENTENCES) --prompt data/speech/wavs/utt00037.wav --voice gb-f2 --out $(DEMO_OUT)/tts/prompted_voice
+	@echo "demo outputs (wavs, spectrogram pngs, metrics.md, Hub folders, tts/): $(abspath $(DEMO_OUT))"
 
 clean-demo:
 	rm -rf $(DEMO_OUT) $(DEMO_RUN)

@@ -16,7 +16,6 @@ first quantizer's codes alone predict phonemes.
 from __future__ import annotations
 
 import argparse
-import re
 import time
 from pathlib import Path
 
@@ -25,7 +24,7 @@ import torch
 from mmtok.asr import evaluate_recognizer
 from mmtok.codecs.evaluate import evaluate_codec
 from mmtok.codecs.probe import phoneme_probe
-from mmtok.hub import CARD_NAME, load_pretrained
+from mmtok.hub import load_pretrained, write_card_section
 from mmtok.media import markdown_table
 
 SECTION = "## Comparison (bench/codec_quality.py)"
@@ -43,21 +42,6 @@ def probe_row(name: str, codec, args) -> dict:
                            epochs=args.probe_epochs, seed=args.seed)
     return {"codec": name, "first_codebook_probe_per": result["probe_per"], "probe_train_per": result["train_per"],
             "train_utterances": result["train_utterances"], "test_utterances": result["test_utterances"]}
-
-
-def write_card_section(folder: Path, text: str) -> None:
-    """Replace (or append) the comparison section of a Hub folder's model card."""
-    card = folder / CARD_NAME
-    body = card.read_text()
-    pattern = re.compile(re.escape(SECTION) + r".*?(?=\n## |\Z)", re.S)
-    section = f"{SECTION}\n\n{text.strip()}\n"
-    if SECTION in body:
-        body = pattern.sub(lambda _: section, body)
-    elif "\n## Config" in body:  # before the long config listing, where a reader sees it
-        body = body.replace("\n## Config", "\n" + section + "\n## Config", 1)
-    else:
-        body = body.rstrip() + "\n\n" + section
-    card.write_text(body)
 
 
 def main() -> None:
@@ -105,7 +89,7 @@ def main() -> None:
         Path(args.out).write_text(text)
     if args.cards:
         for folder in codecs.values():
-            write_card_section(folder, text)
+            write_card_section(folder, SECTION, text)
 
 
 if __name__ == "__main__":

@@ -214,7 +214,9 @@ def cmd_generate(args: argparse.Namespace) -> None:
     phonemes = [phonemize(text, voice=voice) for text in texts]
     rng = torch.Generator().manual_seed(args.seed)
     started = time.perf_counter()
-    audio, tokens = synthesize(generator, tokenizer, phonemes, speaker=args.speaker, prompt=prompt,
+    speakers = [args.speaker] * len(texts) if args.speaker else None
+    prompts = [prompt] * len(texts) if prompt is not None else None
+    audio, tokens = synthesize(generator, tokenizer, phonemes, speakers=speakers, prompts=prompts,
                                prompt_seconds=args.prompt_seconds, max_seconds=args.max_seconds,
                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
                                cfg_scale=args.cfg_scale, generator=rng)
@@ -229,6 +231,11 @@ def cmd_generate(args: argparse.Namespace) -> None:
                       "prompt": args.prompt, "seconds": round(wave.shape[-1] / tokenizer.sample_rate, 3),
                       "frames": int(tokens.lengths[i])})
         print(f"{path}\t{lines[-1]['seconds']:.2f} s\t{text}")
+    if prompt is not None:  # what the voice was taken from, to listen to next to the results
+        write_wav(out / "prompt.wav", prompt[:, : round(args.prompt_seconds * tokenizer.sample_rate)],
+                  sample_rate=tokenizer.sample_rate)
+    for line in lines:
+        line["generation_s"] = round(seconds, 2)  # the whole batch, generated together
     (out / "generated.jsonl").write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
     print(f"generated {len(texts)} utterance(s) in {seconds:.1f} s; wavs and spectrograms in {out.resolve()}")
 

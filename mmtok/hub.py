@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -165,6 +166,21 @@ def _import_model_modules() -> None:
 
 CODEC_USAGE = ("`mmtok encode MODEL input.wav tokens.safetensors` and "
                "`mmtok decode MODEL tokens.safetensors output.wav`")
+
+
+def write_card_section(folder: str | os.PathLike, title: str, text: str) -> None:
+    """Replace (or add, before the long config listing) the section ``title`` (a "## ..." heading)
+    of a Hub folder's model card: where benchmarks write what they measured for the model."""
+    card = Path(folder) / CARD_NAME
+    body = card.read_text()
+    section = f"{title}\n\n{text.strip()}\n"
+    if title in body:
+        body = re.compile(re.escape(title) + r".*?(?=\n## |\Z)", re.S).sub(lambda _: section, body)
+    elif "\n## Config" in body:
+        body = body.replace("\n## Config", "\n" + section + "\n## Config", 1)
+    else:
+        body = body.rstrip() + "\n\n" + section
+    card.write_text(body)
 
 
 def model_card(class_name: str, config: dict[str, Any], card: dict[str, Any]) -> str:

@@ -6,6 +6,7 @@ import lightning as L
 import torch
 
 from mmtok.ar.model import ARGenerator
+from mmtok.hub import WEIGHTS_NAME, load_weights_strict, resolve_file
 from mmtok.tokens import Tokens
 from mmtok.training.checkpoint import record_model
 from mmtok.training.media import log_generated_audio
@@ -28,14 +29,18 @@ class ARModule(L.LightningModule):
     The tokenizer (the generator's ``tokenizer`` Hub folder) is loaded frozen: it is checked against
     the backbone's vocabulary at construction, and decodes the examples generated at validation. It
     is not part of the checkpoint. Training batches carry cached codes (:mod:`mmtok.data.tokens`).
-    AdamW with linear warm-up and cosine decay over the run's ``max_steps``.
+    AdamW with linear warm-up and cosine decay over the run's ``max_steps``. ``init_from`` (a Hub
+    folder or repo id) starts from released weights, for fine-tuning; its config must build the same
+    generator (a mismatch names every differing tensor).
     """
 
-    def __init__(self, *, generator: ARGenerator, lr: float = 5e-4, weight_decay: float = 0.05,
+    def __init__(self, *, generator: ARGenerator, init_from: str | None = None, lr: float = 5e-4, weight_decay: float = 0.05,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 300,
                  num_generated_examples: int = 2, temperature: float = 1.0, top_k: int | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["generator"])
+        if init_from is not None:
+            load_weights_strict(generator, resolve_file(init_from, WEIGHTS_NAME))
         self.generator = generator
         self._tokenizer = [generator.load_tokenizer().requires_grad_(False)]  # a list: not a submodule
 

@@ -61,6 +61,7 @@ def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_co
     for line in lines:
         assert (tmp_path / "out" / line["audio"]).is_file() and 0 < line["seconds"] <= 0.6
         assert (tmp_path / "out" / line["audio"]).with_suffix(".png").is_file()
+    assert (tmp_path / "out" / "prompt.wav").is_file(), "the voice prompt is kept next to the results"
     assert "generated 2 utterance(s)" in capsys.readouterr().out
 
 
