@@ -34,8 +34,8 @@ class ARModule(L.LightningModule):
     generator (a mismatch names every differing tensor).
     """
 
-    def __init__(self, *, generator: ARGenerator, init_from: str | None = None, lr: float = 5e-4, weight_decay: float = 0.05,
-                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 300,
+    def __init__(self, *, generator: ARGenerator, init_from: str | None = None, lr: float = 5e-4,
+                 weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 300,
                  num_generated_examples: int = 2, temperature: float = 1.0, top_k: int | None = None):
         super().__init__()
         self.save_hyperparameters(ignore=["generator"])
