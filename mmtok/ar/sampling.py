@@ -20,7 +20,7 @@ def last_step_before(layout: torch.Tensor) -> torch.Tensor:
     return last
 
 
-@torch.no_grad()
+@torch.inference_mode()
 def generate(model: ARTransformer, pattern: Pattern, *, num_frames: int, batch_size: int = 1,
              prefix: torch.Tensor | None = None, prefix_valid: torch.Tensor | None = None,
              null_prefix: torch.Tensor | None = None, null_prefix_valid: torch.Tensor | None = None,
