@@ -2,7 +2,7 @@
 
 Both models have random weights and the same size (width, depth, heads, SwiGLU width, vocabulary),
 both use a KV cache, both sample (temperature 1, no top-k/top-p) a batch of 8 sequences of 1,024 new
-tokens from a one-token prompt. The mmtok model is an :class:`mmtok.ar.transformer.ARTransformer`
+tokens from a one-token prompt. The mmtok model is an :class:`mmtok.codebook_transformer.CodebookTransformer`
 with one codebook through the parallel pattern, the setting of a single-codebook tokenizer.
 
     python bench/ar_generate.py [--batch 8] [--new-tokens 1024] [--repeats 2]
@@ -16,7 +16,7 @@ import time
 import torch
 
 from mmtok.ar.sampling import generate
-from mmtok.ar.transformer import ARTransformer
+from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.media import markdown_table
 from mmtok.patterns import ParallelPattern
 
@@ -25,7 +25,8 @@ def build_models(args):
     from transformers import LlamaConfig, LlamaForCausalLM
 
     torch.manual_seed(0)
-    ours = ARTransformer(codebook_sizes=[args.vocab], dim=args.dim, num_layers=args.layers, num_heads=args.heads).eval()
+    ours = CodebookTransformer(codebook_sizes=[args.vocab], dim=args.dim, num_layers=args.layers,
+                               num_heads=args.heads).eval()
     hidden = ours.transformer.blocks[0].ff.out.in_features
     config = LlamaConfig(vocab_size=args.vocab + 1, hidden_size=args.dim, intermediate_size=hidden,
                          num_hidden_layers=args.layers, num_attention_heads=args.heads,

@@ -17,7 +17,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from mmtok.ar.sampling import generate
-from mmtok.ar.transformer import ARTransformer
+from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.conditioning import Conditioner, build_condition, pad_left
 from mmtok.hub import HubMixin
 from mmtok.patterns import EMPTY, Pattern
@@ -45,7 +45,7 @@ def pattern_spec(pattern: Pattern) -> dict:
     return {"class_path": f"mmtok.patterns.{type(pattern).__name__}", "init_args": dict(vars(pattern))}
 
 
-def teacher_forcing(model: ARTransformer, pattern: Pattern, codes: torch.Tensor,
+def teacher_forcing(model: CodebookTransformer, pattern: Pattern, codes: torch.Tensor,
                     lengths: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """(inputs, targets, mask), each ``[B, Q, S]``, for codes ``[B, Q, T]`` with per-item ``lengths``.
 
@@ -88,8 +88,9 @@ class ARGenerator(nn.Module, HubMixin):
         super().__init__()
         self.tokenizer_id = tokenizer
         self.pattern = build_pattern(pattern)
-        self.backbone = ARTransformer(codebook_sizes=codebook_sizes, dim=dim, num_layers=num_layers,
-                                      num_heads=num_heads, ff_mult=ff_mult, dropout=dropout, end_token=end_token)
+        self.backbone = CodebookTransformer(codebook_sizes=codebook_sizes, dim=dim, num_layers=num_layers,
+                                            num_heads=num_heads, ff_mult=ff_mult, dropout=dropout,
+                                            end_token=end_token)
         if end_token and not self.pattern.is_frame_stable(len(codebook_sizes)):
             raise ValueError(f"{type(self.pattern).__name__} cannot stop at an end token; use end_token=false "
                              "or a frame-stable pattern (parallel, delay, flatten)")

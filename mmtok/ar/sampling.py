@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from mmtok.ar.transformer import ARTransformer
+from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.patterns import EMPTY, Pattern
 from mmtok.sampling import classifier_free_guidance, process_logits, sample_categorical
 
@@ -21,7 +21,7 @@ def last_step_before(layout: torch.Tensor) -> torch.Tensor:
 
 
 @torch.inference_mode()
-def generate(model: ARTransformer, pattern: Pattern, *, num_frames: int, batch_size: int = 1,
+def generate(model: CodebookTransformer, pattern: Pattern, *, num_frames: int, batch_size: int = 1,
              prefix: torch.Tensor | None = None, prefix_valid: torch.Tensor | None = None,
              null_prefix: torch.Tensor | None = None, null_prefix_valid: torch.Tensor | None = None,
              cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int | None = None,

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mmtok.ar.model import ARGenerator, build_pattern, teacher_forcing
-from mmtok.ar.transformer import ARTransformer
+from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.patterns import DelayPattern, ParallelPattern
 
 
@@ -22,7 +22,7 @@ def test_patterns_are_built_from_a_name_or_a_class_path():
 
 
 def test_teacher_forcing_targets_codes_then_end_and_masks_padding():
-    model = ARTransformer(codebook_sizes=[5, 5], dim=8, num_layers=1, num_heads=2, end_token=True)
+    model = CodebookTransformer(codebook_sizes=[5, 5], dim=8, num_layers=1, num_heads=2, end_token=True)
     codes = torch.tensor([[[1, 2], [3, 4]], [[0, 9], [2, 9]]])  # item 1 has one frame (9 = padding)
     inputs, targets, mask = teacher_forcing(model, ParallelPattern(), codes, torch.tensor([2, 1]))
     assert targets[0].tolist() == [[1, 2, 5], [3, 4, 5]] and mask[0].tolist() == [[True, True, True],

@@ -7,13 +7,13 @@ import torch
 import torch.nn.functional as F
 
 from mmtok.ar.sampling import generate
-from mmtok.ar.transformer import ARTransformer
+from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.patterns import CoarseFirstPattern, DelayPattern, FlattenPattern, ParallelPattern
 
 
-def tiny(sizes=(5, 7), **overrides) -> ARTransformer:
+def tiny(sizes=(5, 7), **overrides) -> CodebookTransformer:
     torch.manual_seed(0)
-    return ARTransformer(codebook_sizes=sizes, **{**dict(dim=32, num_layers=2, num_heads=4), **overrides}).eval()
+    return CodebookTransformer(codebook_sizes=sizes, **{**dict(dim=32, num_layers=2, num_heads=4), **overrides}).eval()
 
 
 def test_cached_step_by_step_logits_equal_the_full_forward():
@@ -75,7 +75,7 @@ def test_guidance_scale_one_is_conditional_and_zero_is_unconditional_generation(
 
 def test_bad_arguments_are_named():
     with pytest.raises(ValueError, match="codebook_sizes must be positive"):
-        ARTransformer(codebook_sizes=[])
+        CodebookTransformer(codebook_sizes=[])
     with pytest.raises(ValueError, match=r"steps must be \[B, 2, S\]"):
         tiny()(torch.zeros(1, 3, 4, dtype=torch.long))
 

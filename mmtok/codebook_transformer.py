@@ -1,10 +1,12 @@
-"""A decoder-only transformer over pattern steps: one embedding and one output head per codebook.
+"""The generators' backbone: a transformer over pattern steps, one embedding and one head per codebook.
 
-The input at step s is the sum over codebooks of the embeddings of step s - 1 (MusicGen, Copet et al.
-2023, sec. 2.3); step 0 sees the start token. Each codebook q has ``codebook_sizes[q] + 1`` input
-ids: its codes and one special id, ``codebook_sizes[q]``, which stands for "start" and for the empty
-slots of a pattern. An optional prefix of condition embeddings ``[B, P, D]`` (phonemes, a voice
-prompt, a class) precedes the steps; outputs are read only at the step positions.
+The input of a step is the sum over codebooks of their embeddings (MusicGen, Copet et al. 2023,
+sec. 2.3). Each codebook q has ``codebook_sizes[q] + 1`` input ids: its codes and one special id,
+``codebook_sizes[q]``. Run causally (AR), inputs are the steps shifted right and the special id
+stands for "start" and for a pattern's empty slots; run bidirectionally (masked diffusion,
+``causal=False``), inputs are the noisy steps and the special id is the absorbing mask. An optional
+prefix of condition embeddings ``[B, P, D]`` (phonemes, a voice prompt, a class) precedes the steps;
+outputs are read only at the step positions.
 
 With ``end_token`` the first codebook's head has one more output, ``codebook_sizes[0]``, meaning
 "the sequence ends before this frame" (VALL-E's end-of-sequence on its first codebook): generation
@@ -24,7 +26,7 @@ from torch import nn
 from mmtok.nn import KVCache, Transformer
 
 
-class ARTransformer(nn.Module):
+class CodebookTransformer(nn.Module):
     def __init__(self, *, codebook_sizes: Sequence[int], dim: int = 256, num_layers: int = 6, num_heads: int = 4,
                  ff_mult: float = 8 / 3, dropout: float = 0.0, end_token: bool = False):
         super().__init__()
@@ -68,17 +70,21 @@ class ARTransformer(nn.Module):
         return out
 
     def forward(self, inputs: torch.Tensor, *, prefix: torch.Tensor | None = None,
-                prefix_valid: torch.Tensor | None = None, cache: KVCache | None = None) -> torch.Tensor:
-        """Logits for the next step after each input step. ``inputs [B, Q, S]`` are already shifted
-        (:meth:`shift_right`); with ``cache`` only the new steps are given."""
+                prefix_valid: torch.Tensor | None = None, steps_valid: torch.Tensor | None = None,
+                cache: KVCache | None = None, causal: bool = True) -> torch.Tensor:
+        """Logits for every input step ``inputs [B, Q, S]``. Causally, they predict the next step (the
+        inputs are already shifted, :meth:`shift_right`; with ``cache`` only the new steps are given);
+        bidirectionally, the clean step at each position. ``steps_valid [B, S]`` hides padded steps
+        from attention."""
         x = self.embed(inputs)
-        valid = None
+        valid = steps_valid
         if prefix is not None:
             x = torch.cat([prefix, x], dim=1)
-            if prefix_valid is not None:
-                steps_valid = torch.ones(x.shape[0], inputs.shape[2], dtype=torch.bool, device=x.device)
-                valid = torch.cat([prefix_valid, steps_valid], dim=1)
-        hidden = self.transformer(x, valid=valid, causal=True, cache=cache)
+            if prefix_valid is not None or steps_valid is not None:
+                ones = torch.ones(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
+                valid = torch.cat([ones[:, :prefix.shape[1]] if prefix_valid is None else prefix_valid,
+                                   ones[:, prefix.shape[1]:] if steps_valid is None else steps_valid], dim=1)
+        hidden = self.transformer(x, valid=valid, causal=causal, cache=cache)
         return self.logits(hidden[:, hidden.shape[1] - inputs.shape[2]:])
 
     def new_cache(self, batch: int, max_length: int, *, device: torch.device | None = None) -> KVCache:

@@ -1,0 +1,144 @@
+"""Masked diffusion samplers: FHS samples the exact MDM process, the ancestral sampler approaches it,
+MaskGIT follows its schedule, and every sampler reveals exactly what it says."""
+
+from __future__ import annotations
+
+import itertools
+from functools import lru_cache
+
+import pytest
+import torch
+
+from mmtok.diffusion.samplers import (ancestral_sample, first_hitting_sample, maskgit_masked_count,
+                                      maskgit_sample)
+
+V, L, MASK = 3, 4, 3
+
+
+class TinyDenoiser:
+    """A fixed time-agnostic denoiser whose prediction at each position depends on the revealed
+    tokens elsewhere (so the order of unmasking matters)."""
+
+    def __init__(self, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.bias = torch.randn(L, V, generator=g) * 1.5
+        self.pair = torch.randn(L, V + 1, L, V, generator=g) * 1.5  # (source pos, source token) -> target logits
+        self.pair[:, MASK] = 0  # a masked position says nothing
+        self.calls = 0
+
+    def __call__(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.calls += 1
+        logits = self.bias.expand(tokens.shape[0], L, V).clone()
+        for j in range(L):
+            logits += self.pair[j, tokens[:, j]]
+        return logits
+
+
+OUTCOMES = list(itertools.product(range(V), repeat=L))
+
+
+def exact_distribution(denoiser: TinyDenoiser) -> torch.Tensor:
+    """The continuous-time MDM process by enumeration: a uniformly random masked position is revealed
+    at each event, its token drawn from the denoiser's categorical given the current sequence."""
+
+    @lru_cache(maxsize=None)
+    def final(state: tuple[int, ...]) -> torch.Tensor:
+        masked = [i for i, token in enumerate(state) if token == MASK]
+        if not masked:
+            out = torch.zeros(len(OUTCOMES), dtype=torch.float64)
+            out[OUTCOMES.index(state)] = 1
+            return out
+        probs = denoiser(torch.tensor([state]), torch.ones(1))[0].double().softmax(-1)
+        total = torch.zeros(len(OUTCOMES), dtype=torch.float64)
+        for position in masked:
+            for token in range(V):
+                child = state[:position] + (token,) + state[position + 1:]
+                total += probs[position, token] / len(masked) * final(child)
+        return total
+
+    return final((MASK,) * L)
+
+
+def empirical(samples: torch.Tensor) -> torch.Tensor:
+    codes = (samples * torch.tensor([V ** (L - 1 - i) for i in range(L)])).sum(1)
+    return torch.bincount(codes, minlength=V ** L).double() / len(samples)
+
+
+def total_variation(p: torch.Tensor, q: torch.Tensor) -> float:
+    return 0.5 * float((p - q).abs().sum())
+
+
+COUNT = 100_000
+
+
+def start(count: int = COUNT) -> torch.Tensor:
+    return torch.full((count, L), MASK)
+
+
+def test_first_hitting_samples_match_the_exact_mdm_distribution():
+    denoiser = TinyDenoiser()
+    exact = exact_distribution(denoiser)
+    denoiser.calls = 0
+    samples, stats = first_hitting_sample(denoiser, start(), mask_id=MASK, generator=torch.Generator().manual_seed(0))
+    assert stats == {"denoiser_calls": L, "categorical_draws": COUNT * L}, "one token per sequence per call"
+    assert denoiser.calls == L and (samples != MASK).all()
+    assert total_variation(empirical(samples), exact) <= 0.02
+
+
+def test_ancestral_sampling_approaches_the_mdm_distribution_as_steps_grow():
+    denoiser = TinyDenoiser()
+    exact = exact_distribution(denoiser)
+    distances = {}
+    for steps in (1, 8, 64):
+        samples, stats = ancestral_sample(denoiser, start(40_000), mask_id=MASK, num_steps=steps,
+                                          generator=torch.Generator().manual_seed(steps))
+        assert (samples != MASK).all() and stats["denoiser_calls"] <= steps
+        distances[steps] = total_variation(empirical(samples), exact)
+    assert distances[1] > distances[8] > distances[64], distances
+    assert distances[64] <= 0.03 and distances[1] > 0.1, distances  # sampling noise alone is about 0.012
+
+
+def test_fhs_reveals_k_tokens_per_call_and_keeps_given_tokens():
+    denoiser = TinyDenoiser()
+    initial = torch.full((5, L), MASK)
+    initial[:, 0] = 2  # a given token (a prompt) is never touched
+    samples, stats = first_hitting_sample(denoiser, initial, mask_id=MASK, tokens_per_call=2)
+    assert stats["denoiser_calls"] == 2 and stats["categorical_draws"] == 5 * 3
+    assert (samples[:, 0] == 2).all() and (samples != MASK).all()
+
+
+def test_maskgit_reveals_the_scheduled_counts():
+    assert maskgit_masked_count(torch.tensor([100]), torch.tensor([100]), 0.5).item() == 70  # ⌊cos(π/4)·100⌋
+    assert maskgit_masked_count(torch.tensor([100]), torch.tensor([3]), 0.5).item() == 2, "one revealed at least"
+    denoiser, counts = TinyDenoiser(), []
+
+    def counting(tokens, t):
+        counts.append(int((tokens == MASK).sum(1)[0]))
+        return denoiser(tokens, t)
+
+    length = 16
+    denoiser.bias, denoiser.pair = torch.randn(length, V), torch.zeros(length, V + 1, length, V)
+    global L
+    old, L = L, length
+    try:
+        samples, stats = maskgit_sample(counting, torch.full((2, length), MASK), mask_id=MASK, num_steps=4)
+    finally:
+        L = old
+    assert counts == [16, 14, 11, 6] and stats["denoiser_calls"] == 4, "⌊cos(π r/2)·16⌋ for r = 1/4, 2/4, 3/4"
+    assert (samples != MASK).all()
+
+
+@pytest.mark.parametrize("sampler,options", [(first_hitting_sample, {}), (ancestral_sample, {"num_steps": 6}),
+                                             (maskgit_sample, {"num_steps": 3})])
+def test_a_fixed_generator_gives_identical_samples_and_no_mask_survives(sampler, options):
+    first, _ = sampler(TinyDenoiser(), start(64), mask_id=MASK, generator=torch.Generator().manual_seed(1), **options)
+    second, _ = sampler(TinyDenoiser(), start(64), mask_id=MASK, generator=torch.Generator().manual_seed(1), **options)
+    assert torch.equal(first, second) and (first != MASK).all() and (first < V).all()
+
+
+def test_guidance_scale_one_ignores_the_unconditional_denoiser():
+    def broken(tokens, t):
+        raise AssertionError("not called at scale 1")
+
+    samples, _ = first_hitting_sample(TinyDenoiser(), start(8), mask_id=MASK, unconditional=broken, cfg_scale=1.0)
+    assert (samples != MASK).all()
