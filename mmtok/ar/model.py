@@ -1,16 +1,11 @@
 """The AR generator as one Hub model: backbone + conditioner + pattern, over a named tokenizer.
 
-The tokenizer is referenced, not embedded: the config holds its Hub folder or repo id and the first
-``len(codebook_sizes)`` of its codebooks are modelled, so a generator folder stays small and any
-tokenizer (audio, image, video) plugs in. :meth:`ARGenerator.check_tokenizer` fails with both vocabularies
-named when the two disagree.
+The tokenizer is referenced, not embedded (:class:`~mmtok.generators.TokenGenerator`).
 """
 
 from __future__ import annotations
 
-import os
 from collections.abc import Sequence
-from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -19,6 +14,7 @@ from torch import nn
 from mmtok.ar.sampling import generate
 from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.conditioning import Conditioner, build_condition, pad_left
+from mmtok.generators import TokenGenerator
 from mmtok.hub import HubMixin
 from mmtok.patterns import EMPTY, Pattern
 from mmtok.tokens import Tokens
@@ -69,7 +65,7 @@ def teacher_forcing(model: CodebookTransformer, pattern: Pattern, codes: torch.T
     return model.shift_right(steps), targets, mask
 
 
-class ARGenerator(nn.Module, HubMixin):
+class ARGenerator(TokenGenerator, nn.Module, HubMixin):
     """Decoder-only transformer over a tokenizer's codes, laid out by a pattern, after a condition prefix.
 
     Args:
@@ -99,34 +95,6 @@ class ARGenerator(nn.Module, HubMixin):
         # The config keeps what was resolved (inventories, class names), so a Hub folder is self-contained.
         self._hub_mixin_config = {**(self._hub_mixin_config or {}), "conditions": self.conditioner.specs(),
                                   "pattern": pattern_spec(self.pattern)}
-
-    @property
-    def codebook_sizes(self) -> list[int]:
-        return self.backbone.codebook_sizes
-
-    @property
-    def num_codebooks(self) -> int:
-        return len(self.codebook_sizes)
-
-    # -- tokenizer ------------------------------------------------------------------------------
-    def check_tokenizer(self, codebook_sizes: Sequence[int], *, name: str) -> None:
-        """Raise unless the tokenizer's first codebooks are exactly the backbone's vocabulary."""
-        sizes = list(codebook_sizes)[: self.num_codebooks]
-        if sizes != self.codebook_sizes:
-            raise ValueError(f"tokenizer {name} has codebook sizes {list(codebook_sizes)}, but the backbone's "
-                             f"vocabulary is {self.codebook_sizes} ({self.num_codebooks} codebooks)")
-
-    def load_tokenizer(self, tokenizer: str | None = None, *, near: str | os.PathLike | None = None):
-        """The tokenizer (``tokenizer``, else the configured one), checked against the vocabulary. A
-        relative folder that does not exist is also looked for next to ``near`` (this model's folder)."""
-        from mmtok.hub import load_pretrained
-
-        name = tokenizer or self.tokenizer_id
-        if not os.path.exists(name) and near is not None and (Path(near).parent / Path(name).name).is_dir():
-            name = str(Path(near).parent / Path(name).name)
-        model = load_pretrained(name).eval()
-        self.check_tokenizer(model.codebook_sizes, name=name)
-        return model
 
     # -- training -------------------------------------------------------------------------------
     def prefix(self, batch: dict, *, batch_size: int, null: bool = False):

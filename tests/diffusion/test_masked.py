@@ -1,0 +1,95 @@
+"""The masked diffusion objective and generator: schedules and weights by hand, masking rates,
+and a tiny conditioned model that learns a token set and generates it with every sampler."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mmtok.diffusion.masked import mask_tokens, masked_diffusion_loss, sample_times
+from mmtok.diffusion.model import MaskedDiffusionGenerator
+from mmtok.diffusion.schedules import CosineSchedule, LogLinearSchedule, build_schedule
+
+
+def test_schedules_and_loss_weights_against_hand_computation():
+    t = torch.tensor([0.25, 0.5, 0.9], dtype=torch.float64)
+    linear, cosine = LogLinearSchedule(), CosineSchedule()
+    torch.testing.assert_close(linear.loss_weight(t), 1 / t)
+    expected = (math.pi / 2) * torch.sin(math.pi / 2 * t) / (1 - torch.cos(math.pi / 2 * t))
+    torch.testing.assert_close(cosine.loss_weight(t), expected)
+    for schedule in (linear, cosine):
+        assert float(schedule.alpha(torch.tensor(0.0))) == 1.0 and abs(float(schedule.alpha(torch.tensor(1.0)))) < 1e-7
+        torch.testing.assert_close(schedule.inverse(schedule.alpha(t)), t)
+    with pytest.raises(ValueError, match="schedule must be one of"):
+        build_schedule("linear")
+
+
+def test_masking_follows_the_schedule_and_respects_padding():
+    tokens = torch.zeros(4, 20_000, dtype=torch.long)
+    t = torch.tensor([0.1, 0.5, 0.9, 0.5])
+    valid = torch.ones_like(tokens, dtype=torch.bool)
+    valid[3, 10_000:] = False
+    noisy, masked = mask_tokens(tokens, t, LogLinearSchedule(), mask_id=7, valid=valid,
+                                generator=torch.Generator().manual_seed(0))
+    rates = masked[:3].float().mean(1)
+    torch.testing.assert_close(rates, t[:3], atol=0.015, rtol=0)
+    assert not masked[3, 10_000:].any() and (noisy[masked] == 7).all() and (noisy[~masked] == 0).all()
+    times = sample_times(8, generator=torch.Generator().manual_seed(0))
+    assert ((times >= 1e-3) & (times < 1)).all()
+    torch.testing.assert_close(times.sort().values.diff(), torch.full((7,), (1 - 1e-3) / 8))
+
+
+def test_the_loss_is_the_weighted_masked_cross_entropy_per_valid_token():
+    logits = torch.randn(2, 3, 5)
+    targets = torch.tensor([[1, 2, 3], [0, 4, 4]])
+    masked = torch.tensor([[True, False, True], [False, False, True]])
+    t = torch.tensor([0.5, 0.25])
+    ce = F.cross_entropy(logits.reshape(6, 5), targets.reshape(6), reduction="none").reshape(2, 3)
+    expected = (2 * (ce[0, 0] + ce[0, 2]) + 4 * ce[1, 2]) / 6
+    torch.testing.assert_close(masked_diffusion_loss(logits, targets, masked, t, LogLinearSchedule()), expected)
+
+
+def tiny_mdm(folder, **overrides) -> MaskedDiffusionGenerator:
+    torch.manual_seed(0)
+    options = dict(tokenizer=str(folder), codebook_sizes=[32, 32], dim=32, num_layers=2, num_heads=2, dropout=0.0,
+                   conditions=[{"type": "class", "key": "speaker", "classes": ["a", "b"]}])
+    return MaskedDiffusionGenerator(**{**options, **overrides})
+
+
+@pytest.mark.parametrize("sampler", ["fhs", "ancestral", "maskgit"])
+def test_a_tiny_model_learns_a_token_set_and_every_sampler_generates_it(sampler, tiny_codec_folder):
+    model = tiny_mdm(tiny_codec_folder)
+    codes = torch.tensor([[[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], [[7, 7, 0, 0, 0], [8, 1, 0, 0, 0]]])
+    batch = {"codes": codes.repeat(8, 1, 1), "lengths": torch.tensor([5, 2]).repeat(8), "speaker": ["a", "b"] * 8}
+    optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for step in range(300):
+        loss, _ = model.loss(batch, generator=torch.Generator().manual_seed(step))
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    tokens, stats = model.eval().generate({"speaker": ["b", "a"]}, lengths=torch.tensor([2, 5]), sampler=sampler,
+                                          temperature=0.5, generator=torch.Generator().manual_seed(0))
+    assert torch.equal(tokens[0].codes[0], codes[1, :, :2]) and torch.equal(tokens[1].codes[0], codes[0])
+    assert (tokens.codes != model.mask_id).all(), "the absorbing token never appears in outputs"
+    if sampler == "fhs":
+        assert stats["denoiser_calls"] == 2 * 5, "one token per call: the longest item's Q · T events"
+
+
+def test_the_generator_needs_one_codebook_size_and_a_fitting_tokenizer(tiny_codec_folder, tmp_path):
+    from mmtok.hub import load_pretrained
+
+    with pytest.raises(ValueError, match="codebooks of one size"):
+        tiny_mdm(tiny_codec_folder, codebook_sizes=[32, 16])
+    with pytest.raises(ValueError, match=r"vocabulary is \[64, 64\]"):
+        tiny_mdm(tiny_codec_folder, codebook_sizes=[64, 64]).load_tokenizer()
+    model = tiny_mdm(tiny_codec_folder, time_conditioning=True).eval()
+    model.save_pretrained(tmp_path / "mdm")
+    loaded = load_pretrained(tmp_path / "mdm")
+    options = dict(lengths=torch.tensor([3]), sampler="maskgit", num_steps=2)
+    first, _ = model.generate({"speaker": ["a"]}, generator=torch.Generator().manual_seed(0), **options)
+    second, _ = loaded.generate({"speaker": ["a"]}, generator=torch.Generator().manual_seed(0), **options)
+    assert torch.equal(first.codes, second.codes)
+    assert model.num_frames(["a b c", "a"]).tolist() == [15, 5]
