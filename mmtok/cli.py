@@ -195,13 +195,14 @@ def cmd_generate(args: argparse.Namespace) -> None:
 
     from mmtok.ar.model import ARGenerator
     from mmtok.ar.tts import synthesize
+    from mmtok.generators import TokenGenerator
     from mmtok.data.audio import load_audio
     from mmtok.data.speech import phonemize
     from mmtok.hub import load_pretrained
     from mmtok.media import write_spectrogram_png, write_wav
 
     generator = load_pretrained(args.model)
-    if not isinstance(generator, ARGenerator):
+    if not isinstance(generator, TokenGenerator):
         raise SystemExit(f"mmtok generate: {args.model} holds a {type(generator).__name__}, not a generator")
     tokenizer = generator.load_tokenizer(args.tokenizer, near=args.model)
     texts = list(args.text)
@@ -219,7 +220,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     audio, tokens = synthesize(generator, tokenizer, phonemes, speakers=speakers, prompts=prompts,
                                prompt_seconds=args.prompt_seconds, max_seconds=args.max_seconds,
                                temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               cfg_scale=args.cfg_scale, generator=rng)
+                               cfg_scale=args.cfg_scale, generator=rng, sampler=args.sampler,
+                               num_steps=args.steps)
     seconds = time.perf_counter() - started
     out = Path(args.out)
     lines = []
@@ -228,6 +230,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
         write_wav(path, wave, sample_rate=tokenizer.sample_rate)
         write_spectrogram_png(path.with_suffix(".png"), wave, sample_rate=tokenizer.sample_rate, title=text)
         lines.append({"audio": path.name, "text": text, "phonemes": phonemes[i], "speaker": args.speaker,
+                      "sampler": "autoregressive" if isinstance(generator, ARGenerator) else args.sampler or "fhs",
                       "prompt": args.prompt, "seconds": round(wave.shape[-1] / tokenizer.sample_rate, 3),
                       "frames": int(tokens.lengths[i])})
         print(f"{path}\t{lines[-1]['seconds']:.2f} s\t{text}")
@@ -335,6 +338,9 @@ def build_parser() -> argparse.ArgumentParser:
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
     gen.add_argument("--seed", type=int, default=0)
+    gen.add_argument("--sampler", choices=["fhs", "ancestral", "maskgit"],
+                     help="masked diffusion generators: first-hitting (default), MDLM ancestral, or MaskGIT")
+    gen.add_argument("--steps", type=int, help="ancestral / maskgit steps (default: L / 16)")
     gen.set_defaults(func=cmd_generate)
     return parser
 

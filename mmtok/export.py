@@ -14,6 +14,7 @@ import torch
 from mmtok.ar.model import ARGenerator
 from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
 from mmtok.codecs.base import Tokenizer
+from mmtok.generators import TokenGenerator
 from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class, round_to_half
 
 
@@ -65,21 +66,29 @@ def _recognizer_card(recognizer: PhonemeRecognizer, data: str | None, split: str
     return card
 
 
-def _generator_card(generator: ARGenerator, data: str | None, split: str, max_items: int | None,
+def _generator_card(generator: TokenGenerator, data: str | None, split: str, max_items: int | None,
                     judge: str | None) -> dict:
     conditions = ", ".join(f"{spec['type']} (`{spec['key']}`)" for spec in generator.conditioner.specs()) or "none"
+    if isinstance(generator, ARGenerator):
+        kind = (f"An autoregressive generator ({type(generator.pattern).__name__}"
+                f"{', end token' if generator.backbone.end_token else ''})")
+        sampler = ""
+    else:
+        kind = (f"A masked diffusion generator ({generator.schedule.name} schedule, "
+                f"{'time-conditioned' if generator.time_embedding is not None else 'time-agnostic'}, "
+                f"{generator.frames_per_phoneme:.2f} frames per phoneme)")
+        sampler = " [--sampler fhs|ancestral|maskgit]"
     card = {"description": (
-        f"An autoregressive generator trained with mmtok over the first {generator.num_codebooks} codebooks of "
-        f"`{generator.tokenizer_id}` ({type(generator.pattern).__name__}"
-        f"{', end token' if generator.backbone.end_token else ''}); conditions: {conditions}. The tokenizer "
-        "is referenced, not included: keep its folder next to this one or pass `--tokenizer`."),
-        "usage": "`mmtok generate MODEL --text \"A sentence.\" [--speaker ID] [--prompt voice.wav] --out DIR`"}
+        f"{kind} trained with mmtok over the first {generator.num_codebooks} codebooks of "
+        f"`{generator.tokenizer_id}`; conditions: {conditions}. The tokenizer is referenced, not included: "
+        "keep its folder next to this one or pass `--tokenizer`."),
+        "usage": f'`mmtok generate MODEL --text "A sentence." [--speaker ID] [--prompt voice.wav]{sampler} --out DIR`'}
     if data is not None:
         raise ValueError("export --data: generator cards are measured by bench/tts_intelligibility.py --cards")
     return card
 
 
-CARD_BUILDERS = {Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card, ARGenerator: _generator_card}
+CARD_BUILDERS = {Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card, TokenGenerator: _generator_card}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,

@@ -162,6 +162,7 @@ def _import_model_modules() -> None:
     import mmtok.asr  # noqa: F401
     import mmtok.codecs.rvq  # noqa: F401
     import mmtok.codecs.xcodec  # noqa: F401
+    import mmtok.diffusion.model  # noqa: F401
 
 
 CODEC_USAGE = ("`mmtok encode MODEL input.wav tokens.safetensors` and "

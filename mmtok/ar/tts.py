@@ -1,5 +1,7 @@
-"""Text-to-speech with an :class:`~mmtok.ar.model.ARGenerator` over an audio tokenizer: text ->
-phonemes (espeak-ng, as the corpus was labelled) -> codes -> waveform, and its intelligibility."""
+"""Text-to-speech with a generator over an audio tokenizer: text -> phonemes (espeak-ng, as the
+corpus was labelled) -> codes -> waveform, and its intelligibility. The generator is an
+:class:`~mmtok.ar.model.ARGenerator` (stops at its end token) or a
+:class:`~mmtok.diffusion.model.MaskedDiffusionGenerator` (length from the phoneme count, any sampler)."""
 
 from __future__ import annotations
 
@@ -60,13 +62,24 @@ def speech_conditions(model: ARGenerator, tokenizer, phonemes: Sequence[str], *,
 @torch.no_grad()
 def synthesize(model: ARGenerator, tokenizer, phonemes: Sequence[str], *, speakers: Sequence[str] | None = None,
                prompts: Sequence[torch.Tensor] | None = None, prompt_seconds: float = 3.0,
-               max_seconds: float = 10.0, **sampling) -> tuple[list[torch.Tensor], Tokens]:
-    """Waveforms ``[1, N_i]`` (each cut at its end token) and the generated tokens, for a batch of
-    phoneme strings. ``sampling``: temperature, top_k, top_p, cfg_scale, generator."""
+               max_seconds: float = 10.0, sampler: str | None = None, num_steps: int | None = None,
+               **sampling) -> tuple[list[torch.Tensor], Tokens]:
+    """Waveforms ``[1, N_i]`` and the generated tokens for a batch of phoneme strings. ``sampling``:
+    temperature, top_k, top_p, cfg_scale, generator; ``sampler`` and ``num_steps`` choose how a
+    masked diffusion generator samples (default: first-hitting)."""
+    from mmtok.diffusion.model import MaskedDiffusionGenerator
+
     conditions = speech_conditions(model, tokenizer, phonemes, speakers=speakers, prompts=prompts,
                                    prompt_seconds=prompt_seconds)
-    tokens = model.generate(conditions, batch_size=len(phonemes),
-                            max_frames=round(max_seconds * tokenizer.frame_rate), **sampling)
+    if isinstance(model, MaskedDiffusionGenerator):
+        lengths = model.num_frames(phonemes).clamp(max=round(max_seconds * tokenizer.frame_rate))
+        tokens, _ = model.generate(conditions, lengths=lengths, sampler=sampler or "fhs", num_steps=num_steps,
+                                   **sampling)
+    else:
+        if sampler is not None:
+            raise ValueError(f"sampler {sampler!r}: an autoregressive generator samples step by step")
+        tokens = model.generate(conditions, batch_size=len(phonemes),
+                                max_frames=round(max_seconds * tokenizer.frame_rate), **sampling)
     hop = round(tokenizer.sample_rate / tokenizer.frame_rate)
     audio = [tokenizer.decode(tokens[i])[0, :, : int(tokens.lengths[i]) * hop].cpu()
              for i in range(len(phonemes))]

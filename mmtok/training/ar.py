@@ -1,101 +1,25 @@
-"""Training an :class:`~mmtok.ar.model.ARGenerator` on a tokenizer's codes as a LightningModule."""
+"""Training an :class:`~mmtok.ar.model.ARGenerator` on a tokenizer's codes."""
 
 from __future__ import annotations
 
-import lightning as L
-import torch
-
 from mmtok.ar.model import ARGenerator
-from mmtok.hub import WEIGHTS_NAME, load_weights_strict, resolve_file
 from mmtok.tokens import Tokens
-from mmtok.training.checkpoint import record_model
-from mmtok.training.media import log_generated_audio
-from mmtok.training.optim import warmup_cosine
+from mmtok.training.generators import GeneratorModule
 
 
-def take(batch: dict, count: int) -> dict:
-    """The first ``count`` items of a batch dict (tensors, lists and nested dicts)."""
-    def first(value):
-        if isinstance(value, dict):
-            return {k: first(v) for k, v in value.items()}
-        return value[:count]
-
-    return {key: first(value) for key, value in batch.items()}
-
-
-class ARModule(L.LightningModule):
-    """Next-step cross-entropy over the pattern's valid slots (and the end token), per codebook logged.
-
-    The tokenizer (the generator's ``tokenizer`` Hub folder) is loaded frozen: it is checked against
-    the backbone's vocabulary at construction, and decodes the examples generated at validation. It
-    is not part of the checkpoint. Training batches carry cached codes (:mod:`mmtok.data.tokens`).
-    AdamW with linear warm-up and cosine decay over the run's ``max_steps``. ``init_from`` (a Hub
-    folder or repo id) starts from released weights, for fine-tuning; its config must build the same
-    generator (a mismatch names every differing tensor).
-    """
+class ARModule(GeneratorModule):
+    """Next-step cross-entropy over the pattern's valid slots (and the end token), per codebook
+    logged (:meth:`ARGenerator.loss`). Examples at validation run until their end token, or twice
+    the real utterance's length. Options: :class:`~mmtok.training.generators.GeneratorModule`."""
 
     def __init__(self, *, generator: ARGenerator, init_from: str | None = None, lr: float = 5e-4,
                  weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 300,
                  num_generated_examples: int = 2, temperature: float = 1.0, top_k: int | None = None):
-        super().__init__()
-        self.save_hyperparameters(ignore=["generator"])
-        if init_from is not None:
-            load_weights_strict(generator, resolve_file(init_from, WEIGHTS_NAME))
-        self.generator = generator
-        self._tokenizer = [generator.load_tokenizer().requires_grad_(False)]  # a list: not a submodule
+        super().__init__(generator=generator, init_from=init_from, lr=lr, weight_decay=weight_decay, betas=betas,
+                         warmup_steps=warmup_steps, num_generated_examples=num_generated_examples,
+                         temperature=temperature, top_k=top_k)
 
-    @property
-    def tokenizer(self):
-        return self._tokenizer[0]
-
-    def setup(self, stage: str) -> None:
-        corpus = getattr(self.trainer.datamodule, "corpus", None) if self.trainer.datamodule else None
-        if corpus is not None:
-            self.generator.check_tokenizer(corpus.info["codebook_sizes"], name=f"of the token cache {corpus.folder}")
-
-    def configure_optimizers(self):
-        hp = self.hparams
-        decay = [p for n, p in self.generator.named_parameters() if p.requires_grad and p.dim() >= 2]
-        rest = [p for n, p in self.generator.named_parameters() if p.requires_grad and p.dim() < 2]
-        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
-                                       {"params": rest, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
-        scheduler = warmup_cosine(optimizer, warmup_steps=hp.warmup_steps,
-                                  total_steps=int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
-
-    def _step(self, batch: dict, stage: str) -> torch.Tensor:
-        loss, logs = self.generator.loss(batch)
-        size = batch["codes"].shape[0]
-        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
-        self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, batch_size=size, sync_dist=stage != "train")
-        return loss
-
-    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
-        return self._step(batch, "train")
-
-    def validation_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "val")
-        if batch_idx == 0 and self.trainer.is_global_zero and self.hparams.num_generated_examples:
-            self._log_examples(take(batch, self.hparams.num_generated_examples))
-
-    def test_step(self, batch: dict, batch_idx: int) -> None:
-        self._step(batch, "test")
-
-    @torch.no_grad()
-    def _log_examples(self, batch: dict) -> None:
-        """Generate from the first items' conditions and write them next to their real utterances."""
-        count = batch["codes"].shape[0]
-        tokens = self.generator.generate(batch, batch_size=count, max_frames=int(batch["lengths"].max() * 2),
-                                         temperature=self.hparams.temperature, top_k=self.hparams.top_k)
-        tokenizer = self.tokenizer.to(self.device)
-        real = Tokens(codes=batch["codes"][:, : self.generator.num_codebooks], lengths=batch["lengths"])
-        hop = tokenizer.sample_rate / tokenizer.frame_rate
-        audios, references = [], []
-        for i in range(count):
-            audios.append(tokenizer.decode(tokens[i])[0, :, : round(int(tokens.lengths[i]) * hop)])
-            references.append(tokenizer.decode(real[i])[0])
-        self.log("val/generated_frames", tokens.lengths.float().mean(), batch_size=count)
-        log_generated_audio(self, audios, references, sample_rate=tokenizer.sample_rate)
-
-    def on_save_checkpoint(self, checkpoint: dict) -> None:
-        record_model(checkpoint, self.generator, prefix="generator.", trainer=self.trainer)
+    def generate_examples(self, batch: dict) -> Tokens:
+        return self.generator.generate(batch, batch_size=batch["codes"].shape[0],
+                                       max_frames=int(batch["lengths"].max() * 2),
+                                       temperature=self.hparams.temperature, top_k=self.hparams.top_k)

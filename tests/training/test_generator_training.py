@@ -1,4 +1,5 @@
-"""The TTS recipe end to end at tiny size: LightningCLI fit from the token cache, export, `mmtok generate`."""
+"""The TTS recipes (AR and masked diffusion) end to end at tiny size: LightningCLI fit from the token
+cache, export, `mmtok generate`."""
 
 from __future__ import annotations
 
@@ -38,7 +39,7 @@ def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir
     ]
 
 
-@pytest.mark.parametrize("recipe", ["ar_xcodec_speech.yaml", "ar_rvq_speech.yaml"])
+@pytest.mark.parametrize("recipe", ["ar_xcodec_speech.yaml", "ar_rvq_speech.yaml", "mdm_xcodec_speech.yaml"])
 def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_corpus, tiny_codec_folder, tmp_path,
                                                                  capsys):
     run = tmp_path / "run"
@@ -52,10 +53,18 @@ def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_co
 
     main(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "hub")])
     card = (tmp_path / "hub" / "README.md").read_text()
-    assert "mmtok generate" in card and "DelayPattern" in card
+    assert "mmtok generate" in card and ("DelayPattern" in card or "time-agnostic" in card)
+    if recipe.startswith("mdm"):
+        from mmtok.data.tokens import TokenCorpus
+        from mmtok.training.diffusion import frames_per_phoneme
+
+        measured = json.loads((tmp_path / "hub" / "config.json").read_text())["frames_per_phoneme"]
+        assert measured == pytest.approx(frames_per_phoneme(TokenCorpus(tmp_path / "tokens"))) and measured != 5.0
     prompt = next((tiny_corpus / "wavs").glob("*.wav"))
+    sampler = ["--sampler", "maskgit", "--steps", "4"] if recipe.startswith("mdm") else []
     main(["generate", str(tmp_path / "hub"), "--text", "The cat sat.", "--text", "A dog ran home.",
-          "--speaker", "us-m1", "--prompt", str(prompt), "--out", str(tmp_path / "out"), "--max-seconds", "0.6"])
+          "--speaker", "us-m1", "--prompt", str(prompt), "--out", str(tmp_path / "out"), "--max-seconds", "0.6",
+          *sampler])
     lines = [json.loads(line) for line in (tmp_path / "out" / "generated.jsonl").read_text().splitlines()]
     assert [line["text"] for line in lines] == ["The cat sat.", "A dog ran home."]
     for line in lines:

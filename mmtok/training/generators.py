@@ -1,0 +1,103 @@
+"""Training a generator (AR or masked diffusion) on a tokenizer's codes: the shared LightningModule."""
+
+from __future__ import annotations
+
+import lightning as L
+import torch
+
+from mmtok.hub import WEIGHTS_NAME, load_weights_strict, resolve_file
+from mmtok.tokens import Tokens
+from mmtok.training.checkpoint import record_model
+from mmtok.training.media import log_generated_audio
+from mmtok.training.optim import warmup_cosine
+
+
+def take(batch: dict, count: int) -> dict:
+    """The first ``count`` items of a batch dict (tensors, lists and nested dicts)."""
+    def first(value):
+        if isinstance(value, dict):
+            return {k: first(v) for k, v in value.items()}
+        return value[:count]
+
+    return {key: first(value) for key, value in batch.items()}
+
+
+class GeneratorModule(L.LightningModule):
+    """Trains ``generator`` on its own ``loss(batch)``; subclasses name the generator type (for
+    LightningCLI) and how examples are generated at validation (``generate_examples``).
+
+    The tokenizer (the generator's ``tokenizer`` Hub folder) is loaded frozen: it is checked against
+    the backbone's vocabulary at construction, and decodes the examples generated at validation. It
+    is not part of the checkpoint. Training batches carry cached codes (:mod:`mmtok.data.tokens`).
+    AdamW with linear warm-up and cosine decay over the run's ``max_steps``. ``init_from`` (a Hub
+    folder or repo id) starts from released weights, for fine-tuning; its config must build the same
+    generator (a mismatch names every differing tensor).
+    """
+
+    def __init__(self, *, generator, init_from: str | None = None, lr: float = 5e-4,
+                 weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 300,
+                 num_generated_examples: int = 2, temperature: float = 1.0, top_k: int | None = None):
+        super().__init__()
+        self.save_hyperparameters(ignore=["generator"])
+        if init_from is not None:
+            load_weights_strict(generator, resolve_file(init_from, WEIGHTS_NAME))
+        self.generator = generator
+        self._tokenizer = [generator.load_tokenizer().requires_grad_(False)]  # a list: not a submodule
+
+    @property
+    def tokenizer(self):
+        return self._tokenizer[0]
+
+    def setup(self, stage: str) -> None:
+        corpus = getattr(self.trainer.datamodule, "corpus", None) if self.trainer.datamodule else None
+        if corpus is not None:
+            self.generator.check_tokenizer(corpus.info["codebook_sizes"], name=f"of the token cache {corpus.folder}")
+
+    def configure_optimizers(self):
+        hp = self.hparams
+        decay = [p for n, p in self.generator.named_parameters() if p.requires_grad and p.dim() >= 2]
+        rest = [p for n, p in self.generator.named_parameters() if p.requires_grad and p.dim() < 2]
+        optimizer = torch.optim.AdamW([{"params": decay, "weight_decay": hp.weight_decay},
+                                       {"params": rest, "weight_decay": 0.0}], lr=hp.lr, betas=tuple(hp.betas))
+        scheduler = warmup_cosine(optimizer, warmup_steps=hp.warmup_steps,
+                                  total_steps=int(self.trainer.estimated_stepping_batches))
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    def _step(self, batch: dict, stage: str) -> torch.Tensor:
+        loss, logs = self.generator.loss(batch)
+        size = batch["codes"].shape[0]
+        self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
+        self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, batch_size=size, sync_dist=stage != "train")
+        return loss
+
+    def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:
+        return self._step(batch, "train")
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "val")
+        if batch_idx == 0 and self.trainer.is_global_zero and self.hparams.num_generated_examples:
+            self._log_examples(take(batch, self.hparams.num_generated_examples))
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._step(batch, "test")
+
+    @torch.no_grad()
+    def _log_examples(self, batch: dict) -> None:
+        """Generate from the first items' conditions and write them next to their real utterances."""
+        count = batch["codes"].shape[0]
+        tokens = self.generate_examples(batch)
+        tokenizer = self.tokenizer.to(self.device)
+        real = Tokens(codes=batch["codes"][:, : self.generator.num_codebooks], lengths=batch["lengths"])
+        hop = tokenizer.sample_rate / tokenizer.frame_rate
+        audios, references = [], []
+        for i in range(count):
+            audios.append(tokenizer.decode(tokens[i])[0, :, : round(int(tokens.lengths[i]) * hop)])
+            references.append(tokenizer.decode(real[i])[0])
+        self.log("val/generated_frames", tokens.lengths.float().mean(), batch_size=count)
+        log_generated_audio(self, audios, references, sample_rate=tokenizer.sample_rate)
+
+    def generate_examples(self, batch: dict) -> Tokens:
+        raise NotImplementedError
+
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        record_model(checkpoint, self.generator, prefix="generator.", trainer=self.trainer)
