@@ -66,11 +66,22 @@ def process_logits(logits: torch.Tensor, *, temperature: float = 1.0, top_k: int
 
 
 def sample_categorical(logits: torch.Tensor, *, generator: torch.Generator | None = None,
-                       precision: str = "float64") -> torch.Tensor:
-    """One token per row of ``logits [..., V]`` by inverse CDF: the first index whose cumulative
-    probability exceeds a uniform draw. Probabilities are computed in ``precision``."""
+                       precision: str = "float64", method: str = "inverse_cdf") -> torch.Tensor:
+    """One token per row of ``logits [..., V]``, computed in ``precision``.
+
+    ``method="inverse_cdf"``: the first index whose cumulative probability exceeds a uniform draw.
+    ``"gumbel"``: the Gumbel-max trick in MDLM's exponential-race form, argmax p_i / E_i with
+    E_i = −log(U_i) (Zheng et al. analyse this code in float32: U's grid of 2⁻²⁴ bounds E_i away
+    from 0, so a token whose probability is below that scale can almost never win)."""
     if precision not in PRECISIONS:
         raise ValueError(f"precision must be one of {sorted(PRECISIONS)}, got {precision!r}")
+    if method == "gumbel":
+        probs = logits.to(PRECISIONS[precision]).softmax(-1)
+        uniform = torch.rand(probs.shape, generator=generator, dtype=probs.dtype, device=logits.device)
+        exponential = 1e-10 - (uniform + 1e-10).log()
+        return (probs / exponential).argmax(-1)
+    if method != "inverse_cdf":
+        raise ValueError(f"method must be 'inverse_cdf' or 'gumbel', got {method!r}")
     probs = logits.to(PRECISIONS[precision]).softmax(-1)
     cdf = probs.cumsum(-1)
     uniform = torch.rand(logits.shape[:-1] + (1,), generator=generator, dtype=probs.dtype, device=logits.device)

@@ -52,13 +52,25 @@ def test_a_fixed_generator_gives_identical_samples():
     assert torch.equal(first, second)
 
 
-def test_samples_follow_the_exact_probabilities():
+@pytest.mark.parametrize("method", ["inverse_cdf", "gumbel"])
+def test_samples_follow_the_exact_probabilities(method):
     probs = torch.tensor([0.5, 0.25, 0.125, 0.0625, 0.0625])
     logits = probs.log().expand(20000, -1)
-    samples = sample_categorical(logits, generator=torch.Generator().manual_seed(0))
+    samples = sample_categorical(logits, generator=torch.Generator().manual_seed(0), method=method)
     empirical = torch.bincount(samples, minlength=5).double() / len(samples)
     assert 0.5 * (empirical - probs.double()).abs().sum() < 0.01
-    assert sample_categorical(torch.tensor([[0.0, float("-inf"), 0.0]]).expand(1000, -1)).ne(1).all()
+    impossible = torch.tensor([[0.0, float("-inf"), 0.0]]).expand(1000, -1)
+    assert sample_categorical(impossible, method=method).ne(1).all()
+
+
+def test_every_sampler_draws_in_float64_by_default():
+    import inspect
+
+    from mmtok.ar.sampling import generate
+    from mmtok.diffusion.samplers import ancestral_sample, first_hitting_sample, maskgit_sample
+
+    for function in (sample_categorical, generate, ancestral_sample, first_hitting_sample, maskgit_sample):
+        assert inspect.signature(function).parameters["precision"].default == "float64", function.__name__
 
 
 def test_temperature_sharpens_and_rejects_zero():

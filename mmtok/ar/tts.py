@@ -92,7 +92,8 @@ MODES = ("speaker", "prompt")
 @torch.no_grad()
 def evaluate_tts(model: ARGenerator, tokenizer, judge, data: str | Path, *, mode: str = "speaker",
                  split: str = "test", max_items: int | None = 100, batch_size: int = 16,
-                 prompt_seconds: float = 3.0, max_seconds: float = 10.0, seed: int = 0, **sampling) -> dict:
+                 prompt_seconds: float = 3.0, max_seconds: float = 10.0, seed: int = 0,
+                 **sampling) -> dict:
     """Speak the phonemes of a corpus split and score the speech with a phoneme recognizer.
 
     ``mode="speaker"``: each utterance in its corpus voice (the speaker label). ``"prompt"``: in the
