@@ -64,6 +64,8 @@ class CodebookTransformer(nn.Module):
     def logits(self, hidden: torch.Tensor) -> torch.Tensor:
         """hidden [B, S, D] -> [B, Q, S, max head size], -inf past each head's size."""
         width = max(self.head_sizes)
+        if all(size == width for size in self.head_sizes):  # nothing to pad with -inf
+            return torch.stack([head(hidden) for head in self.heads], dim=1)
         out = hidden.new_full((hidden.shape[0], len(self.heads), hidden.shape[1], width), float("-inf"))
         for q, head in enumerate(self.heads):
             out[:, q, :, : self.head_sizes[q]] = head(hidden)
