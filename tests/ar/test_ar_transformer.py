@@ -129,3 +129,16 @@ def test_an_end_token_needs_a_frame_stable_pattern():
     assert not CoarseFirstPattern().is_frame_stable(2) and DelayPattern().is_frame_stable(3)
     with pytest.raises(ValueError, match="frame-stable pattern"):
         generate(tiny(end_token=True), CoarseFirstPattern(), num_frames=4)
+
+
+def test_bidirectional_outputs_ignore_padded_steps():
+    model = tiny()
+    steps = torch.randint(0, 5, (1, 2, 4))
+    padded = torch.cat([steps, torch.zeros(1, 2, 3, dtype=torch.long)], dim=2)
+    prefix = torch.randn(1, 2, 32)
+    with torch.no_grad():
+        alone = model(steps, prefix=prefix, causal=False)
+        masked = model(padded, prefix=prefix, steps_valid=torch.tensor([[True] * 4 + [False] * 3]), causal=False)
+        unmasked = model(padded, prefix=prefix, causal=False)
+    torch.testing.assert_close(masked[:, :, :4], alone, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(unmasked[:, :, :4], alone, atol=1e-3), "padding would leak without the mask"
