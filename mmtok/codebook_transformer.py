@@ -73,11 +73,12 @@ class CodebookTransformer(nn.Module):
 
     def forward(self, inputs: torch.Tensor, *, prefix: torch.Tensor | None = None,
                 prefix_valid: torch.Tensor | None = None, steps_valid: torch.Tensor | None = None,
-                cache: KVCache | None = None, causal: bool = True) -> torch.Tensor:
+                cache: KVCache | None = None, causal: bool = True,
+                positions: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for every input step ``inputs [B, Q, S]``. Causally, they predict the next step (the
         inputs are already shifted, :meth:`shift_right`; with ``cache`` only the new steps are given);
         bidirectionally, the clean step at each position. ``steps_valid [B, S]`` hides padded steps
-        from attention."""
+        from attention; ``positions`` ([B, P + S]) sets the rotary positions of prefix and steps."""
         x = self.embed(inputs)
         valid = steps_valid
         if prefix is not None:
@@ -86,7 +87,7 @@ class CodebookTransformer(nn.Module):
                 ones = torch.ones(x.shape[0], x.shape[1], dtype=torch.bool, device=x.device)
                 valid = torch.cat([ones[:, :prefix.shape[1]] if prefix_valid is None else prefix_valid,
                                    ones[:, prefix.shape[1]:] if steps_valid is None else steps_valid], dim=1)
-        hidden = self.transformer(x, valid=valid, causal=causal, cache=cache)
+        hidden = self.transformer(x, valid=valid, causal=causal, cache=cache, positions=positions)
         return self.logits(hidden[:, hidden.shape[1] - inputs.shape[2]:])
 
     def new_cache(self, batch: int, max_length: int, *, device: torch.device | None = None) -> KVCache:

@@ -28,11 +28,11 @@ class RMSNorm(nn.Module):
 
 
 def rotary_angles(positions: torch.Tensor, head_dim: int, *, base: float = 10000.0) -> torch.Tensor:
-    """positions [T] -> angles [T, head_dim / 2]: position · base^(-2i / head_dim)."""
+    """positions [..., T] -> angles [..., T, head_dim / 2]: position · base^(-2i / head_dim)."""
     if head_dim % 2:
         raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
     inverse_frequency = base ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    return positions.float()[:, None] * inverse_frequency[None, :]
+    return positions.float()[..., None] * inverse_frequency
 
 
 def rotary_rotation(angles: torch.Tensor) -> torch.Tensor:
@@ -182,13 +182,17 @@ class Transformer(nn.Module):
                        head_dim=self.head_dim, max_length=max_length, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, *, valid: torch.Tensor | None = None, causal: bool = False,
-                cache: KVCache | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
         """With ``cache``, x holds the next steps after the cached ones (positions continue from
         ``cache.length``) and the cache is extended by them: feeding a sequence in pieces gives the
-        outputs of one full pass."""
-        start = cache.length if cache is not None else 0
-        positions = torch.arange(start, start + x.shape[1], device=x.device)
+        outputs of one full pass. ``positions`` ([T] or per item [B, T], any real numbers) replaces
+        the default 0, 1, 2, ... of the rotary embedding."""
+        if positions is None:
+            start = cache.length if cache is not None else 0
+            positions = torch.arange(start, start + x.shape[1], device=x.device)
         rotation = rotary_rotation(rotary_angles(positions, self.head_dim, base=self.rotary_base))
+        if rotation.dim() == 3:  # per item: broadcast over heads
+            rotation = rotation[:, None]
         for layer, block in enumerate(self.blocks):
             x = block(x, rotation=rotation, valid=valid, causal=causal, cache=cache, layer=layer)
         if cache is not None:

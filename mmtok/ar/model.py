@@ -76,12 +76,20 @@ class ARGenerator(TokenGenerator, nn.Module, HubMixin):
         conditions: condition specs (see :func:`mmtok.conditioning.build_condition`).
         end_token: predict where each sequence ends (needs a frame-stable pattern).
         max_frames: default generation limit.
+        positions: ``"sequential"``: prefix and steps numbered 0, 1, 2, ... as one sequence;
+            ``"aligned"``: steps at 0, 1, 2, ... and each condition at its own positions
+            (:meth:`~mmtok.conditioning.Condition.positions`: phonemes spread over the frames' time
+            axis, the other conditions just before step 0).
     """
 
     def __init__(self, *, tokenizer: str, codebook_sizes: Sequence[int], pattern: str | dict = "delay",
                  conditions: Sequence[dict] = (), dim: int = 256, num_layers: int = 6, num_heads: int = 4,
-                 ff_mult: float = 8 / 3, dropout: float = 0.1, end_token: bool = True, max_frames: int = 500):
+                 ff_mult: float = 8 / 3, dropout: float = 0.1, end_token: bool = True, max_frames: int = 500,
+                 positions: str = "sequential"):
         super().__init__()
+        if positions not in ("sequential", "aligned"):
+            raise ValueError(f"positions must be 'sequential' or 'aligned', got {positions!r}")
+        self.aligned = positions == "aligned"
         self.tokenizer_id = tokenizer
         self.pattern = build_pattern(pattern)
         self.backbone = CodebookTransformer(codebook_sizes=codebook_sizes, dim=dim, num_layers=num_layers,
@@ -98,7 +106,10 @@ class ARGenerator(TokenGenerator, nn.Module, HubMixin):
 
     # -- training -------------------------------------------------------------------------------
     def prefix(self, batch: dict, *, batch_size: int, null: bool = False):
-        return self.conditioner(batch, batch_size=batch_size, device=self.backbone.heads[0].weight.device, null=null)
+        """(embeddings, valid, positions or None in the sequential scheme) of the condition prefix."""
+        prefix, valid, positions = self.conditioner(batch, batch_size=batch_size, null=null,
+                                                    device=self.backbone.heads[0].weight.device)
+        return prefix, valid, positions if self.aligned else None
 
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy over every valid slot (codes and the end token), plus per-codebook losses and
@@ -106,8 +117,12 @@ class ARGenerator(TokenGenerator, nn.Module, HubMixin):
         conditions' fields."""
         codes = batch["codes"][:, : self.num_codebooks]
         inputs, targets, mask = teacher_forcing(self.backbone, self.pattern, codes, batch.get("lengths"))
-        prefix, valid = self.prefix(batch, batch_size=codes.shape[0])
-        logits = self.backbone(inputs, prefix=prefix, prefix_valid=valid)
+        prefix, valid, prefix_positions = self.prefix(batch, batch_size=codes.shape[0])
+        positions = None
+        if prefix_positions is not None:
+            steps = torch.arange(inputs.shape[2], device=codes.device, dtype=torch.float)
+            positions = torch.cat([prefix_positions, steps.expand(codes.shape[0], -1)], dim=1)
+        logits = self.backbone(inputs, prefix=prefix, prefix_valid=valid, positions=positions)
         losses = F.cross_entropy(logits.permute(0, 3, 1, 2), targets.masked_fill(~mask, 0), reduction="none")
         loss = losses[mask].mean()
         logs = {f"loss_q{q}": losses[:, q][mask[:, q]].mean().detach() for q in range(self.num_codebooks)}
@@ -121,13 +136,17 @@ class ARGenerator(TokenGenerator, nn.Module, HubMixin):
                  top_p: float | None = None, generator: torch.Generator | None = None) -> Tokens:
         """Codes for a batch of conditions (the same fields as training batches); ``cfg_scale`` ≠ 1
         guides against the null condition. Returns :class:`Tokens` with each item's length."""
-        prefix, valid = self.prefix(conditions, batch_size=batch_size)
-        null = null_valid = None
+        prefix, valid, positions = self.prefix(conditions, batch_size=batch_size)
+        null = null_valid = null_positions = None
         if cfg_scale != 1.0 and prefix is not None:
-            null, null_valid = pad_left(*self.prefix({}, batch_size=batch_size, null=True), prefix.shape[1])
+            null, null_valid, null_positions = self.prefix({}, batch_size=batch_size, null=True)
+            if null_positions is None:
+                null_positions = torch.zeros_like(null_valid, dtype=torch.float)
+            null, null_valid, null_positions = pad_left(null, null_valid, null_positions, prefix.shape[1])
         codes, lengths = generate(self.backbone, self.pattern, num_frames=max_frames or self.max_frames,
                                   batch_size=batch_size, prefix=prefix, prefix_valid=valid, null_prefix=null,
                                   null_prefix_valid=null_valid, cfg_scale=cfg_scale, temperature=temperature,
-                                  top_k=top_k, top_p=top_p, generator=generator)
+                                  top_k=top_k, top_p=top_p, generator=generator, prefix_positions=positions,
+                                  null_prefix_positions=null_positions if positions is not None else None)
         width = int(lengths.max()) if len(lengths) else 0
         return Tokens(codes=codes[:, :, :width].contiguous(), lengths=lengths)

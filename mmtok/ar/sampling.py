@@ -26,7 +26,8 @@ def generate(model: CodebookTransformer, pattern: Pattern, *, num_frames: int, b
              null_prefix: torch.Tensor | None = None, null_prefix_valid: torch.Tensor | None = None,
              cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int | None = None,
              top_p: float | None = None, generator: torch.Generator | None = None,
-             precision: str = "float64") -> tuple[torch.Tensor, torch.Tensor]:
+             precision: str = "float64", prefix_positions: torch.Tensor | None = None,
+             null_prefix_positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (codes ``[B, Q, num_frames]``, lengths ``[B]``). ``temperature=0`` decodes greedily.
 
     Each step fills only the slots the pattern marks; the others get the codebook's special id, as in
@@ -39,7 +40,10 @@ def generate(model: CodebookTransformer, pattern: Pattern, *, num_frames: int, b
 
     With ``null_prefix`` (the null condition, padded to the prefix's shape) the batch is doubled: the
     conditional and unconditional logits of every step are combined by classifier-free guidance
-    with ``cfg_scale`` before sampling, and both halves are fed the same sampled tokens."""
+    with ``cfg_scale`` before sampling, and both halves are fed the same sampled tokens.
+
+    ``prefix_positions`` ([B, P]) places the prefix at explicit rotary positions; steps are then at
+    0, 1, 2, ... (the generator's ``positions="aligned"`` scheme)."""
     num_codebooks = len(model.codebook_sizes)
     layout = pattern.layout(num_codebooks, num_frames)
     if model.end_token and not pattern.is_frame_stable(num_codebooks):
@@ -53,6 +57,8 @@ def generate(model: CodebookTransformer, pattern: Pattern, *, num_frames: int, b
         prefix_valid, null_prefix_valid = _both_valid(prefix, prefix_valid, null_prefix_valid)
         prefix = torch.cat([prefix, null_prefix])
         prefix_valid = torch.cat([prefix_valid, null_prefix_valid])
+        if prefix_positions is not None:
+            prefix_positions = torch.cat([prefix_positions, null_prefix_positions])
     if prefix is not None:
         batch_size = prefix.shape[0] // (2 if guided else 1)
     rows = batch_size * (2 if guided else 1)
@@ -65,8 +71,12 @@ def generate(model: CodebookTransformer, pattern: Pattern, *, num_frames: int, b
     cache = model.new_cache(rows, (0 if prefix is None else prefix.shape[1]) + layout.shape[1], device=device)
     inputs = special[None, :, None].expand(rows, -1, 1)
     for s in range(layout.shape[1]):
+        positions = None
+        if prefix_positions is not None:
+            step = torch.full((rows, 1), float(s), device=device)
+            positions = torch.cat([prefix_positions.to(device), step], dim=1) if s == 0 else step
         logits = model(inputs, prefix=prefix if s == 0 else None, prefix_valid=prefix_valid if s == 0 else None,
-                       cache=cache)[:, :, -1]
+                       cache=cache, positions=positions)[:, :, -1]
         if guided:
             logits = classifier_free_guidance(logits[:batch_size], logits[batch_size:], cfg_scale)
         if temperature == 0:

@@ -34,6 +34,11 @@ class Condition(nn.Module, ABC):
     def spec(self) -> dict:
         """The JSON arguments that rebuild this condition (with :func:`build_condition`)."""
 
+    def positions(self, count: int, device: torch.device) -> torch.Tensor:
+        """Rotary positions of the null embedding and ``count - 1`` embeddings, for generators that
+        place the prefix explicitly: by default just before the sequence's step 0 (−count ... −1)."""
+        return torch.arange(-count, 0, device=device, dtype=torch.float)
+
     def forward(self, value: Any, *, batch_size: int, device: torch.device,
                 drop: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         null = self.null.expand(batch_size, 1, -1)
@@ -46,24 +51,28 @@ class Condition(nn.Module, ABC):
         return torch.cat([null, embeddings], dim=1), torch.cat([drop[:, None], valid & ~drop[:, None]], dim=1)
 
 
-def left_pack(x: torch.Tensor, valid: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """Move each row's valid positions to the end, in order ([B, P, D], [B, P]), and drop the leading
-    columns that no row uses. Left padding keeps every item's steps right after its own prefix."""
+def left_pack(x: torch.Tensor, valid: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """Move each row's valid positions to the end, in order ([B, P, D], [B, P], and any other [B, P]
+    tensors alike), and drop the leading columns that no row uses. Left padding keeps every item's
+    steps right after its own prefix."""
     order = torch.sort(valid.long(), dim=1, stable=True).indices
     x = torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[2]))
     valid = torch.gather(valid, 1, order)
+    others = [torch.gather(other, 1, order) for other in others]
     used = valid.any(0).nonzero()
     start = int(used[0]) if len(used) else valid.shape[1]
-    return x[:, start:], valid[:, start:]
+    return (x[:, start:], valid[:, start:], *(other[:, start:] for other in others))
 
 
-def pad_left(x: torch.Tensor, valid: torch.Tensor, length: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Left-pad a prefix ([B, P, D], [B, P]) with invalid zeros to ``length`` positions."""
+def pad_left(x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor,
+             length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Left-pad a prefix ([B, P, D], [B, P], positions [B, P]) with invalid zeros to ``length``."""
     extra = length - x.shape[1]
     if extra < 0:
         raise ValueError(f"cannot pad a prefix of {x.shape[1]} positions to {length}")
     return (torch.cat([x.new_zeros(x.shape[0], extra, x.shape[2]), x], dim=1),
-            torch.cat([valid.new_zeros(valid.shape[0], extra), valid], dim=1))
+            torch.cat([valid.new_zeros(valid.shape[0], extra), valid], dim=1),
+            torch.cat([positions.new_zeros(positions.shape[0], extra), positions], dim=1))
 
 
 class Conditioner(nn.Module):
@@ -81,12 +90,14 @@ class Conditioner(nn.Module):
         return [c.key for c in self.conditions]
 
     def forward(self, batch: dict, *, batch_size: int, device: torch.device, null: bool = False,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor, torch.Tensor] | tuple[None, None]:
-        """(prefix [B, P, D], valid [B, P]), or (None, None) without conditions. In training mode each
-        condition is dropped per item with its probability; ``null=True`` drops every condition."""
+                generator: torch.Generator | None = None) -> tuple[torch.Tensor | None, ...]:
+        """(prefix [B, P, D], valid [B, P], positions [B, P]), or Nones without conditions. In training
+        mode each condition is dropped per item with its probability; ``null=True`` drops every
+        condition. ``positions`` are each condition's own (:meth:`Condition.positions`), for
+        generators that place the prefix explicitly."""
         if not len(self.conditions):
-            return None, None
-        pieces, masks = [], []
+            return None, None, None
+        pieces, masks, positions = [], [], []
         for condition in self.conditions:
             drop = None
             if self.training and condition.dropout > 0:
@@ -95,7 +106,8 @@ class Conditioner(nn.Module):
                                  drop=drop)
             pieces.append(x)
             masks.append(valid)
-        return left_pack(torch.cat(pieces, dim=1), torch.cat(masks, dim=1))
+            positions.append(condition.positions(x.shape[1], device).expand(batch_size, -1))
+        return left_pack(torch.cat(pieces, dim=1), torch.cat(masks, dim=1), torch.cat(positions, dim=1))
 
     def specs(self) -> list[dict]:
         return [condition.spec() for condition in self.conditions]

@@ -68,12 +68,18 @@ class ClassCondition(Condition):
 
 class PhonemeCondition(Condition):
     """A phoneme (or character) sequence, space-separated symbols, with its own embedding table.
-    ``phonemes`` is the inventory or a corpus to read it from (:func:`mmtok.asr.phoneme_inventory`)."""
+    ``phonemes`` is the inventory or a corpus to read it from (:func:`mmtok.asr.phoneme_inventory`).
+
+    ``position_scale`` (frames per phoneme) places phoneme k at position k · scale, on the time axis
+    of the generated frames, for generators with ``positions="aligned"``: frame t then finds its
+    phoneme near relative position 0, which is what makes a small AR TTS model learn to read."""
 
     type_name = "phonemes"
 
-    def __init__(self, *, dim: int, key: str = "phonemes", phonemes: Sequence[str] | str, dropout: float = 0.0):
+    def __init__(self, *, dim: int, key: str = "phonemes", phonemes: Sequence[str] | str, dropout: float = 0.0,
+                 position_scale: float = 1.0):
         super().__init__(key=key, dim=dim, dropout=dropout)
+        self.position_scale = position_scale
         if isinstance(phonemes, str):
             from mmtok.asr import phoneme_inventory
 
@@ -100,7 +106,13 @@ class PhonemeCondition(Condition):
         return self.embedding(padded), padded != 0
 
     def spec(self) -> dict:
-        return {"type": self.type_name, "key": self.key, "phonemes": self.phonemes, "dropout": self.dropout}
+        return {"type": self.type_name, "key": self.key, "phonemes": self.phonemes, "dropout": self.dropout,
+                "position_scale": self.position_scale}
+
+    def positions(self, count: int, device: torch.device) -> torch.Tensor:
+        """The null embedding at −1, phoneme k at k · ``position_scale``."""
+        return torch.cat([torch.tensor([-1.0], device=device),
+                          torch.arange(count - 1, device=device, dtype=torch.float) * self.position_scale])
 
 
 class AudioPromptCondition(Condition):

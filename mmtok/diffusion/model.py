@@ -78,7 +78,7 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
     # -- the denoiser ---------------------------------------------------------------------------
     def _prefix(self, conditions: dict, batch_size: int, t: torch.Tensor, *, null: bool = False):
         device = self.backbone.heads[0].weight.device
-        prefix, valid = self.conditioner(conditions, batch_size=batch_size, device=device, null=null)
+        prefix, valid, _ = self.conditioner(conditions, batch_size=batch_size, device=device, null=null)
         if self.time_embedding is not None:
             time = self.time_embedding(t.to(device))
             ones = torch.ones(batch_size, 1, dtype=torch.bool, device=device)

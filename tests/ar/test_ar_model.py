@@ -40,8 +40,9 @@ def tiny_generator(folder, **overrides) -> ARGenerator:
     return ARGenerator(**{**options, **overrides})
 
 
-def test_a_class_condition_steers_generation_to_its_own_sequence_and_length(tiny_codec_folder):
-    generator = tiny_generator(tiny_codec_folder)
+@pytest.mark.parametrize("positions", ["sequential", "aligned"])
+def test_a_class_condition_steers_generation_to_its_own_sequence_and_length(positions, tiny_codec_folder):
+    generator = tiny_generator(tiny_codec_folder, positions=positions)
     codes = torch.tensor([[[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], [[7, 7, 0, 0, 0], [8, 1, 0, 0, 0]]])
     batch = {"codes": codes, "lengths": torch.tensor([5, 2]), "speaker": ["a", "b"]}
     optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)

@@ -12,10 +12,11 @@ from mmtok.conditioning import (AudioPromptCondition, ClassCondition, Conditione
 def test_left_pack_moves_valid_positions_to_the_end_in_order_and_drops_unused_columns():
     x = torch.arange(8.0).reshape(2, 4, 1)
     valid = torch.tensor([[True, False, True, False], [False, False, True, False]])
-    packed, packed_valid = left_pack(x, valid)
+    packed, packed_valid, packed_index = left_pack(x, valid, torch.arange(8.0).reshape(2, 4))
     assert packed_valid.tolist() == [[True, True], [False, True]]
     assert packed[0, :, 0].tolist() == [0.0, 2.0] and packed[1, 1, 0] == 6.0
-    padded, padded_valid = pad_left(packed, packed_valid, 4)
+    assert packed_index.tolist() == [[0.0, 2.0], [7.0, 6.0]], "other tensors are packed alike"
+    padded, padded_valid, _ = pad_left(packed, packed_valid, packed_index, 4)
     assert padded_valid.tolist() == [[False, False, True, True], [False, False, False, True]]
 
 
@@ -36,7 +37,8 @@ def batch():
 
 def test_the_prefix_is_each_items_embeddings_in_condition_order_left_padded():
     model = conditioner()
-    prefix, valid = model(batch(), batch_size=2, device=torch.device("cpu"))
+    prefix, valid, positions = model(batch(), batch_size=2, device=torch.device("cpu"))
+    assert positions[0, -6:].tolist() == [0.0, 1.0, -1.0, -3.0, -2.0, -1.0], "phonemes from 0, the rest before 0"
     assert valid.sum(1).tolist() == [2 + 1 + 3, 1 + 1 + 1]
     phonemes, speakers, prompt = model.conditions
     expected_second = torch.stack([phonemes.embedding.weight[3], speakers.embedding.weight[0],
@@ -47,11 +49,11 @@ def test_the_prefix_is_each_items_embeddings_in_condition_order_left_padded():
 
 def test_the_null_condition_is_one_learned_vector_per_condition_and_dropout_one_gives_it():
     model = conditioner()
-    null, null_valid = model({}, batch_size=2, device=torch.device("cpu"), null=True)
+    null, null_valid, _ = model({}, batch_size=2, device=torch.device("cpu"), null=True)
     assert null.shape == (2, 3, 8) and null_valid.all()
     torch.testing.assert_close(null[0], torch.stack([c.null for c in model.conditions]))
     dropped = conditioner(phonemes=1.0, speaker=1.0, prompt=1.0).train()
-    prefix, valid = dropped(batch(), batch_size=2, device=torch.device("cpu"))
+    prefix, valid, _ = dropped(batch(), batch_size=2, device=torch.device("cpu"))
     torch.testing.assert_close(prefix[valid].reshape(2, 3, 8), null)
 
 
