@@ -47,14 +47,18 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
 
     Args: as :class:`~mmtok.ar.model.ARGenerator` (tokenizer, codebook_sizes, conditions, width),
     plus ``schedule`` (``"log_linear"`` or ``"cosine"``), ``time_conditioning`` (False: the
-    time-agnostic model, which Zheng et al. show loses nothing) and ``frames_per_phoneme``.
+    time-agnostic model, which Zheng et al. show loses nothing), ``frames_per_phoneme`` and
+    ``positions`` (as the AR generator's: ``"aligned"`` spreads phonemes over the frames' time axis).
     """
 
     def __init__(self, *, tokenizer: str, codebook_sizes: Sequence[int], conditions: Sequence[dict] = (),
                  schedule: str = "log_linear", time_conditioning: bool = False, dim: int = 256,
                  num_layers: int = 6, num_heads: int = 4, ff_mult: float = 8 / 3, dropout: float = 0.1,
-                 frames_per_phoneme: float = 5.0, max_frames: int = 500):
+                 frames_per_phoneme: float = 5.0, max_frames: int = 500, positions: str = "sequential"):
         super().__init__()
+        if positions not in ("sequential", "aligned"):
+            raise ValueError(f"positions must be 'sequential' or 'aligned', got {positions!r}")
+        self.aligned = positions == "aligned"
         if len(set(codebook_sizes)) != 1:
             raise ValueError(f"masked diffusion needs codebooks of one size (one mask id), got {list(codebook_sizes)}")
         self.tokenizer_id = tokenizer
@@ -78,13 +82,15 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
     # -- the denoiser ---------------------------------------------------------------------------
     def _prefix(self, conditions: dict, batch_size: int, t: torch.Tensor, *, null: bool = False):
         device = self.backbone.heads[0].weight.device
-        prefix, valid, _ = self.conditioner(conditions, batch_size=batch_size, device=device, null=null)
-        if self.time_embedding is not None:
+        prefix, valid, positions = self.conditioner(conditions, batch_size=batch_size, device=device, null=null)
+        if self.time_embedding is not None:  # one more prefix vector, just before step 0
             time = self.time_embedding(t.to(device))
             ones = torch.ones(batch_size, 1, dtype=torch.bool, device=device)
+            before = torch.full((batch_size, 1), -1.0, device=device)
             prefix = time if prefix is None else torch.cat([prefix, time], dim=1)
             valid = ones if valid is None else torch.cat([valid, ones], dim=1)
-        return prefix, valid
+            positions = before if positions is None else torch.cat([positions, before], dim=1)
+        return prefix, valid, positions
 
     def logits(self, noisy: torch.Tensor, t: torch.Tensor, conditions: dict, *, lengths: torch.Tensor | None = None,
                null: bool = False) -> torch.Tensor:
@@ -92,8 +98,13 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
         steps_valid = None
         if lengths is not None:
             steps_valid = torch.arange(noisy.shape[2], device=noisy.device)[None] < lengths.to(noisy.device)[:, None]
-        prefix, valid = self._prefix(conditions, noisy.shape[0], t, null=null)
-        return self.backbone(noisy, prefix=prefix, prefix_valid=valid, steps_valid=steps_valid, causal=False)
+        prefix, valid, prefix_positions = self._prefix(conditions, noisy.shape[0], t, null=null)
+        positions = None
+        if self.aligned and prefix_positions is not None:
+            steps = torch.arange(noisy.shape[2], device=noisy.device, dtype=torch.float)
+            positions = torch.cat([prefix_positions, steps.expand(noisy.shape[0], -1)], dim=1)
+        return self.backbone(noisy, prefix=prefix, prefix_valid=valid, steps_valid=steps_valid, causal=False,
+                             positions=positions)
 
     def loss(self, batch: dict, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """The MDLM NELBO on ``batch["codes"]`` [B, Q', T] (first Q codebooks) with ``lengths``."""

@@ -59,9 +59,10 @@ def tiny_mdm(folder, **overrides) -> MaskedDiffusionGenerator:
     return MaskedDiffusionGenerator(**{**options, **overrides})
 
 
-@pytest.mark.parametrize("sampler", ["fhs", "ancestral", "maskgit"])
-def test_a_tiny_model_learns_a_token_set_and_every_sampler_generates_it(sampler, tiny_codec_folder):
-    model = tiny_mdm(tiny_codec_folder)
+@pytest.mark.parametrize("sampler,positions", [("fhs", "aligned"), ("ancestral", "sequential"),
+                                               ("maskgit", "sequential")])
+def test_a_tiny_model_learns_a_token_set_and_every_sampler_generates_it(sampler, positions, tiny_codec_folder):
+    model = tiny_mdm(tiny_codec_folder, positions=positions)
     codes = torch.tensor([[[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], [[7, 7, 0, 0, 0], [8, 1, 0, 0, 0]]])
     batch = {"codes": codes.repeat(8, 1, 1), "lengths": torch.tensor([5, 2]).repeat(8), "speaker": ["a", "b"] * 8}
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -85,7 +86,7 @@ def test_the_generator_needs_one_codebook_size_and_a_fitting_tokenizer(tiny_code
         tiny_mdm(tiny_codec_folder, codebook_sizes=[32, 16])
     with pytest.raises(ValueError, match=r"vocabulary is \[64, 64\]"):
         tiny_mdm(tiny_codec_folder, codebook_sizes=[64, 64]).load_tokenizer()
-    model = tiny_mdm(tiny_codec_folder, time_conditioning=True).eval()
+    model = tiny_mdm(tiny_codec_folder, time_conditioning=True, positions="aligned").eval()
     model.save_pretrained(tmp_path / "mdm")
     loaded = load_pretrained(tmp_path / "mdm")
     options = dict(lengths=torch.tensor([3]), sampler="maskgit", num_steps=2)
