@@ -1,0 +1,38 @@
+"""The released X-Codec TTS: a small Hub folder that names its tokenizer and speaks until its end token."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from conftest import REPO
+from mmtok.ar.model import ARGenerator
+from mmtok.ar.tts import synthesize
+from mmtok.data.audio import read_manifest
+from mmtok.hub import load_pretrained
+
+TTS = REPO / "checkpoints" / "tts-ar-xcodec"
+
+
+def test_the_tts_release_is_small_and_names_its_tokenizer():
+    assert {p.name for p in TTS.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    assert (TTS / "model.safetensors").stat().st_size <= 20 * 2**20
+    config = json.loads((TTS / "config.json").read_text())
+    assert config["tokenizer"] == "checkpoints/xcodec-speech-16k" and config["positions"] == "aligned"
+    assert "## Intelligibility (bench/tts_intelligibility.py)" in (TTS / "README.md").read_text()
+
+
+def test_the_tts_release_speaks_corpus_sentences_and_stops_by_itself(tiny_corpus):
+    model = load_pretrained(TTS)
+    assert isinstance(model, ARGenerator)
+    tokenizer = model.load_tokenizer(near=TTS)
+    entries = read_manifest(tiny_corpus / "manifest.jsonl")[:3]
+    audio, tokens = synthesize(model, tokenizer, [e["phonemes"] for e in entries],
+                               speakers=[e["speaker"] for e in entries], max_seconds=12.0, top_k=50,
+                               generator=torch.Generator().manual_seed(0))
+    assert (tokens.lengths < 600).all(), "every utterance ended with the end token before the limit"
+    for wave, entry in zip(audio, entries):
+        ratio = wave.shape[-1] / 16000 / entry["duration"]
+        assert 0.5 < ratio < 2.0, f"generated {wave.shape[-1] / 16000:.2f} s for a {entry['duration']:.2f} s sentence"
+        assert wave.abs().max() > 0.05, "not silence"
