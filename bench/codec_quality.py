@@ -17,14 +17,14 @@ from __future__ import annotations
 
 import argparse
 import time
-from pathlib import Path
 
 import torch
 
+from common import named_folders, publish
 from mmtok.asr import evaluate_recognizer
 from mmtok.codecs.evaluate import evaluate_codec
 from mmtok.codecs.probe import phoneme_probe
-from mmtok.hub import load_pretrained, write_card_section
+from mmtok.hub import load_pretrained
 from mmtok.media import markdown_table
 
 SECTION = "## Comparison (bench/codec_quality.py)"
@@ -59,12 +59,7 @@ def main() -> None:
     parser.add_argument("--cards", action="store_true", help="write the tables into each codec's model card")
     args = parser.parse_args()
 
-    codecs = {}
-    for item in args.codec:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            parser.error(f"--codec {item!r}: expected NAME=FOLDER")
-        codecs[name] = Path(folder)
+    codecs = named_folders(parser, args.codec, "--codec")
     torch.manual_seed(args.seed)
     judge = load_pretrained(args.judge)
     floor = evaluate_recognizer(judge, args.data, split="test", max_items=args.max_items)
@@ -83,13 +78,7 @@ def main() -> None:
             f"train utterances for {args.probe_epochs} epochs (PER on the test split):\n\n" + markdown_table(probes)
             + "\n\nSeconds per codec (evaluation + probe): "
             + ", ".join(f"{name} {s:.0f}" for name, s in seconds.items()) + "\n")
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text)
-    if args.cards:
-        for folder in codecs.values():
-            write_card_section(folder, SECTION, text)
+    publish(text, out=args.out, folders=list(codecs.values()), section=SECTION, cards=args.cards)
 
 
 if __name__ == "__main__":

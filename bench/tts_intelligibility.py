@@ -23,7 +23,8 @@ import torch
 from mmtok.ar.tts import MODES, evaluate_tts
 from mmtok.asr import evaluate_recognizer
 from mmtok.codecs.evaluate import evaluate_codec
-from mmtok.hub import load_pretrained, write_card_section
+from common import named_folders, publish
+from mmtok.hub import load_pretrained
 from mmtok.media import markdown_table
 
 SECTION = "## Intelligibility (bench/tts_intelligibility.py)"
@@ -62,12 +63,7 @@ def main() -> None:
     parser.add_argument("--cards", action="store_true", help="write the table into each generator's model card")
     args = parser.parse_args()
 
-    models = {}
-    for item in args.model:
-        name, sep, folder = item.partition("=")
-        if not sep or not name or not folder:
-            parser.error(f"--model {item!r}: expected NAME=FOLDER")
-        models[name] = Path(folder)
+    models = named_folders(parser, args.model, "--model")
     torch.manual_seed(args.seed)
     judge = load_pretrained(args.judge)
     floor = evaluate_recognizer(judge, args.data, split="test", max_items=args.max_items)
@@ -81,13 +77,7 @@ def main() -> None:
             f"sampling: {sampling}, seed {args.seed}. `duration_ratio`: generated / real duration; `ended`: "
             "fraction stopped by the end token; `generation_s`: wall time of generation and decoding.\n\n"
             + markdown_table(rows))
-    print(text)
-    if args.out:
-        Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.out).write_text(text + "\n")
-    if args.cards:
-        for folder in models.values():
-            write_card_section(folder, SECTION, text)
+    publish(text, out=args.out, folders=list(models.values()), section=SECTION, cards=args.cards)
 
 
 if __name__ == "__main__":

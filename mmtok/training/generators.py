@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from abc import ABC, abstractmethod
+
 import lightning as L
 import torch
 
@@ -22,7 +24,7 @@ def take(batch: dict, count: int) -> dict:
     return {key: first(value) for key, value in batch.items()}
 
 
-class GeneratorModule(L.LightningModule):
+class GeneratorModule(L.LightningModule, ABC):
     """Trains ``generator`` on its own ``loss(batch)``; subclasses name the generator type (for
     LightningCLI) and how examples are generated at validation (``generate_examples``).
 
@@ -96,8 +98,9 @@ class GeneratorModule(L.LightningModule):
         self.log("val/generated_frames", tokens.lengths.float().mean(), batch_size=count)
         log_generated_audio(self, audios, references, sample_rate=tokenizer.sample_rate)
 
+    @abstractmethod
     def generate_examples(self, batch: dict) -> Tokens:
-        raise NotImplementedError
+        """Tokens generated from the conditions of a batch of real examples."""
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_model(checkpoint, self.generator, prefix="generator.", trainer=self.trainer)
