@@ -37,9 +37,8 @@ def test_items_get_a_prompt_from_another_utterance_of_their_speaker(tiny_tokens)
         sources = [i for i in dataset.by_speaker[speaker] if i != index] or [index]
         assert item["prompt"].shape[1] <= 10, "0.2 s at 50 frames/s"
         assert any(_contains(corpus.codes(i), item["prompt"]) for i in sources)
-    valid = data.datasets["valid"]
-    if len(valid):
-        assert torch.equal(valid[0]["prompt"], valid[0]["prompt"]), "evaluation prompts are fixed"
+    held_out = next(data.datasets[split] for split in ("valid", "test") if len(data.datasets[split]))
+    assert torch.equal(held_out[0]["prompt"], held_out[0]["prompt"]), "evaluation prompts are fixed"
     batch = collate_tokens([dataset[0], dataset[1]])
     assert batch["codes"].shape[:2] == (2, 4)
     assert batch["lengths"].tolist() == [dataset[0]["codes"].shape[1], dataset[1]["codes"].shape[1]]
