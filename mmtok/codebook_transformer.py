@@ -5,8 +5,9 @@ sec. 2.3). Each codebook q has ``codebook_sizes[q] + 1`` input ids: its codes an
 ``codebook_sizes[q]``. Run causally (AR), inputs are the steps shifted right and the special id
 stands for "start" and for a pattern's empty slots; run bidirectionally (masked diffusion,
 ``causal=False``), inputs are the noisy steps and the special id is the absorbing mask. An optional
-prefix of condition embeddings ``[B, P, D]`` (phonemes, a voice prompt, a class) precedes the steps;
-outputs are read only at the step positions.
+prefix of condition embeddings ``[B, P, D]`` (phonemes, a voice prompt, a class) precedes the steps,
+and optional ``step_embeddings [B, S, D]`` (conditions placed on the frames) are added to the steps'
+inputs; outputs are read only at the step positions.
 
 With ``end_token`` the first codebook's head has one more output, ``codebook_sizes[0]``, meaning
 "the sequence ends before this frame" (VALL-E's end-of-sequence on its first codebook): generation
@@ -73,13 +74,24 @@ class CodebookTransformer(nn.Module):
 
     def forward(self, inputs: torch.Tensor, *, prefix: torch.Tensor | None = None,
                 prefix_valid: torch.Tensor | None = None, steps_valid: torch.Tensor | None = None,
-                cache: KVCache | None = None, causal: bool = True,
-                positions: torch.Tensor | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, causal: bool = True, positions: torch.Tensor | None = None,
+                step_embeddings: torch.Tensor | None = None) -> torch.Tensor:
         """Logits for every input step ``inputs [B, Q, S]``. Causally, they predict the next step (the
         inputs are already shifted, :meth:`shift_right`; with ``cache`` only the new steps are given);
         bidirectionally, the clean step at each position. ``steps_valid [B, S]`` hides padded steps
         from attention; ``positions`` ([B, P + S]) sets the rotary positions of prefix and steps."""
+        return self.logits(self.hidden(inputs, prefix=prefix, prefix_valid=prefix_valid, steps_valid=steps_valid,
+                                       cache=cache, causal=causal, positions=positions,
+                                       step_embeddings=step_embeddings))
+
+    def hidden(self, inputs: torch.Tensor, *, prefix: torch.Tensor | None = None,
+               prefix_valid: torch.Tensor | None = None, steps_valid: torch.Tensor | None = None,
+               cache: KVCache | None = None, causal: bool = True, positions: torch.Tensor | None = None,
+               step_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """The last hidden states of the steps, [B, S, D] (:meth:`forward` without the heads)."""
         x = self.embed(inputs)
+        if step_embeddings is not None:
+            x = x + step_embeddings
         valid = steps_valid
         if prefix is not None:
             x = torch.cat([prefix, x], dim=1)
@@ -88,7 +100,15 @@ class CodebookTransformer(nn.Module):
                 valid = torch.cat([ones[:, :prefix.shape[1]] if prefix_valid is None else prefix_valid,
                                    ones[:, prefix.shape[1]:] if steps_valid is None else steps_valid], dim=1)
         hidden = self.transformer(x, valid=valid, causal=causal, cache=cache, positions=positions)
-        return self.logits(hidden[:, hidden.shape[1] - inputs.shape[2]:])
+        return hidden[:, hidden.shape[1] - inputs.shape[2]:]
+
+    def logits_at(self, hidden: torch.Tensor, codebooks: torch.Tensor, steps: torch.Tensor) -> torch.Tensor:
+        """Logits of codebook ``codebooks[b, k]`` at step ``steps[b, k]`` only ([B, k] each), from
+        ``hidden [B, S, D]``: [B, k, V] (V the widest head, -inf past a smaller head's size)."""
+        selected = torch.gather(hidden, 1, steps[..., None].expand(-1, -1, hidden.shape[2]))
+        every_head = self.logits(selected)  # [B, Q, k, V]: Q heads on k vectors, not on all S
+        index = codebooks[:, None, :, None].expand(-1, 1, -1, every_head.shape[-1])
+        return torch.gather(every_head, 1, index)[:, 0]
 
     def new_cache(self, batch: int, max_length: int, *, device: torch.device | None = None) -> KVCache:
         return self.transformer.new_cache(batch, max_length, device=device)

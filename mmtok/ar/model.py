@@ -99,6 +99,9 @@ class ARGenerator(TokenGenerator, nn.Module, HubMixin):
             raise ValueError(f"{type(self.pattern).__name__} cannot stop at an end token; use end_token=false "
                              "or a frame-stable pattern (parallel, delay, flatten)")
         self.conditioner = Conditioner([build_condition(spec, dim=dim) for spec in conditions])
+        if self.conditioner.frame_aligned:
+            raise ValueError("conditions placed on frames need the length before generation (masked diffusion); "
+                             "the AR generator takes them as a prefix: use placement 'prefix'")
         self.max_frames = max_frames
         # The config keeps what was resolved (inventories, class names), so a Hub folder is self-contained.
         self._hub_mixin_config = {**(self._hub_mixin_config or {}), "conditions": self.conditioner.specs(),

@@ -18,6 +18,7 @@ class Condition(nn.Module, ABC):
     """
 
     type_name: str = ""
+    placement: str = "prefix"  # or "frames": added to each generated frame (see frame_embeddings)
 
     def __init__(self, *, key: str, dim: int, dropout: float = 0.0):
         super().__init__()
@@ -33,6 +34,12 @@ class Condition(nn.Module, ABC):
     @abstractmethod
     def spec(self) -> dict:
         """The JSON arguments that rebuild this condition (with :func:`build_condition`)."""
+
+    def frame_embeddings(self, value: Any, *, lengths: torch.Tensor, num_frames: int, device: torch.device,
+                         drop: torch.Tensor | None = None) -> torch.Tensor:
+        """The condition spread over the frames to generate, [B, num_frames, D] (zeros past each
+        item's length), for conditions with ``placement == "frames"``."""
+        raise NotImplementedError(f"condition {self.key!r} ({self.type_name}) cannot be placed on frames")
 
     def positions(self, count: int, device: torch.device) -> torch.Tensor:
         """Rotary positions of the null embedding and ``count - 1`` embeddings, for generators that
@@ -76,7 +83,8 @@ def pad_left(x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor,
 
 
 class Conditioner(nn.Module):
-    """Joins conditions, in order, into one left-padded prefix read from a batch dict."""
+    """Joins conditions, in order, into one left-padded prefix read from a batch dict; conditions
+    placed on frames are summed into one embedding per generated frame instead (:meth:`frames`)."""
 
     def __init__(self, conditions: list[Condition]):
         super().__init__()
@@ -89,25 +97,49 @@ class Conditioner(nn.Module):
     def keys(self) -> list[str]:
         return [c.key for c in self.conditions]
 
+    @property
+    def frame_aligned(self) -> bool:
+        """Whether some condition is placed on the frames (which needs the length before generating)."""
+        return any(c.placement == "frames" for c in self.conditions)
+
+    def _drop(self, condition: Condition, batch_size: int, device: torch.device,
+              generator: torch.Generator | None) -> torch.Tensor | None:
+        if self.training and condition.dropout > 0:
+            return torch.rand(batch_size, generator=generator).to(device) < condition.dropout
+        return None
+
     def forward(self, batch: dict, *, batch_size: int, device: torch.device, null: bool = False,
                 generator: torch.Generator | None = None) -> tuple[torch.Tensor | None, ...]:
         """(prefix [B, P, D], valid [B, P], positions [B, P]), or Nones without conditions. In training
         mode each condition is dropped per item with its probability; ``null=True`` drops every
         condition. ``positions`` are each condition's own (:meth:`Condition.positions`), for
         generators that place the prefix explicitly."""
-        if not len(self.conditions):
+        prefixed = [c for c in self.conditions if c.placement == "prefix"]
+        if not prefixed:
             return None, None, None
         pieces, masks, positions = [], [], []
-        for condition in self.conditions:
-            drop = None
-            if self.training and condition.dropout > 0:
-                drop = torch.rand(batch_size, generator=generator).to(device) < condition.dropout
+        for condition in prefixed:
+            drop = self._drop(condition, batch_size, device, generator)
             x, valid = condition(None if null else batch.get(condition.key), batch_size=batch_size, device=device,
                                  drop=drop)
             pieces.append(x)
             masks.append(valid)
             positions.append(condition.positions(x.shape[1], device).expand(batch_size, -1))
         return left_pack(torch.cat(pieces, dim=1), torch.cat(masks, dim=1), torch.cat(positions, dim=1))
+
+    def frames(self, batch: dict, *, lengths: torch.Tensor, num_frames: int, device: torch.device,
+               null: bool = False, generator: torch.Generator | None = None) -> torch.Tensor | None:
+        """The sum of the frame-placed conditions, [B, num_frames, D], or None without any. Dropout
+        and ``null`` act as in :meth:`forward`."""
+        total = None
+        for condition in self.conditions:
+            if condition.placement != "frames":
+                continue
+            drop = self._drop(condition, len(lengths), device, generator)
+            x = condition.frame_embeddings(None if null else batch.get(condition.key), lengths=lengths,
+                                           num_frames=num_frames, device=device, drop=drop)
+            total = x if total is None else total + x
+        return total
 
     def specs(self) -> list[dict]:
         return [condition.spec() for condition in self.conditions]

@@ -72,14 +72,23 @@ class PhonemeCondition(Condition):
 
     ``position_scale`` (frames per phoneme) places phoneme k at position k · scale, on the time axis
     of the generated frames, for generators with ``positions="aligned"``: frame t then finds its
-    phoneme near relative position 0, which is what makes a small AR TTS model learn to read."""
+    phoneme near relative position 0.
+
+    ``placement="frames"`` (for generators that know the length first: masked diffusion) instead
+    adds to frame t of an utterance of T frames and P phonemes the embedding of phoneme
+    ⌊t · P / T⌋: every phoneme gets an equal share of the frames. That uniform alignment is only a
+    first guess; the bidirectional model corrects it from its neighbours, but it no longer has to
+    discover which phoneme a frame speaks, which a small model does not learn from a prefix within a
+    CPU budget (docs/benchmarks.md, TTS)."""
 
     type_name = "phonemes"
 
     def __init__(self, *, dim: int, key: str = "phonemes", phonemes: Sequence[str] | str, dropout: float = 0.0,
-                 position_scale: float = 1.0):
+                 position_scale: float = 1.0, placement: str = "prefix"):
         super().__init__(key=key, dim=dim, dropout=dropout)
-        self.position_scale = position_scale
+        if placement not in ("prefix", "frames"):
+            raise ValueError(f"condition {key!r}: placement must be 'prefix' or 'frames', got {placement!r}")
+        self.position_scale, self.placement = position_scale, placement
         if isinstance(phonemes, str):
             from mmtok.asr import phoneme_inventory
 
@@ -97,17 +106,37 @@ class PhonemeCondition(Condition):
                              f"{len(self.phonemes)} symbols")
         return [self._index[p] for p in text.split()]
 
-    def embed(self, value: Sequence[str], device):
+    def ids(self, value: Sequence[str], device: torch.device) -> torch.Tensor:
+        """Phoneme ids [B, P], right-padded with 0."""
         ids = [self.encode(text) for text in value]
-        width = max(1, max(len(i) for i in ids))
-        padded = torch.zeros(len(ids), width, dtype=torch.long, device=device)
+        padded = torch.zeros(len(ids), max(1, max(len(i) for i in ids)), dtype=torch.long)
         for row, sequence in enumerate(ids):
             padded[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
+        return padded.to(device)
+
+    def embed(self, value: Sequence[str], device):
+        padded = self.ids(value, device)
         return self.embedding(padded), padded != 0
+
+    def frame_embeddings(self, value, *, lengths, num_frames, device, drop=None):
+        lengths = lengths.to(device)
+        frames = torch.arange(num_frames, device=device)
+        inside = (frames[None] < lengths[:, None])[..., None]
+        if value is None:
+            return self.null.expand(len(lengths), num_frames, -1) * inside
+        ids = self.ids(value, device)
+        if len(ids) != len(lengths):
+            raise ValueError(f"condition {self.key!r}: {len(ids)} phoneme sequences for {len(lengths)} lengths")
+        counts = (ids != 0).sum(1)
+        index = (frames[None] * counts[:, None]).div(lengths.clamp(min=1)[:, None], rounding_mode="floor")
+        x = self.embedding(ids.gather(1, index.clamp(max=ids.shape[1] - 1)))
+        if drop is not None:
+            x = torch.where(drop[:, None, None], self.null.expand_as(x), x)
+        return x * inside
 
     def spec(self) -> dict:
         return {"type": self.type_name, "key": self.key, "phonemes": self.phonemes, "dropout": self.dropout,
-                "position_scale": self.position_scale}
+                "position_scale": self.position_scale, "placement": self.placement}
 
     def positions(self, count: int, device: torch.device) -> torch.Tensor:
         """The null embedding at −1, phoneme k at k · ``position_scale``."""

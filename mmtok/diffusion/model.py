@@ -95,16 +95,25 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
     def logits(self, noisy: torch.Tensor, t: torch.Tensor, conditions: dict, *, lengths: torch.Tensor | None = None,
                null: bool = False) -> torch.Tensor:
         """noisy codes [B, Q, T] (the mask id where masked) -> logits [B, Q, T, V]."""
+        return self.backbone.logits(self.hidden(noisy, t, conditions, lengths=lengths, null=null))
+
+    def hidden(self, noisy: torch.Tensor, t: torch.Tensor, conditions: dict, *, lengths: torch.Tensor | None = None,
+               null: bool = False) -> torch.Tensor:
+        """The backbone's hidden states of the frames, [B, T, D]."""
         steps_valid = None
         if lengths is not None:
             steps_valid = torch.arange(noisy.shape[2], device=noisy.device)[None] < lengths.to(noisy.device)[:, None]
+        else:
+            lengths = torch.full((noisy.shape[0],), noisy.shape[2], device=noisy.device)
+        frames = self.conditioner.frames(conditions, lengths=lengths, num_frames=noisy.shape[2], device=noisy.device,
+                                         null=null)
         prefix, valid, prefix_positions = self._prefix(conditions, noisy.shape[0], t, null=null)
         positions = None
         if self.aligned and prefix_positions is not None:
             steps = torch.arange(noisy.shape[2], device=noisy.device, dtype=torch.float)
             positions = torch.cat([prefix_positions, steps.expand(noisy.shape[0], -1)], dim=1)
-        return self.backbone(noisy, prefix=prefix, prefix_valid=valid, steps_valid=steps_valid, causal=False,
-                             positions=positions)
+        return self.backbone.hidden(noisy, prefix=prefix, prefix_valid=valid, steps_valid=steps_valid, causal=False,
+                                    positions=positions, step_embeddings=frames)
 
     def loss(self, batch: dict, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
         """The MDLM NELBO on ``batch["codes"]`` [B, Q', T] (first Q codebooks) with ``lengths``."""
@@ -122,23 +131,28 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
         return loss, {"masked_accuracy": accuracy.detach(), "masked_fraction": masked.float().mean().detach()}
 
     def denoisers(self, conditions: dict, lengths: torch.Tensor) -> tuple[Callable, Callable]:
-        """(conditional, unconditional) denoisers over flat sequences [B, Q · T] for the samplers."""
+        """(conditional, unconditional) denoisers over flat sequences [B, Q · T] for the samplers
+        (position q · T + t is codebook q at frame t); given ``positions`` they apply the heads there only."""
         batch, frames = len(lengths), int(lengths.max())
 
         def make(null: bool):
-            def denoiser(tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+            def denoiser(tokens: torch.Tensor, t: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
                 noisy = tokens.reshape(batch, self.num_codebooks, frames)
-                logits = self.logits(noisy, t, conditions, lengths=lengths, null=null)
-                return logits.reshape(batch, self.num_codebooks * frames, -1)
+                hidden = self.hidden(noisy, t, conditions, lengths=lengths, null=null)
+                if positions is not None:
+                    return self.backbone.logits_at(hidden, positions // frames, positions % frames)
+                return self.backbone.logits(hidden).reshape(batch, self.num_codebooks * frames, -1)
             return denoiser
 
         return make(False), make(True)
 
     @torch.no_grad()
     def generate(self, conditions: dict, *, lengths: torch.Tensor, sampler: str = "fhs", num_steps: int | None = None,
-                 cfg_scale: float = 1.0, generator: torch.Generator | None = None, **sampling) -> tuple[Tokens, dict]:
-        """Codes of ``lengths`` frames per item by ``sampler`` (fhs, ancestral: ``num_steps``
-        (default L), maskgit: ``num_steps`` (default 16)). Returns (Tokens, sampler statistics)."""
+                 steps_per_token: float = 1.0, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
+                 **sampling) -> tuple[Tokens, dict]:
+        """Codes of ``lengths`` frames per item by ``sampler``: fhs; ancestral with ``num_steps``, by
+        default ``steps_per_token`` × L for the L = Q · T tokens of the longest item; maskgit with
+        ``num_steps`` (default 16). Returns (Tokens, sampler statistics)."""
         if sampler not in SAMPLERS:
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         device = self.backbone.heads[0].weight.device
@@ -153,7 +167,8 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
         if sampler == "fhs":
             tokens, stats = first_hitting_sample(denoiser, flat, schedule=self.schedule, **options)
         elif sampler == "ancestral":
-            tokens, stats = ancestral_sample(denoiser, flat, num_steps=num_steps or flat.shape[1],
+            steps = num_steps or max(1, round(steps_per_token * flat.shape[1]))
+            tokens, stats = ancestral_sample(denoiser, flat, num_steps=steps,
                                              schedule=self.schedule, time_agnostic=self.time_embedding is None,
                                              **options)
         else:

@@ -1,7 +1,10 @@
 """Samplers for masked diffusion models, each a function of a denoiser and an explicit ``mask_id``.
 
 ``denoiser(tokens: LongTensor [B, L], t: FloatTensor [B]) -> logits FloatTensor [B, L, V]`` predicts
-the clean token of every position; V excludes the mask. Every sampler starts from ``initial``
+the clean token of every position; V excludes the mask. A denoiser that also takes
+``positions: LongTensor [B, k]`` and then returns only those positions' logits ``[B, k, V]`` lets
+the first-hitting sampler skip the output layer everywhere else (it reveals positions chosen
+uniformly, before the call). Every sampler starts from ``initial``
 (``[B, L]``; positions holding ``mask_id`` are generated, the others are kept, e.g. padding or a
 prompt), takes temperature / top-k / top-p, classifier-free guidance against an ``unconditional``
 denoiser, a ``torch.Generator``, and draws categoricals in float64 unless ``precision="float32"``.
@@ -23,6 +26,7 @@ Each returns ``(tokens, stats)`` with the number of denoiser calls and categoric
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Callable
 
@@ -35,11 +39,28 @@ Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
 def _logits(denoiser: Denoiser, tokens: torch.Tensor, t: torch.Tensor, *, unconditional: Denoiser | None,
-            cfg_scale: float, temperature: float, top_k: int | None, top_p: float | None) -> torch.Tensor:
-    logits = denoiser(tokens, t)
+            cfg_scale: float, temperature: float, top_k: int | None, top_p: float | None,
+            positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Processed (guided, tempered, truncated) logits [B, L, V], or [B, k, V] at ``positions``."""
+    def call(model: Denoiser) -> torch.Tensor:
+        if positions is None:
+            return model(tokens, t)
+        if _takes_positions(model):
+            return model(tokens, t, positions=positions)
+        logits = model(tokens, t)
+        return torch.gather(logits, 1, positions[..., None].expand(-1, -1, logits.shape[-1]))
+
+    logits = call(denoiser)
     if unconditional is not None and cfg_scale != 1.0:
-        logits = classifier_free_guidance(logits, unconditional(tokens, t), cfg_scale)
+        logits = classifier_free_guidance(logits, call(unconditional), cfg_scale)
     return process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+
+
+def _takes_positions(denoiser: Denoiser) -> bool:
+    try:
+        return "positions" in inspect.signature(denoiser).parameters
+    except (TypeError, ValueError):  # builtins without a signature
+        return False
 
 
 def _check(initial: torch.Tensor, mask_id: int) -> None:
@@ -75,15 +96,16 @@ def first_hitting_sample(denoiser: Denoiser, initial: torch.Tensor, *, mask_id: 
         n = remaining.clamp(min=1).to(t.dtype).cpu()
         s = schedule.inverse(1 - (1 - schedule.alpha(t)) * u ** (1 / n))
         t = torch.where(remaining.cpu() > 0, s, t)
-        logits = _logits(denoiser, tokens, t.float().to(device), unconditional=unconditional, cfg_scale=cfg_scale,
-                         temperature=temperature, top_k=top_k, top_p=top_p)
-        calls += 1
-        # Reveal k uniformly chosen masked positions per sequence: random scores, masked first.
+        # Reveal k uniformly chosen masked positions per sequence (random scores, masked first); the
+        # choice does not depend on the denoiser, so only the chosen positions' logits are needed.
         scores = torch.rand(tokens.shape, generator=generator).to(device).masked_fill(~masked, -1.0)
         chosen = scores.topk(min(tokens_per_call, tokens.shape[1]), dim=1).indices
         chosen_masked = torch.gather(masked, 1, chosen)
         rows = torch.arange(batch, device=device)[:, None].expand_as(chosen)
-        picked = sample_categorical(logits[rows, chosen], generator=generator, precision=precision)
+        logits = _logits(denoiser, tokens, t.float().to(device), unconditional=unconditional, cfg_scale=cfg_scale,
+                         temperature=temperature, top_k=top_k, top_p=top_p, positions=chosen)
+        calls += 1
+        picked = sample_categorical(logits, generator=generator, precision=precision)
         draws += int(chosen_masked.sum())
         tokens[rows[chosen_masked], chosen[chosen_masked]] = picked[chosen_masked]
     return tokens, {"denoiser_calls": calls, "categorical_draws": draws}

@@ -57,6 +57,26 @@ def test_the_null_condition_is_one_learned_vector_per_condition_and_dropout_one_
     torch.testing.assert_close(prefix[valid].reshape(2, 3, 8), null)
 
 
+def test_phonemes_placed_on_frames_share_each_utterances_frames_equally_and_leave_the_prefix():
+    torch.manual_seed(0)
+    phonemes = PhonemeCondition(dim=4, phonemes=["a", "b", "k"], placement="frames")
+    model = Conditioner([phonemes, ClassCondition(dim=4, key="speaker", classes=["x", "y"])]).eval()
+    values = {"phonemes": ["a b k", "k a"], "speaker": ["y", "x"]}
+    prefix, valid, _ = model(values, batch_size=2, device=torch.device("cpu"))
+    assert prefix.shape[1] == 1 and valid.all(), "only the speaker is a prefix"
+    frames = model.frames(values, lengths=torch.tensor([6, 5]), num_frames=6, device=torch.device("cpu"))
+    table = phonemes.embedding.weight
+    # 3 phonemes over 6 frames: two frames each; 2 over 5: frames 0-2 speak "k" (⌊t·2/5⌋ = 0 for t < 3)
+    torch.testing.assert_close(frames[0], table[[1, 1, 2, 2, 3, 3]])
+    torch.testing.assert_close(frames[1, :5], table[[3, 3, 3, 1, 1]])
+    assert not frames[1, 5].any(), "nothing past an item's length"
+    null = model.frames({}, lengths=torch.tensor([6, 5]), num_frames=6, device=torch.device("cpu"), null=True)
+    torch.testing.assert_close(null[1, :5], phonemes.null.expand(5, -1))
+    assert phonemes.spec()["placement"] == "frames"
+    with pytest.raises(ValueError, match="placement must be 'prefix' or 'frames'"):
+        PhonemeCondition(dim=4, phonemes=["a"], placement="middle")
+
+
 def test_bad_condition_values_are_named():
     model = conditioner()
     with pytest.raises(ValueError, match=r"phonemes \['z'\] are not in the inventory"):

@@ -79,6 +79,18 @@ def test_a_tiny_model_learns_a_token_set_and_every_sampler_generates_it(sampler,
         assert stats["denoiser_calls"] == 2 * 5, "one token per call: the longest item's Q · T events"
 
 
+def test_the_denoiser_at_chosen_positions_equals_the_full_logits_there(tiny_codec_folder):
+    model = tiny_mdm(tiny_codec_folder).eval()
+    lengths = torch.tensor([4, 3])
+    denoiser, _ = model.denoisers({"speaker": ["a", "b"]}, lengths)
+    tokens = torch.randint(0, 33, (2, 2 * 4))
+    t = torch.tensor([0.5, 0.7])
+    positions = torch.tensor([[5, 0], [2, 7]])  # codebook 1 frame 1, codebook 0 frame 0; ...
+    full = denoiser(tokens, t)
+    expected = torch.stack([full[0, [5, 0]], full[1, [2, 7]]])
+    torch.testing.assert_close(denoiser(tokens, t, positions=positions), expected)
+
+
 def test_the_generator_needs_one_codebook_size_and_a_fitting_tokenizer(tiny_codec_folder, tmp_path):
     from mmtok.hub import load_pretrained
 

@@ -142,3 +142,15 @@ def test_guidance_scale_one_ignores_the_unconditional_denoiser():
 
     samples, _ = first_hitting_sample(TinyDenoiser(), start(8), mask_id=MASK, unconditional=broken, cfg_scale=1.0)
     assert (samples != MASK).all()
+
+
+def test_fhs_asks_a_denoiser_that_takes_positions_for_the_revealed_positions_only_and_samples_the_same():
+    denoiser, asked = TinyDenoiser(), []
+
+    def selective(tokens, t, positions=None):
+        asked.append(positions.shape)
+        return torch.gather(denoiser(tokens, t), 1, positions[..., None].expand(-1, -1, V))
+
+    plain, _ = first_hitting_sample(denoiser, start(32), mask_id=MASK, generator=torch.Generator().manual_seed(3))
+    chosen, _ = first_hitting_sample(selective, start(32), mask_id=MASK, generator=torch.Generator().manual_seed(3))
+    assert torch.equal(plain, chosen) and asked == [(32, 1)] * L
