@@ -22,7 +22,7 @@ from mmtok.diffusion.masked import mask_tokens, masked_diffusion_loss, sample_ti
 from mmtok.diffusion.samplers import ancestral_sample, first_hitting_sample, maskgit_sample
 from mmtok.diffusion.schedules import build_schedule
 from mmtok.generators import TokenGenerator
-from mmtok.hub import HubMixin
+from mmtok.hub import WEIGHTS_NAME, HubMixin, resolve_file
 from mmtok.tokens import Tokens
 
 SAMPLERS = ("fhs", "ancestral", "maskgit")
@@ -69,6 +69,43 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
         self.time_embedding = TimeEmbedding(dim) if time_conditioning else None
         self.frames_per_phoneme, self.max_frames = frames_per_phoneme, max_frames
         self._hub_mixin_config = {**(self._hub_mixin_config or {}), "conditions": self.conditioner.specs()}
+
+    def adapt_from_autoregressive(self, source: str) -> list[str]:
+        """Start from an AR generator's weights (a Hub folder of :class:`~mmtok.ar.model.ARGenerator`
+        over the same codebooks), as Gong et al. (2024, "Scaling Diffusion Language Models via
+        Adaptation from Autoregressive Models") turn AR language models into masked diffusion models:
+        the backbone is the same, run bidirectionally. Every tensor with the same name is copied (the
+        first head drops the AR end-token row; "start" becomes "mask"). Returns the names of this
+        model's tensors that the AR generator has no counterpart for (they keep their initialisation).
+
+        On the speech corpus this is what makes a small model read its phonemes within a CPU run
+        (docs/benchmarks.md, TTS): from scratch, 400 steps leave it at the codes' marginals."""
+        import json
+
+        from safetensors.torch import load_file
+
+        from mmtok.hub import CONFIG_NAME
+
+        config = json.loads(resolve_file(source, CONFIG_NAME).read_text())
+        if config.get("mmtok_class", "").rsplit(".", 1)[-1] != "ARGenerator":
+            raise ValueError(f"adapt_from {source}: an ARGenerator Hub folder is needed, found "
+                             f"{config.get('mmtok_class')!r}")
+        if list(config.get("codebook_sizes", []))[: self.num_codebooks] != self.codebook_sizes:
+            raise ValueError(f"adapt_from {source}: its codebook sizes {config.get('codebook_sizes')} do not start "
+                             f"with this generator's {self.codebook_sizes}")
+        weights = load_file(str(resolve_file(source, WEIGHTS_NAME)))
+        state, untouched = self.state_dict(), []
+        for name, tensor in state.items():
+            value = weights.get(name)
+            if value is not None and name.startswith("backbone.heads.0.") and value.shape[0] == tensor.shape[0] + 1:
+                value = value[:-1]  # the end-token row
+            if value is not None and value.shape == tensor.shape:
+                tensor.copy_(value.to(tensor.dtype))
+            else:
+                untouched.append(name)
+        if len(untouched) == len(state):
+            raise ValueError(f"adapt_from {source}: no tensor fits this generator (different width or depth?)")
+        return untouched
 
     @property
     def mask_id(self) -> int:

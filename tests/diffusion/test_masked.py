@@ -91,6 +91,31 @@ def test_the_denoiser_at_chosen_positions_equals_the_full_logits_there(tiny_code
     torch.testing.assert_close(denoiser(tokens, t, positions=positions), expected)
 
 
+def test_adapting_from_an_ar_generator_copies_every_shared_tensor_and_drops_the_end_row(tiny_codec_folder, tmp_path):
+    from mmtok.ar.model import ARGenerator
+
+    torch.manual_seed(1)
+    speaker = {"type": "class", "key": "speaker", "classes": ["a", "b"]}
+    ar = ARGenerator(tokenizer=str(tiny_codec_folder), codebook_sizes=[32, 32], pattern="delay", dim=32,
+                     num_layers=2, num_heads=2, end_token=True,
+                     conditions=[speaker, {"type": "phonemes", "phonemes": ["x", "y"]}])
+    ar.save_pretrained(tmp_path / "ar")
+    model = tiny_mdm(tiny_codec_folder, time_conditioning=True,
+                     conditions=[speaker, {"type": "phonemes", "phonemes": ["x", "y"], "placement": "frames"}])
+    untouched = model.adapt_from_autoregressive(str(tmp_path / "ar"))
+    assert untouched and all(name.startswith("time_embedding.") for name in untouched)
+    source = ar.state_dict()
+    torch.testing.assert_close(model.backbone.heads[0].weight, source["backbone.heads.0.weight"][:32])
+    torch.testing.assert_close(model.backbone.transformer.state_dict(), ar.backbone.transformer.state_dict())
+    phonemes = model.conditioner.conditions[1].embedding.weight
+    torch.testing.assert_close(phonemes, ar.conditioner.conditions[1].embedding.weight)
+    with pytest.raises(ValueError, match="do not start with"):
+        tiny_mdm(tiny_codec_folder, codebook_sizes=[16, 16]).adapt_from_autoregressive(str(tmp_path / "ar"))
+    model.save_pretrained(tmp_path / "mdm")
+    with pytest.raises(ValueError, match="an ARGenerator Hub folder is needed"):
+        tiny_mdm(tiny_codec_folder).adapt_from_autoregressive(str(tmp_path / "mdm"))
+
+
 def test_the_generator_needs_one_codebook_size_and_a_fitting_tokenizer(tiny_codec_folder, tmp_path):
     from mmtok.hub import load_pretrained
 

@@ -14,12 +14,26 @@ from mmtok.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir: Path, *, max_steps: int):
+def tiny_conditions(corpus: Path, placement: str = "prefix") -> list[dict]:
+    return [{"type": "phonemes", "key": "phonemes", "phonemes": str(corpus), "dropout": 0.1, "placement": placement},
+            {"type": "class", "key": "speaker", "classes": str(corpus), "dropout": 0.5},
+            {"type": "audio_prompt", "key": "prompt", "codebook_sizes": [32, 32], "dropout": 0.5}]
+
+
+def tiny_ar_folder(corpus: Path, codec: Path, folder: Path) -> Path:
+    """A tiny AR TTS generator with the tiny recipes' width (for the MDM recipe's ``adapt_from``)."""
+    from mmtok.ar.model import ARGenerator
+
+    ARGenerator(tokenizer=str(codec), codebook_sizes=[32, 32], pattern="delay", end_token=True, dim=32, num_layers=2,
+                num_heads=2, conditions=tiny_conditions(corpus)).save_pretrained(folder)
+    return folder
+
+
+def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir: Path, *, max_steps: int,
+                  adapt_from: Path | None = None):
     generator = "--model.init_args.generator.init_args."
-    condition_specs = json.dumps([
-        {"type": "phonemes", "key": "phonemes", "phonemes": str(corpus), "dropout": 0.1},
-        {"type": "class", "key": "speaker", "classes": str(corpus), "dropout": 0.5},
-        {"type": "audio_prompt", "key": "prompt", "codebook_sizes": [32, 32], "dropout": 0.5}])
+    condition_specs = json.dumps(tiny_conditions(corpus, "frames" if adapt_from else "prefix"))
+    adapt = ["--model.init_args.adapt_from", str(adapt_from)] if adapt_from else []
     return [
         "fit", "-c", str(recipe),
         generator + "tokenizer", str(codec), generator + "codebook_sizes", "[32, 32]",
@@ -35,7 +49,7 @@ def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir
         "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
         "--trainer.default_root_dir", str(run_dir),
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-        "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "csv",
+        "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "csv", *adapt,
     ]
 
 
@@ -43,8 +57,9 @@ def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir
 def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_corpus, tiny_codec_folder, tmp_path,
                                                                  capsys):
     run = tmp_path / "run"
+    adapt_from = tiny_ar_folder(tiny_corpus, tiny_codec_folder, tmp_path / "ar") if recipe.startswith("mdm") else None
     main(tiny_tts_args(REPO / "recipes" / "tts" / recipe, tiny_corpus, tiny_codec_folder, tmp_path / "tokens", run,
-                       max_steps=40))
+                       max_steps=40, adapt_from=adapt_from))
     assert (tmp_path / "tokens" / "tokens.safetensors").is_file(), "the recipe built the token cache"
     rows = list(csv.DictReader(open(next(run.glob("csv/*/metrics.csv")))))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
