@@ -19,7 +19,7 @@ setup: $(STAMP)
 
 ## The whole suite, long end-to-end tests included (what CI runs).
 test: $(STAMP)
-	$(BIN)/python -m flake8 mmtok tests bench
+	$(BIN)/python -m flake8 mmtok tests bench scripts
 	$(BIN)/python -m pytest -q
 
 ## Without the tests marked slow.
@@ -27,14 +27,15 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"
 
 lint: $(STAMP)
-	$(BIN)/python -m flake8 mmtok tests bench
+	$(BIN)/python -m flake8 mmtok tests bench scripts
 
 ## Build the speech corpus, fine-tune the shipped RVQ codec on it for a few minutes (mel and commitment
 ## losses: the release holds no discriminator, and a fresh one would first undo more than it adds),
 ## export it as a Hub folder, then encode/decode held-out utterances and write wavs, spectrograms and
 ## a metrics table to $(DEMO_OUT). Then fine-tune the shipped X-Codec TTS briefly (the corpus is tokenized
 ## once into runs/tts/tokens-xcodec) and speak three new sentences in a corpus voice (speaker label) and
-## in a prompted voice (3 s of a held-out utterance) to $(DEMO_OUT)/tts.
+## in a prompted voice (3 s of a held-out utterance) to $(DEMO_OUT)/tts, next to the same sentences from
+## the shipped masked diffusion TTS with the first-hitting sampler, and a table of the time each took.
 demo: $(STAMP)
 	$(BIN)/mmtok data speech --out data/speech --num-utterances 2000
 	rm -rf $(DEMO_RUN)
@@ -59,6 +60,11 @@ demo: $(STAMP)
 	  $(DEMO_SENTENCES) --speaker us-f3 --out $(DEMO_OUT)/tts/corpus_voice_us-f3
 	$(BIN)/mmtok generate $(DEMO_OUT)/tts-model --tokenizer checkpoints/xcodec-speech-16k \
 	  $(DEMO_SENTENCES) --prompt data/speech/wavs/utt00037.wav --voice gb-f2 --out $(DEMO_OUT)/tts/prompted_voice
+	$(BIN)/mmtok generate checkpoints/tts-mdm-xcodec $(DEMO_SENTENCES) --sampler fhs --speaker us-f3 \
+	  --out $(DEMO_OUT)/tts/mdm_fhs_corpus_voice_us-f3
+	$(BIN)/mmtok generate checkpoints/tts-mdm-xcodec $(DEMO_SENTENCES) --sampler fhs \
+	  --prompt data/speech/wavs/utt00037.wav --voice gb-f2 --out $(DEMO_OUT)/tts/mdm_fhs_prompted_voice
+	$(BIN)/python scripts/generation_times.py $(DEMO_OUT)/tts
 	@echo "demo outputs (wavs, spectrogram pngs, metrics.md, Hub folders, tts/): $(abspath $(DEMO_OUT))"
 
 clean-demo:
