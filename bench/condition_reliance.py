@@ -33,12 +33,17 @@ def load_generator(path: Path):
 
 
 @torch.no_grad()
-def mean_losses(model, batches: list[dict], key: str, seed: int) -> tuple[float, float]:
-    """Mean loss over ``batches`` with the condition ``key`` and with its null embedding."""
-    takes_generator = "generator" in model.loss.__code__.co_varnames
+def mean_losses(model, batches: list[dict], key: str, seed: int, time: float | None) -> tuple[float, float]:
+    """Mean loss over ``batches`` with the condition ``key`` and with its null embedding; a masked
+    diffusion model at its sampled times and masks (the same for both), or at noise level ``time``."""
+    diffusion = "generator" in model.loss.__code__.co_varnames
 
     def loss(batch: dict, index: int) -> float:
-        extra = {"generator": torch.Generator().manual_seed(seed + index)} if takes_generator else {}
+        extra = {}
+        if diffusion:
+            extra["generator"] = torch.Generator().manual_seed(seed + index)
+            if time is not None:
+                extra["t"] = torch.full((len(batch["lengths"]),), time)
         return float(model.loss(batch, **extra)[0])
 
     with_condition = [loss(batch, i) for i, batch in enumerate(batches)]
@@ -57,6 +62,8 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--prompt-seconds", type=float, default=3.0)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--time", type=float, nargs="*", default=[],
+                        help="masked diffusion: also measure at these noise levels (1 = every token masked)")
     parser.add_argument("--out", help="also write the table to this markdown file")
     args = parser.parse_args()
 
@@ -72,13 +79,16 @@ def main() -> None:
         model = load_generator(path)
         if args.condition not in model.conditioner.keys:
             parser.error(f"--model {name}: no {args.condition!r} condition (it has {model.conditioner.keys})")
-        with_condition, without = mean_losses(model, batches, args.condition, args.seed)
-        rows.append({"model": name, "loss": round(with_condition, 4), f"loss without {args.condition}":
-                     round(without, 4), "gap (nats)": round(without - with_condition, 4)})
+        diffusion = "generator" in model.loss.__code__.co_varnames
+        for time in [None, *(args.time if diffusion else [])]:
+            with_condition, without = mean_losses(model, batches, args.condition, args.seed, time)
+            rows.append({"model": name, "noise level": "sampled" if time is None else time,
+                         "loss": round(with_condition, 4), f"loss without {args.condition}": round(without, 4),
+                         "gap (nats)": round(without - with_condition, 4)})
     items = sum(len(batch["lengths"]) for batch in batches)
     text = (f"{items} {args.split} utterances of `{args.tokens}`, seed {args.seed}: each model's own training loss "
-            f"(AR: cross-entropy per slot; masked diffusion: NELBO per token) with `{args.condition}` and with "
-            "its null embedding.\n\n" + markdown_table(rows))
+            f"(AR: cross-entropy per slot; masked diffusion: NELBO per token, at sampled noise levels or at a "
+            f"fixed one) with `{args.condition}` and with its null embedding.\n\n" + markdown_table(rows))
     publish(text, out=args.out, folders=[], section=SECTION, cards=False)
 
 

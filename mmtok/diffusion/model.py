@@ -152,15 +152,18 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
         return self.backbone.hidden(noisy, prefix=prefix, prefix_valid=valid, steps_valid=steps_valid, causal=False,
                                     positions=positions, step_embeddings=frames)
 
-    def loss(self, batch: dict, *, generator: torch.Generator | None = None) -> tuple[torch.Tensor, dict]:
-        """The MDLM NELBO on ``batch["codes"]`` [B, Q', T] (first Q codebooks) with ``lengths``."""
+    def loss(self, batch: dict, *, generator: torch.Generator | None = None,
+             t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
+        """The MDLM NELBO on ``batch["codes"]`` [B, Q', T] (first Q codebooks) with ``lengths``, at
+        times drawn per item, or at the given ``t`` [B] (evaluation at one noise level)."""
         codes = batch["codes"][:, : self.num_codebooks]
         lengths = batch.get("lengths")
         valid = None
         if lengths is not None:
             frames = torch.arange(codes.shape[2], device=codes.device)
             valid = (frames[None] < lengths.to(codes.device)[:, None])[:, None].expand_as(codes)
-        t = sample_times(codes.shape[0], generator=generator, device=codes.device)
+        if t is None:
+            t = sample_times(codes.shape[0], generator=generator, device=codes.device)
         noisy, masked = mask_tokens(codes, t, self.schedule, mask_id=self.mask_id, valid=valid, generator=generator)
         logits = self.logits(noisy, t, batch, lengths=lengths)
         loss = masked_diffusion_loss(logits, codes, masked, t, self.schedule, valid=valid)
