@@ -139,10 +139,10 @@ def ancestral_sample(denoiser: Denoiser, initial: torch.Tensor, *, mask_id: int,
             calls += 1
         alpha_t, alpha_s = (float(schedule.alpha(torch.tensor(x, dtype=torch.float64))) for x in (t, s))
         # q(x_s | x_t, x̂0) for a masked position: token v with (α_s − α_t)/(1 − α_t) · p(v), else still masked.
-        probs = logits.to(dtype).softmax(-1) * (alpha_s - alpha_t) / (1 - alpha_t)
+        probs = logits[masked].to(dtype).softmax(-1) * (alpha_s - alpha_t) / (1 - alpha_t)
         stay = torch.full(probs.shape[:-1] + (1,), (1 - alpha_s) / (1 - alpha_t), dtype=dtype, device=device)
         categories = torch.cat([probs, stay], dim=-1).clamp(min=0).log()
-        picked = sample_categorical(categories[masked], generator=generator, precision=precision)
+        picked = sample_categorical(categories, generator=generator, precision=precision)
         draws += int(masked.sum())
         revealed = picked < probs.shape[-1]
         if bool(revealed.any()):

@@ -1,0 +1,49 @@
+"""The released masked diffusion TTS: a small Hub folder that names its tokenizer, reads its
+phonemes (its loss rises without them), and speaks with the first-hitting sampler."""
+
+from __future__ import annotations
+
+import json
+
+import torch
+
+from conftest import REPO
+from mmtok.ar.tts import pad_audio, synthesize
+from mmtok.data.audio import load_audio, read_manifest
+from mmtok.diffusion.model import MaskedDiffusionGenerator
+from mmtok.hub import load_pretrained
+
+MDM = REPO / "checkpoints" / "tts-mdm-xcodec"
+
+
+def test_the_mdm_release_is_small_and_names_its_tokenizer():
+    assert {p.name for p in MDM.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    assert (MDM / "model.safetensors").stat().st_size <= 20 * 2**20
+    config = json.loads((MDM / "config.json").read_text())
+    assert config["tokenizer"] == "checkpoints/xcodec-speech-16k" and config["time_conditioning"] is False
+    assert config["conditions"][0]["placement"] == "frames" and 3 < config["frames_per_phoneme"] < 7
+    assert "## Intelligibility (bench/tts_intelligibility.py)" in (MDM / "README.md").read_text()
+
+
+def test_the_mdm_release_reads_its_phonemes_and_speaks_with_the_first_hitting_sampler(tiny_corpus):
+    model = load_pretrained(MDM)
+    assert isinstance(model, MaskedDiffusionGenerator)
+    tokenizer = model.load_tokenizer(near=MDM)
+    entries = read_manifest(tiny_corpus / "manifest.jsonl")[:4]
+    audio, lengths = pad_audio([load_audio(e["audio"], sample_rate=tokenizer.sample_rate) for e in entries])
+    with torch.no_grad():
+        tokens = tokenizer.encode(audio, lengths)
+    batch = {"codes": tokens.codes, "lengths": tokens.lengths, "phonemes": [e["phonemes"] for e in entries],
+             "speaker": [e["speaker"] for e in entries]}
+    every_token_masked = torch.ones(len(entries))
+    with torch.no_grad():
+        reading = float(model.loss(batch, t=every_token_masked)[0])
+        blind = float(model.loss({**batch, "phonemes": None}, t=every_token_masked)[0])
+    assert blind - reading > 0.1, f"the phonemes gain only {blind - reading:.3f} nats per token"
+
+    phonemes = [e["phonemes"] for e in entries[:2]]
+    audio, generated = synthesize(model, tokenizer, phonemes, speakers=[e["speaker"] for e in entries[:2]],
+                                  sampler="fhs", generator=torch.Generator().manual_seed(0))
+    assert torch.equal(generated.lengths, model.num_frames(phonemes))
+    assert (generated.codes < model.mask_id).all(), "no mask token left"
+    assert all(wave.abs().max() > 0.05 for wave in audio), "not silence"
