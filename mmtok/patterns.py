@@ -129,3 +129,23 @@ class CoarseFirstPattern(Pattern):
         if rest:
             layout[1:, num_frames:] = torch.arange(num_frames)
         return layout
+
+
+PATTERN_NAMES = {"parallel": "ParallelPattern", "delay": "DelayPattern", "flatten": "FlattenPattern",
+                 "coarse_first": "CoarseFirstPattern"}
+
+
+def build_pattern(spec: str | dict) -> Pattern:
+    """A pattern from a name (``"delay"``) or a ``{"class_path": "mmtok.patterns.DelayPattern",
+    "init_args": {...}}`` dict, as in recipes. Only :class:`Pattern` subclasses in mmtok.patterns qualify."""
+    if isinstance(spec, str):
+        spec = {"class_path": PATTERN_NAMES.get(spec, spec)}
+    name = str(spec.get("class_path", "")).rsplit(".", 1)[-1]
+    cls = globals().get(name)
+    if not (isinstance(cls, type) and issubclass(cls, Pattern) and cls is not Pattern):
+        raise ValueError(f"pattern {spec!r}: expected one of {sorted(PATTERN_NAMES)} or a mmtok.patterns class_path")
+    return cls(**spec.get("init_args", {}))
+
+
+def pattern_spec(pattern: Pattern) -> dict:
+    return {"class_path": f"mmtok.patterns.{type(pattern).__name__}", "init_args": dict(vars(pattern))}

@@ -16,29 +16,8 @@ from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.conditioning import Conditioner, build_condition, pad_left
 from mmtok.generators import TokenGenerator
 from mmtok.hub import HubMixin
-from mmtok.patterns import EMPTY, Pattern
+from mmtok.patterns import EMPTY, Pattern, build_pattern, pattern_spec
 from mmtok.tokens import Tokens
-
-PATTERN_NAMES = {"parallel": "ParallelPattern", "delay": "DelayPattern", "flatten": "FlattenPattern",
-                 "coarse_first": "CoarseFirstPattern"}
-
-
-def build_pattern(spec: str | dict) -> Pattern:
-    """A pattern from a name (``"delay"``) or a ``{"class_path": "mmtok.patterns.DelayPattern",
-    "init_args": {...}}`` dict, as in recipes. Only :class:`Pattern` subclasses in mmtok.patterns qualify."""
-    import mmtok.patterns as patterns
-
-    if isinstance(spec, str):
-        spec = {"class_path": PATTERN_NAMES.get(spec, spec)}
-    name = str(spec.get("class_path", "")).rsplit(".", 1)[-1]
-    cls = getattr(patterns, name, None)
-    if not (isinstance(cls, type) and issubclass(cls, Pattern) and cls is not Pattern):
-        raise ValueError(f"pattern {spec!r}: expected one of {sorted(PATTERN_NAMES)} or a mmtok.patterns class_path")
-    return cls(**spec.get("init_args", {}))
-
-
-def pattern_spec(pattern: Pattern) -> dict:
-    return {"class_path": f"mmtok.patterns.{type(pattern).__name__}", "init_args": dict(vars(pattern))}
 
 
 def teacher_forcing(model: CodebookTransformer, pattern: Pattern, codes: torch.Tensor,

@@ -1,9 +1,12 @@
 """The masked diffusion generator as one Hub model: a bidirectional backbone over a tokenizer's codes.
 
-Frames are predicted jointly (the parallel pattern: each position embeds the sum of its Q codebook
-embeddings and has Q heads); the sampler sees the Q × T codes as one sequence of L = Q · T positions.
-Every codebook's absorbing mask is its special id, ``codebook_sizes[q]``, so all codebooks must have
-one size. The length of an utterance is chosen before sampling: ``frames_per_phoneme``, measured on
+The codes [B, Q, T] are laid out in steps [B, Q, S] by a codebook pattern (:mod:`mmtok.patterns`;
+``parallel`` by default: each step is a frame, whose Q codebook embeddings are summed, with Q
+heads; ``flatten`` gives every code its own step). The sampler sees the Q × S slots as one sequence
+of L positions; slots that hold no code (a pattern's empty slots, frames past an item's length)
+are given tokens there, never sampled. Every codebook's absorbing mask is its special id,
+``codebook_sizes[q]``, which the backbone also sees in empty slots, so all codebooks must have one
+size. The length of an utterance is chosen before sampling: ``frames_per_phoneme``, measured on
 the training data, times the number of phonemes (as non-autoregressive TTS models such as E2 and
 F5-TTS do with the text length).
 """
@@ -23,6 +26,7 @@ from mmtok.diffusion.samplers import ancestral_sample, first_hitting_sample, mas
 from mmtok.diffusion.schedules import build_schedule
 from mmtok.generators import TokenGenerator
 from mmtok.hub import WEIGHTS_NAME, HubMixin, resolve_file
+from mmtok.patterns import EMPTY, build_pattern, pattern_spec
 from mmtok.tokens import Tokens
 
 SAMPLERS = ("fhs", "ancestral", "maskgit")
@@ -48,13 +52,15 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
     Args: as :class:`~mmtok.ar.model.ARGenerator` (tokenizer, codebook_sizes, conditions, width),
     plus ``schedule`` (``"log_linear"`` or ``"cosine"``), ``time_conditioning`` (False: the
     time-agnostic model, which Zheng et al. show loses nothing), ``frames_per_phoneme`` and
-    ``positions`` (as the AR generator's: ``"aligned"`` spreads phonemes over the frames' time axis).
+    ``positions`` (as the AR generator's: ``"aligned"`` gives each step its frame's index) and
+    ``pattern`` (a name or ``{"class_path", "init_args"}``, :func:`~mmtok.patterns.build_pattern`).
     """
 
     def __init__(self, *, tokenizer: str, codebook_sizes: Sequence[int], conditions: Sequence[dict] = (),
                  schedule: str = "log_linear", time_conditioning: bool = False, dim: int = 256,
                  num_layers: int = 6, num_heads: int = 4, ff_mult: float = 8 / 3, dropout: float = 0.1,
-                 frames_per_phoneme: float = 5.0, max_frames: int = 500, positions: str = "sequential"):
+                 frames_per_phoneme: float = 5.0, max_frames: int = 500, positions: str = "sequential",
+                 pattern: str | dict = "parallel"):
         super().__init__()
         if positions not in ("sequential", "aligned"):
             raise ValueError(f"positions must be 'sequential' or 'aligned', got {positions!r}")
@@ -68,7 +74,9 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
         self.conditioner = Conditioner([build_condition(spec, dim=dim) for spec in conditions])
         self.time_embedding = TimeEmbedding(dim) if time_conditioning else None
         self.frames_per_phoneme, self.max_frames = frames_per_phoneme, max_frames
-        self._hub_mixin_config = {**(self._hub_mixin_config or {}), "conditions": self.conditioner.specs()}
+        self.pattern = build_pattern(pattern)
+        self._hub_mixin_config = {**(self._hub_mixin_config or {}), "conditions": self.conditioner.specs(),
+                                  "pattern": pattern_spec(self.pattern)}
 
     def adapt_from_autoregressive(self, source: str) -> list[str]:
         """Start from an AR generator's weights (a Hub folder of :class:`~mmtok.ar.model.ARGenerator`
@@ -129,59 +137,70 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
             positions = before if positions is None else torch.cat([positions, before], dim=1)
         return prefix, valid, positions
 
-    def logits(self, noisy: torch.Tensor, t: torch.Tensor, conditions: dict, *, lengths: torch.Tensor | None = None,
-               null: bool = False) -> torch.Tensor:
-        """noisy codes [B, Q, T] (the mask id where masked) -> logits [B, Q, T, V]."""
-        return self.backbone.logits(self.hidden(noisy, t, conditions, lengths=lengths, null=null))
+    def slots(self, lengths: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """(frame of each step [S], the slots that hold a code of each item [B, Q, S]) for items of
+        ``lengths`` frames padded to ``num_frames``. A step's frame is its latest code's (-1: none)."""
+        layout = self.pattern.layout(self.num_codebooks, num_frames).to(lengths.device)
+        real = (layout[None] != EMPTY) & (layout[None] < lengths[:, None, None])
+        return layout.max(0).values, real
 
-    def hidden(self, noisy: torch.Tensor, t: torch.Tensor, conditions: dict, *, lengths: torch.Tensor | None = None,
-               null: bool = False) -> torch.Tensor:
-        """The backbone's hidden states of the frames, [B, T, D]."""
-        steps_valid = None
-        if lengths is not None:
-            steps_valid = torch.arange(noisy.shape[2], device=noisy.device)[None] < lengths.to(noisy.device)[:, None]
-        else:
-            lengths = torch.full((noisy.shape[0],), noisy.shape[2], device=noisy.device)
-        frames = self.conditioner.frames(conditions, lengths=lengths, num_frames=noisy.shape[2], device=noisy.device,
-                                         null=null)
-        prefix, valid, prefix_positions = self._prefix(conditions, noisy.shape[0], t, null=null)
+    def logits(self, steps: torch.Tensor, t: torch.Tensor, conditions: dict, *, lengths: torch.Tensor,
+               num_frames: int, null: bool = False) -> torch.Tensor:
+        """noisy steps [B, Q, S] (the mask id where masked or empty) -> logits [B, Q, S, V]."""
+        return self.backbone.logits(self.hidden(steps, t, conditions, lengths=lengths, num_frames=num_frames,
+                                                null=null))
+
+    def hidden(self, steps: torch.Tensor, t: torch.Tensor, conditions: dict, *, lengths: torch.Tensor,
+               num_frames: int, null: bool = False) -> torch.Tensor:
+        """The backbone's hidden states of the steps, [B, S, D], for items of ``lengths`` frames."""
+        lengths = lengths.to(steps.device)
+        step_frames, real = self.slots(lengths, num_frames)
+        on_frames = self.conditioner.frames(conditions, lengths=lengths, num_frames=num_frames, device=steps.device,
+                                            null=null)
+        if on_frames is not None:  # each step takes its frame's embedding
+            on_frames = on_frames[:, step_frames.clamp(min=0)] * (step_frames >= 0)[None, :, None]
+        prefix, valid, prefix_positions = self._prefix(conditions, steps.shape[0], t, null=null)
         positions = None
         if self.aligned and prefix_positions is not None:
-            steps = torch.arange(noisy.shape[2], device=noisy.device, dtype=torch.float)
-            positions = torch.cat([prefix_positions, steps.expand(noisy.shape[0], -1)], dim=1)
-        return self.backbone.hidden(noisy, prefix=prefix, prefix_valid=valid, steps_valid=steps_valid, causal=False,
-                                    positions=positions, step_embeddings=frames)
+            positions = torch.cat([prefix_positions, step_frames.float().expand(steps.shape[0], -1)], dim=1)
+        return self.backbone.hidden(steps, prefix=prefix, prefix_valid=valid, steps_valid=real.any(1), causal=False,
+                                    positions=positions, step_embeddings=on_frames)
 
     def loss(self, batch: dict, *, generator: torch.Generator | None = None,
              t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The MDLM NELBO on ``batch["codes"]`` [B, Q', T] (first Q codebooks) with ``lengths``, at
         times drawn per item, or at the given ``t`` [B] (evaluation at one noise level)."""
         codes = batch["codes"][:, : self.num_codebooks]
+        num_frames = codes.shape[2]
         lengths = batch.get("lengths")
-        valid = None
-        if lengths is not None:
-            frames = torch.arange(codes.shape[2], device=codes.device)
-            valid = (frames[None] < lengths.to(codes.device)[:, None])[:, None].expand_as(codes)
+        lengths = torch.full((codes.shape[0],), num_frames) if lengths is None else lengths
+        lengths = lengths.to(codes.device)
+        clean, _ = self.pattern.build(codes, fill=self.mask_id)
+        _, real = self.slots(lengths, num_frames)
         if t is None:
             t = sample_times(codes.shape[0], generator=generator, device=codes.device)
-        noisy, masked = mask_tokens(codes, t, self.schedule, mask_id=self.mask_id, valid=valid, generator=generator)
-        logits = self.logits(noisy, t, batch, lengths=lengths)
-        loss = masked_diffusion_loss(logits, codes, masked, t, self.schedule, valid=valid)
-        accuracy = (logits.argmax(-1) == codes)[masked].float().mean() if masked.any() else torch.tensor(0.0)
+        noisy, masked = mask_tokens(clean, t, self.schedule, mask_id=self.mask_id, valid=real, generator=generator)
+        noisy = noisy.masked_fill(~real, self.mask_id)
+        logits = self.logits(noisy, t, batch, lengths=lengths, num_frames=num_frames)
+        loss = masked_diffusion_loss(logits, clean.masked_fill(~real, 0), masked, t, self.schedule, valid=real)
+        accuracy = (logits.argmax(-1) == clean)[masked].float().mean() if masked.any() else torch.tensor(0.0)
         return loss, {"masked_accuracy": accuracy.detach(), "masked_fraction": masked.float().mean().detach()}
 
     def denoisers(self, conditions: dict, lengths: torch.Tensor) -> tuple[Callable, Callable]:
-        """(conditional, unconditional) denoisers over flat sequences [B, Q · T] for the samplers
-        (position q · T + t is codebook q at frame t); given ``positions`` they apply the heads there only."""
-        batch, frames = len(lengths), int(lengths.max())
+        """(conditional, unconditional) denoisers over the flat slots [B, Q · S] for the samplers
+        (position q · S + s is codebook q at step s); given ``positions`` they apply the heads there
+        only. Slots without a code are shown to the backbone as empty whatever the sampler holds there."""
+        num_frames = int(lengths.max())
+        _, real = self.slots(lengths, num_frames)
+        batch, steps = real.shape[0], real.shape[2]
 
         def make(null: bool):
             def denoiser(tokens: torch.Tensor, t: torch.Tensor, positions: torch.Tensor | None = None) -> torch.Tensor:
-                noisy = tokens.reshape(batch, self.num_codebooks, frames)
-                hidden = self.hidden(noisy, t, conditions, lengths=lengths, null=null)
+                noisy = tokens.reshape(real.shape).masked_fill(~real, self.mask_id)
+                hidden = self.hidden(noisy, t, conditions, lengths=lengths, num_frames=num_frames, null=null)
                 if positions is not None:
-                    return self.backbone.logits_at(hidden, positions // frames, positions % frames)
-                return self.backbone.logits(hidden).reshape(batch, self.num_codebooks * frames, -1)
+                    return self.backbone.logits_at(hidden, positions // steps, positions % steps)
+                return self.backbone.logits(hidden).reshape(batch, self.num_codebooks * steps, -1)
             return denoiser
 
         return make(False), make(True)
@@ -197,9 +216,9 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
             raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
         device = self.backbone.heads[0].weight.device
         lengths = lengths.to(device)
-        frames = int(lengths.max())
-        initial = torch.full((len(lengths), self.num_codebooks, frames), self.mask_id, device=device)
-        initial.masked_fill_(torch.arange(frames, device=device)[None, None] >= lengths[:, None, None], 0)
+        num_frames = int(lengths.max())
+        _, real = self.slots(lengths, num_frames)
+        initial = torch.where(real, self.mask_id, 0)  # slots without a code are given, never sampled
         denoiser, unconditional = self.denoisers(conditions, lengths)
         options = dict(mask_id=self.mask_id, unconditional=unconditional if cfg_scale != 1.0 else None,
                        cfg_scale=cfg_scale, generator=generator, **sampling)
@@ -213,5 +232,5 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
                                              **options)
         else:
             tokens, stats = maskgit_sample(denoiser, flat, num_steps=num_steps or 16, **options)
-        codes = tokens.reshape(initial.shape)
+        codes = self.pattern.revert(tokens.reshape(initial.shape).masked_fill(~real, 0), num_frames)
         return Tokens(codes=codes, lengths=lengths), stats

@@ -8,9 +8,9 @@ import json
 import pytest
 import torch
 
-from mmtok.ar.model import ARGenerator, build_pattern, teacher_forcing
+from mmtok.ar.model import ARGenerator, teacher_forcing
 from mmtok.codebook_transformer import CodebookTransformer
-from mmtok.patterns import DelayPattern, ParallelPattern
+from mmtok.patterns import DelayPattern, ParallelPattern, build_pattern
 
 
 def test_patterns_are_built_from_a_name_or_a_class_path():

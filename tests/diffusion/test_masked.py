@@ -59,10 +59,12 @@ def tiny_mdm(folder, **overrides) -> MaskedDiffusionGenerator:
     return MaskedDiffusionGenerator(**{**options, **overrides})
 
 
-@pytest.mark.parametrize("sampler,positions", [("fhs", "aligned"), ("ancestral", "sequential"),
-                                               ("maskgit", "sequential")])
-def test_a_tiny_model_learns_a_token_set_and_every_sampler_generates_it(sampler, positions, tiny_codec_folder):
-    model = tiny_mdm(tiny_codec_folder, positions=positions)
+@pytest.mark.parametrize("sampler,positions,pattern", [
+    ("fhs", "aligned", "parallel"), ("ancestral", "sequential", "parallel"), ("maskgit", "sequential", "parallel"),
+    ("fhs", "aligned", "flatten"), ("fhs", "sequential", "delay")])
+def test_a_tiny_model_learns_a_token_set_and_every_sampler_generates_it(sampler, positions, pattern,
+                                                                        tiny_codec_folder):
+    model = tiny_mdm(tiny_codec_folder, positions=positions, pattern=pattern)
     codes = torch.tensor([[[3, 1, 4, 1, 5], [9, 2, 6, 5, 3]], [[7, 7, 0, 0, 0], [8, 1, 0, 0, 0]]])
     batch = {"codes": codes.repeat(8, 1, 1), "lengths": torch.tensor([5, 2]).repeat(8), "speaker": ["a", "b"] * 8}
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
@@ -76,7 +78,7 @@ def test_a_tiny_model_learns_a_token_set_and_every_sampler_generates_it(sampler,
     assert torch.equal(tokens[0].codes[0], codes[1, :, :2]) and torch.equal(tokens[1].codes[0], codes[0])
     assert (tokens.codes != model.mask_id).all(), "the absorbing token never appears in outputs"
     if sampler == "fhs":
-        assert stats["denoiser_calls"] == 2 * 5, "one token per call: the longest item's Q · T events"
+        assert stats["denoiser_calls"] == 2 * 5, "one code per call: the longest item's Q · T events, any pattern"
 
 
 def test_the_denoiser_at_chosen_positions_equals_the_full_logits_there(tiny_codec_folder):
@@ -123,11 +125,11 @@ def test_the_generator_needs_one_codebook_size_and_a_fitting_tokenizer(tiny_code
         tiny_mdm(tiny_codec_folder, codebook_sizes=[32, 16])
     with pytest.raises(ValueError, match=r"vocabulary is \[64, 64\]"):
         tiny_mdm(tiny_codec_folder, codebook_sizes=[64, 64]).load_tokenizer()
-    model = tiny_mdm(tiny_codec_folder, time_conditioning=True, positions="aligned").eval()
+    model = tiny_mdm(tiny_codec_folder, time_conditioning=True, positions="aligned", pattern="delay").eval()
     model.save_pretrained(tmp_path / "mdm")
     loaded = load_pretrained(tmp_path / "mdm")
     options = dict(lengths=torch.tensor([3]), sampler="maskgit", num_steps=2)
     first, _ = model.generate({"speaker": ["a"]}, generator=torch.Generator().manual_seed(0), **options)
     second, _ = loaded.generate({"speaker": ["a"]}, generator=torch.Generator().manual_seed(0), **options)
-    assert torch.equal(first.codes, second.codes)
+    assert torch.equal(first.codes, second.codes) and type(loaded.pattern).__name__ == "DelayPattern"
     assert model.num_frames(["a b c", "a"]).tolist() == [15, 5]
