@@ -77,9 +77,9 @@ class PhonemeCondition(Condition):
     ``placement="frames"`` (for generators that know the length first: masked diffusion) instead
     adds to frame t of an utterance of T frames and P phonemes the embedding of phoneme
     ⌊t · P / T⌋: every phoneme gets an equal share of the frames. That uniform alignment is only a
-    first guess; the bidirectional model corrects it from its neighbours, but it no longer has to
-    discover which phoneme a frame speaks, which a small model does not learn from a prefix within a
-    CPU budget (docs/benchmarks.md, TTS)."""
+    first guess, which the bidirectional model corrects from its neighbours; but a frame no longer
+    has to find its phoneme by attention, which small TTS models here did not learn within a CPU
+    budget (docs/benchmarks.md, TTS)."""
 
     type_name = "phonemes"
 
