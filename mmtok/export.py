@@ -68,7 +68,9 @@ def _recognizer_card(recognizer: PhonemeRecognizer, data: str | None, split: str
 
 def _generator_card(generator: TokenGenerator, data: str | None, split: str, max_items: int | None,
                     judge: str | None) -> dict:
-    conditions = ", ".join(f"{spec['type']} (`{spec['key']}`)" for spec in generator.conditioner.specs()) or "none"
+    conditions = ", ".join(
+        f"{spec['type']} (`{spec['key']}`{', on the frames' if spec.get('placement') == 'frames' else ''})"
+        for spec in generator.conditioner.specs()) or "none"
     if isinstance(generator, ARGenerator):
         kind = (f"An autoregressive generator ({type(generator.pattern).__name__}"
                 f"{', end token' if generator.backbone.end_token else ''})")
