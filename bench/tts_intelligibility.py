@@ -42,7 +42,8 @@ def model_rows(name: str, folder: Path, judge, args) -> list[dict]:
                               batch_size=args.batch_size, seed=args.seed, temperature=args.temperature,
                               top_k=args.top_k, cfg_scale=args.cfg_scale)
         rows.append({"model": name, "speech": f"generated, {'corpus voice' if mode == 'speaker' else '3 s prompt'}",
-                     **{k: result[k] for k in ("per", "duration_ratio", "ended", "generation_s")}})
+                     **{k: result[k] for k in ("per", "duration_ratio", "generation_s")},
+                     "ended": "-" if result["ended"] is None else result["ended"]})
     return rows
 
 

@@ -99,7 +99,8 @@ def evaluate_tts(model: ARGenerator, tokenizer, judge, data: str | Path, *, mode
     ``mode="speaker"``: each utterance in its corpus voice (the speaker label). ``"prompt"``: in the
     voice of a ``prompt_seconds`` prompt cut from *another* utterance of the same speaker in the split
     (no label). Returns PER against the corpus phonemes, the ratio of generated to real durations,
-    the fraction of utterances that ended with the end token, and the generation time.
+    the fraction of utterances that ended with the end token (None for a generator without one), and
+    the generation time.
     """
     from mmtok.data.audio import load_audio, read_manifest
     from mmtok.metrics import error_rate
@@ -131,7 +132,8 @@ def evaluate_tts(model: ARGenerator, tokenizer, judge, data: str | Path, *, mode
         references += [e["phonemes"].split() for e in chunk]
         ratios += [a.shape[-1] / tokenizer.sample_rate / e["duration"] for a, e in zip(audio, chunk)]
     return {"mode": mode, "per": error_rate(references, hypotheses), "duration_ratio": sum(ratios) / len(ratios),
-            "ended": ended / len(entries), "utterances": len(entries), "generation_s": seconds}
+            "ended": ended / len(entries) if model.backbone.end_token else None,  # a fixed length ends nothing
+            "utterances": len(entries), "generation_s": seconds}
 
 
 def _other_utterance(entries: list[dict], entry: dict) -> dict:
