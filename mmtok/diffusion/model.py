@@ -231,6 +231,7 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
                                              schedule=self.schedule, time_agnostic=self.time_embedding is None,
                                              **options)
         else:
-            tokens, stats = maskgit_sample(denoiser, flat, num_steps=num_steps or 16, **options)
+            tokens, stats = maskgit_sample(denoiser, flat, num_steps=num_steps or 16, schedule=self.schedule,
+                                           **options)
         codes = self.pattern.revert(tokens.reshape(initial.shape).masked_fill(~real, 0), num_frames)
         return Tokens(codes=codes, lengths=lengths), stats

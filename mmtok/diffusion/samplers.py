@@ -17,11 +17,11 @@ Each returns ``(tokens, stats)`` with the number of denoiser calls and categoric
 - :func:`first_hitting_sample`: the first-hitting sampler of Zheng et al. (2024): with n masked
   tokens at time t the next time one is unmasked is drawn in closed form,
   s = α⁻¹(1 − (1 − α(t)) · u^(1/n)), and exactly one uniformly chosen masked position is revealed per
-  denoiser call (or ``tokens_per_call`` of them). Sequences of a batch advance in lockstep, one event
-  per call each.
+  denoiser call (or ``tokens_per_call`` = k of them: the denoiser is told the time of the first of
+  the k events and the next call starts from the k-th). Sequences of a batch advance in lockstep.
 - :func:`maskgit_sample`: MaskGIT's confidence-ranked parallel decoding (Chang et al. 2022): at
-  step i the ⌈γ(i / N) · L⌉ least confident positions stay masked, γ(r) = cos(π r / 2), with Gumbel
-  noise on the confidences annealed linearly to zero.
+  step i the ⌊γ(i / N) · L⌋ least confident positions stay masked, γ(r) = cos(π r / 2), with Gumbel
+  noise on the confidences annealed linearly to zero; confidence is the model's own guided probability.
 """
 
 from __future__ import annotations
@@ -38,10 +38,9 @@ from mmtok.sampling import PRECISIONS, classifier_free_guidance, process_logits,
 Denoiser = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 
-def _logits(denoiser: Denoiser, tokens: torch.Tensor, t: torch.Tensor, *, unconditional: Denoiser | None,
-            cfg_scale: float, temperature: float, top_k: int | None, top_p: float | None,
-            positions: torch.Tensor | None = None) -> torch.Tensor:
-    """Processed (guided, tempered, truncated) logits [B, L, V], or [B, k, V] at ``positions``."""
+def _guided_logits(denoiser: Denoiser, tokens: torch.Tensor, t: torch.Tensor, *, unconditional: Denoiser | None,
+                   cfg_scale: float, positions: torch.Tensor | None = None) -> torch.Tensor:
+    """The model's own (classifier-free guided) logits [B, L, V], or [B, k, V] at ``positions``."""
     def call(model: Denoiser) -> torch.Tensor:
         if positions is None:
             return model(tokens, t)
@@ -53,6 +52,15 @@ def _logits(denoiser: Denoiser, tokens: torch.Tensor, t: torch.Tensor, *, uncond
     logits = call(denoiser)
     if unconditional is not None and cfg_scale != 1.0:
         logits = classifier_free_guidance(logits, call(unconditional), cfg_scale)
+    return logits
+
+
+def _logits(denoiser: Denoiser, tokens: torch.Tensor, t: torch.Tensor, *, unconditional: Denoiser | None,
+            cfg_scale: float, temperature: float, top_k: int | None, top_p: float | None,
+            positions: torch.Tensor | None = None) -> torch.Tensor:
+    """Processed (guided, tempered, truncated) logits [B, L, V], or [B, k, V] at ``positions``."""
+    logits = _guided_logits(denoiser, tokens, t, unconditional=unconditional, cfg_scale=cfg_scale,
+                            positions=positions)
     return process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
 
 
@@ -88,14 +96,11 @@ def first_hitting_sample(denoiser: Denoiser, initial: torch.Tensor, *, mask_id: 
     calls = draws = 0
     while True:
         masked = tokens == mask_id
-        remaining = masked.sum(1)
+        remaining = masked.sum(1).cpu()
         if not bool(remaining.any()):
             break
-        # Next event time per sequence (Zheng et al., the first hitting time of n masked tokens).
-        u = torch.rand(batch, generator=generator, dtype=t.dtype)
-        n = remaining.clamp(min=1).to(t.dtype).cpu()
-        s = schedule.inverse(1 - (1 - schedule.alpha(t)) * u ** (1 / n))
-        t = torch.where(remaining.cpu() > 0, s, t)
+        # The time of the first of this call's events, at which the denoiser sees n masked tokens.
+        t = _next_hitting_time(schedule, t, remaining, generator)
         # Reveal k uniformly chosen masked positions per sequence (random scores, masked first); the
         # choice does not depend on the denoiser, so only the chosen positions' logits are needed.
         scores = torch.rand(tokens.shape, generator=generator).to(device).masked_fill(~masked, -1.0)
@@ -108,7 +113,21 @@ def first_hitting_sample(denoiser: Denoiser, initial: torch.Tensor, *, mask_id: 
         picked = sample_categorical(logits, generator=generator, precision=precision)
         draws += int(chosen_masked.sum())
         tokens[rows[chosen_masked], chosen[chosen_masked]] = picked[chosen_masked]
+        # The other k − 1 events of the call: the k-th first-hitting time is where the next call starts.
+        for extra in range(1, tokens_per_call):
+            t = _next_hitting_time(schedule, t, remaining - extra, generator)
     return tokens, {"denoiser_calls": calls, "categorical_draws": draws}
+
+
+def _next_hitting_time(schedule: MaskSchedule, t: torch.Tensor, masked: torch.Tensor,
+                       generator: torch.Generator | None) -> torch.Tensor:
+    """The time of the next unmasking event with ``masked`` [B] tokens masked at time ``t`` [B]
+    (Zheng et al. 2024, the first hitting time: s = α⁻¹(1 − (1 − α(t)) · u^(1/n)), u ~ U(0, 1)).
+    Sequences with nothing masked keep their time."""
+    u = torch.rand(t.shape, generator=generator, dtype=t.dtype)
+    n = masked.clamp(min=1).to(t.dtype)
+    s = schedule.inverse(1 - (1 - schedule.alpha(t)) * u ** (1 / n))
+    return torch.where(masked > 0, s, t)
 
 
 @torch.no_grad()
@@ -155,28 +174,38 @@ def ancestral_sample(denoiser: Denoiser, initial: torch.Tensor, *, mask_id: int,
 
 @torch.no_grad()
 def maskgit_sample(denoiser: Denoiser, initial: torch.Tensor, *, mask_id: int, num_steps: int,
-                   choice_temperature: float = 4.5, unconditional: Denoiser | None = None, cfg_scale: float = 1.0,
+                   choice_temperature: float = 4.5, schedule: MaskSchedule | None = None,
+                   unconditional: Denoiser | None = None, cfg_scale: float = 1.0,
                    temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
                    generator: torch.Generator | None = None, precision: str = "float64") -> tuple[torch.Tensor, dict]:
     """MaskGIT decoding in ``num_steps`` steps with the cosine schedule; ``choice_temperature`` scales
-    the Gumbel noise added to the log-confidences (annealed to 0 at the last step)."""
+    the Gumbel noise added to the log-confidences (annealed to 0 at the last step).
+
+    Tokens are drawn from the processed logits (temperature, top-k, top-p), but ranked by their
+    probability under the model's own guided distribution, as in MaskGIT and aMUSEd: a truncated
+    distribution gives every kept token the same confidence under ``top_k=1``. A time-conditioned
+    denoiser is told the time whose masking rate is the current masked fraction, α⁻¹(1 − masked/total)
+    under ``schedule`` (the one it was trained with)."""
     _check(initial, mask_id)
     if num_steps < 1:
         raise ValueError(f"num_steps must be ≥ 1, got {num_steps}")
+    schedule = schedule or LogLinearSchedule()
     tokens = initial.clone()
-    batch, device = tokens.shape[0], tokens.device
+    device = tokens.device
     total = (tokens == mask_id).sum(1)  # [B] tokens to generate per sequence
     calls = draws = 0
     for i in range(num_steps):
         masked = tokens == mask_id
         if not bool(masked.any()):
             break
-        logits = _logits(denoiser, tokens, torch.ones(batch, device=device), unconditional=unconditional,
-                         cfg_scale=cfg_scale, temperature=temperature, top_k=top_k, top_p=top_p)
+        masked_fraction = masked.sum(1).double() / total.clamp(min=1)
+        t = schedule.inverse(1 - masked_fraction).float()
+        guided = _guided_logits(denoiser, tokens, t, unconditional=unconditional, cfg_scale=cfg_scale)
+        logits = process_logits(guided, temperature=temperature, top_k=top_k, top_p=top_p)
         calls += 1
         picked = sample_categorical(logits, generator=generator, precision=precision)  # [B, L]
         draws += int(masked.sum())
-        log_probs = torch.gather(logits.to(PRECISIONS[precision]).log_softmax(-1), 2, picked[..., None])[..., 0]
+        log_probs = torch.gather(guided.to(PRECISIONS[precision]).log_softmax(-1), 2, picked[..., None])[..., 0]
         ratio = (i + 1) / num_steps
         keep_masked = maskgit_masked_count(total, masked.sum(1), ratio)  # still masked after this step
         uniform = torch.rand(tokens.shape, generator=generator, dtype=log_probs.dtype).to(device)

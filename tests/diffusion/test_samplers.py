@@ -4,6 +4,7 @@ MaskGIT follows its schedule, and every sampler reveals exactly what it says."""
 from __future__ import annotations
 
 import itertools
+import math
 from functools import lru_cache
 
 import pytest
@@ -11,6 +12,7 @@ import torch
 
 from mmtok.diffusion.samplers import (ancestral_sample, first_hitting_sample, maskgit_masked_count,
                                       maskgit_sample)
+from mmtok.diffusion.schedules import CosineSchedule, LogLinearSchedule
 
 V, L, MASK = 3, 4, 3
 
@@ -154,3 +156,56 @@ def test_fhs_asks_a_denoiser_that_takes_positions_for_the_revealed_positions_onl
     plain, _ = first_hitting_sample(denoiser, start(32), mask_id=MASK, generator=torch.Generator().manual_seed(3))
     chosen, _ = first_hitting_sample(selective, start(32), mask_id=MASK, generator=torch.Generator().manual_seed(3))
     assert torch.equal(plain, chosen) and asked == [(32, 1)] * L
+
+
+class FixedConfidence:
+    """A denoiser with fixed per-position logits (so the model's own confidence ranking is known)
+    that records the tokens and times it is shown."""
+
+    def __init__(self, length: int, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.logits = torch.randn(length, V, generator=g) * 3
+        self.seen: list[torch.Tensor] = []
+        self.times: list[torch.Tensor] = []
+
+    def __call__(self, tokens: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        self.seen.append(tokens.clone())
+        self.times.append(t.clone())
+        return self.logits.expand(tokens.shape[0], -1, -1).clone()
+
+
+@pytest.mark.parametrize("truncation", [{}, {"top_k": 1}, {"top_p": 0.05}, {"temperature": 0.01}])
+def test_maskgit_ranks_by_the_models_own_probabilities_not_the_truncated_ones(truncation):
+    denoiser = FixedConfidence(12)
+    most_confident = set(denoiser.logits.log_softmax(-1).max(-1).values.topk(2).indices.tolist())
+    maskgit_sample(denoiser, torch.full((1, 12), MASK), mask_id=MASK, num_steps=3, choice_temperature=0.0,
+                   generator=torch.Generator().manual_seed(0), **truncation)
+    revealed_first = set((denoiser.seen[1][0] != MASK).nonzero()[:, 0].tolist())  # ⌊cos(π/6)·12⌋ = 10 stay masked
+    assert revealed_first == most_confident
+
+
+@pytest.mark.parametrize("schedule", [LogLinearSchedule(), CosineSchedule()])
+def test_maskgit_tells_the_denoiser_the_time_of_the_current_masked_fraction(schedule):
+    denoiser = FixedConfidence(16)
+    initial = torch.full((2, 16), MASK)
+    initial[1, :4] = 0  # a prompt: 12 to generate in the second sequence
+    maskgit_sample(denoiser, initial, mask_id=MASK, num_steps=4, schedule=schedule)
+    for tokens, t in zip(denoiser.seen, denoiser.times):
+        fraction = (tokens == MASK).sum(1).double() / torch.tensor([16.0, 12.0], dtype=torch.float64)
+        assert torch.allclose(schedule.alpha(t.double()), 1 - fraction, atol=1e-6)
+    assert torch.equal(denoiser.times[0], torch.ones(2)) and (denoiser.times[-1] < 0.6).all()
+
+
+@pytest.mark.parametrize("k", [1, 5, 7])
+def test_fhs_with_k_tokens_per_call_tells_the_time_of_the_first_of_its_k_events(k):
+    """With n tokens masked, the k-th first-hitting time has α(t) distributed as the k-th smallest of
+    n uniform unmasking levels, so at the call that sees m masked tokens (of L) the time concentrates
+    near α⁻¹(1 − m / L); with one event per call it would stay near 1 for k > 1."""
+    length, denoiser = 100, FixedConfidence(100)
+    first_hitting_sample(denoiser, torch.full((256, length), MASK), mask_id=MASK, tokens_per_call=k,
+                         generator=torch.Generator().manual_seed(0))
+    assert len(denoiser.seen) == math.ceil(length / k)
+    for tokens, t in zip(denoiser.seen, denoiser.times):
+        masked_fraction = (tokens == MASK).sum(1).double().mean() / length
+        # E[1 − α(t)] for the time of the event with m masked tokens is m / (L + 1) under any schedule.
+        assert abs(float(t.double().mean()) - float(masked_fraction) * length / (length + 1)) < 0.02
