@@ -135,10 +135,32 @@ class RVQCodec(Tokenizer):
         return F.pad(audio, (0, self.hop_length - remainder)) if remainder else audio
 
     def _quantize(self, latent: torch.Tensor, mask: torch.Tensor, *, dropout: bool):
-        """latent [B, D, T] -> (quantized [B, D, T], codes [B, Q, T], commitment loss scalar)."""
+        """latent [B, D, T] -> (quantized [B, D, T], codes [B, Q, T], commitment loss scalar); outside
+        training a pure function (no k-means initialisation, no EMA update)."""
+        if not self.training:
+            codes, commitment = self._residual_search(latent)
+            return self.dequantize(codes), codes, commitment
         self.quantizer.quantize_dropout = dropout
         quantized, indices, losses = self.quantizer(rearrange(latent, "b d t -> b t d"), mask=mask)
         return rearrange(quantized, "b t d -> b d t"), rearrange(indices, "b t q -> b q t"), losses.sum()
+
+    def nearest_codes(self, latent: torch.Tensor) -> torch.Tensor:
+        """latent [B, D, T] -> codes [B, Q, T] by residual nearest-codeword search (SoundStream
+        Algorithm 1): the quantizer's codes in eval mode, as a pure function of the codebooks."""
+        return self._residual_search(latent)[0]
+
+    def _residual_search(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """(codes [B, Q, T], commitment loss Σ_q mean ‖r_q − c_q‖²). Unlike the quantizer's forward
+        pass, which k-means-initialises untrained codebooks from the first input it is shown, in eval
+        mode too, this changes no buffer: codebooks are initialised from training batches only."""
+        residual = self.quantizer.project_in(rearrange(latent, "b d t -> 1 (b t) d"))
+        codes, commitment = [], latent.new_zeros(())
+        for codebook in self.quantizer.codebooks:  # [V, D]
+            index = torch.cdist(residual, codebook[None]).argmin(-1)  # [1, B·T]
+            commitment = commitment + (residual - codebook[index]).pow(2).mean()
+            residual = residual - codebook[index]
+            codes.append(index)
+        return rearrange(torch.cat(codes), "q (b t) -> b q t", b=latent.shape[0]), commitment
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, Q', T] with Q' ≤ Q (entries of -1 skipped) -> latent [B, D, T]: Σ of the chosen codewords."""
@@ -196,13 +218,7 @@ class RVQCodec(Tokenizer):
         num_quantizers = self._check_num_quantizers(num_quantizers)
         num_samples = x.shape[-1]
         mask = frame_mask(lengths, num_samples, self.hop_length, x.shape[0], x.device)
-        latent = self._latent(x, lengths, mask.shape[1])
-        was_training = self.quantizer.training
-        self.quantizer.eval()  # no EMA update, no dropout: encoding is a pure function
-        try:
-            _, codes, _ = self._quantize(latent, mask, dropout=False)
-        finally:
-            self.quantizer.train(was_training)
+        codes = self.nearest_codes(self._latent(x, lengths, mask.shape[1]))
         media_lengths = lengths if lengths is not None else torch.full(
             (x.shape[0],), num_samples, dtype=torch.long, device=x.device)
         return Tokens(

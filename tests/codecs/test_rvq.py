@@ -282,3 +282,23 @@ def test_learns_to_reconstruct_a_short_signal():
     first, last, last_l1 = sum(losses[:5]) / 5, sum(losses[-5:]) / 5, sum(l1s[-5:]) / 5
     assert last < 0.5 * first, f"loss went from {first:.4f} to {last:.4f}"
     assert last_l1 < 0.5 * silence, f"L1 {last_l1:.4f} vs {silence:.4f} for silence"
+
+
+def test_encode_and_eval_forward_of_an_untrained_codec_change_no_buffer_and_training_initialises():
+    """vector-quantize-pytorch k-means-initialises codebooks on the first call in any mode; a
+    Lightning sanity check would initialise them from validation audio. Only training batches may."""
+    model = tiny().eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.encode(sines(2, 3000, seed=11))
+    with torch.no_grad():
+        model(sines(2, 3000, seed=12))
+    assert [k for k, v in model.state_dict().items() if not torch.equal(v, before[k])] == []
+    train = sines(4, 8000, seed=13)
+    model.train()
+    with torch.no_grad():
+        model(train)
+    first = model.quantizer.codebooks[0]
+    assert first.abs().sum() > 0, "the first training batch initialises the codebooks"
+    latent = _latent(model, train)
+    # k-means on the training latents: every codeword lies within the span of those latents
+    assert float(first.norm(dim=-1).max()) <= float(latent.norm(dim=1).max()) + 1e-4
