@@ -13,7 +13,8 @@ the mean entropy of each generated sequence's token histogram (a random denoiser
 high). ``time / FHS`` is each sampler's wall time over FHS's on the same denoiser and length.
 
     python bench/mdm_samplers.py [--length 256 1024] [--batch 16] [--vocab 32768]
-    python bench/mdm_samplers.py --model checkpoints/tts-mdm-xcodec --judge checkpoints/phoneme-recognizer
+    python bench/mdm_samplers.py --model checkpoints/tts-mdm-xcodec --judge checkpoints/phoneme-recognizer \
+        [--samplers first-hitting "maskgit (16 steps)"]
 """
 
 from __future__ import annotations
@@ -74,6 +75,11 @@ def with_ratios(rows: list[dict]) -> list[dict]:
     return [{**row, "time / FHS": round(row["seconds"] / fhs[row["denoiser"], row.get("L")], 2)} for row in rows]
 
 
+TRAINED_SAMPLERS = {"ancestral (L steps)": {"sampler": "ancestral"},
+                    "ancestral (4L steps)": {"sampler": "ancestral", "steps_per_token": 4},
+                    "first-hitting": {"sampler": "fhs"}, "maskgit (16 steps)": {"sampler": "maskgit"}}
+
+
 def trained_rows(args) -> list[dict]:
     from mmtok.ar.tts import evaluate_tts
     from mmtok.hub import load_pretrained
@@ -81,9 +87,9 @@ def trained_rows(args) -> list[dict]:
     model, judge = load_pretrained(args.model), load_pretrained(args.judge)
     tokenizer = model.load_tokenizer(near=args.model)
     rows = []
-    for name, options in (("ancestral (L steps)", {"sampler": "ancestral"}),
-                          ("ancestral (4L steps)", {"sampler": "ancestral", "steps_per_token": 4}),
-                          ("first-hitting", {"sampler": "fhs"}), ("maskgit (16 steps)", {"sampler": "maskgit"})):
+    for name, options in TRAINED_SAMPLERS.items():
+        if name not in args.samplers:
+            continue
         result = evaluate_tts(model, tokenizer, judge, args.data, mode="speaker", max_items=args.max_items,
                               batch_size=args.batch, seed=args.seed, **options)
         rows.append({"denoiser": args.model, "sampler": name, "per": result["per"],
@@ -104,6 +110,9 @@ def main() -> None:
     parser.add_argument("--judge", help="phoneme recognizer Hub folder (with --model)")
     parser.add_argument("--data", default="data/speech")
     parser.add_argument("--max-items", type=int, default=32)
+    parser.add_argument("--samplers", nargs="+", default=list(TRAINED_SAMPLERS), choices=list(TRAINED_SAMPLERS),
+                        metavar="NAME", help=f"samplers for --model (first-hitting is the reference): "
+                                             f"{', '.join(TRAINED_SAMPLERS)}")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
     if args.length:

@@ -105,8 +105,10 @@ class PhonemeRecognizer(nn.Module, HubMixin):
         audio = F.pad(audio[:, 0], (left, max(0, needed - audio.shape[-1] - left)))
         return torch.log(self.mel(audio).clamp(min=1e-5))
 
-    def features(self, audio: torch.Tensor, lengths: torch.Tensor | None = None):
-        """Encoder output (the semantic features): ([B, D, T], frame lengths [B])."""
+    def features(self, audio: torch.Tensor, lengths: torch.Tensor | None = None, *,
+                 attention_window: int | None = None):
+        """Encoder output (the semantic features): ([B, D, T], frame lengths [B]). ``attention_window``
+        limits the encoder's attention to ± that many frames per layer (see :attr:`context_frames`)."""
         if audio.dim() != 3 or audio.shape[1] != 1:
             raise ValueError(f"audio must be [B, 1, N], got shape {tuple(audio.shape)}")
         mel = self._log_mel(audio)
@@ -117,8 +119,16 @@ class PhonemeRecognizer(nn.Module, HubMixin):
             lengths = torch.full((audio.shape[0],), audio.shape[-1], device=audio.device)
         frame_lengths = self.num_frames(lengths).clamp(max=x.shape[-1])
         valid = torch.arange(x.shape[-1], device=x.device)[None, :] < frame_lengths[:, None]
-        x = self.encoder(rearrange(x, "b d t -> b t d"), valid=valid)
+        x = self.encoder(rearrange(x, "b d t -> b t d"), valid=valid, window=attention_window)
         return rearrange(x, "b t d -> b d t"), frame_lengths
+
+    def context_frames(self, attention_window: int | None) -> int | None:
+        """Encoder frames on each side of a frame that its features depend on: the log-mel window and
+        the two convolutions (2 frames), plus ``attention_window`` per transformer layer; None
+        (unbounded) with full attention."""
+        if attention_window is None:
+            return None
+        return 2 + len(self.encoder.blocks) * attention_window
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None):
         """(log-probabilities [B, T, V + 1], frame lengths [B]); index 0 is the blank."""

@@ -100,16 +100,23 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, *, rotation: torch.Tensor,
                 valid: torch.Tensor | None = None, causal: bool = False, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+                layer: int = 0, window: int | None = None) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
         q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
         if cache is not None:
+            if window is not None:
+                raise ValueError("a local attention window is not supported with a KV cache")
             return self._cached(q, k, v, valid=valid, causal=causal, cache=cache, layer=layer)
         mask = None
         if valid is not None:
             mask = valid[:, None, None, :]  # [B, 1, 1, T]: which keys may be attended to
-            if causal:
-                mask = mask & torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril()
+        if causal and (mask is not None or window is not None):
+            mask = _and(mask, torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).tril())
+        if window is not None:
+            # A padded query far past its item's end may have no valid key in its window: let every
+            # query see itself, so no row is empty (an empty row would give NaN, and NaN × 0 = NaN).
+            mask = _and(mask, local_attention_mask(x.shape[1], window, device=x.device))
+            mask = mask | torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
         return self.out(rearrange(out, "b h t d -> b t (h d)"))
 
@@ -130,6 +137,20 @@ class SelfAttention(nn.Module):
             mask = mask & (torch.arange(start + steps, device=q.device)[None, :] <= query_positions[:, None])
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
         return self.out(rearrange(out, "b h t d -> b t (h d)"))
+
+
+def local_attention_mask(length: int, window: int, *, device: torch.device | None = None) -> torch.Tensor:
+    """BoolTensor [T, T]: query i may attend to key j iff |i − j| ≤ ``window`` (local attention, as in
+    Longformer's sliding window, Beltagy et al. 2020). With rotary (relative) positions, a stack of L
+    such layers computes each output from the ±L · window steps around it, the same wherever it sits."""
+    if window < 0:
+        raise ValueError(f"attention window must be ≥ 0 steps, got {window}")
+    steps = torch.arange(length, device=device)
+    return (steps[:, None] - steps[None, :]).abs() <= window
+
+
+def _and(mask: torch.Tensor | None, other: torch.Tensor) -> torch.Tensor:
+    return other if mask is None else mask & other
 
 
 class SwiGLU(nn.Module):
@@ -155,9 +176,9 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, *, rotation: torch.Tensor,
                 valid: torch.Tensor | None = None, causal: bool = False, cache: KVCache | None = None,
-                layer: int = 0) -> torch.Tensor:
+                layer: int = 0, window: int | None = None) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.attention_norm(x), rotation=rotation, valid=valid, causal=causal,
-                                            cache=cache, layer=layer))
+                                            cache=cache, layer=layer, window=window))
         return x + self.dropout(self.ff(self.ff_norm(x)))
 
 
@@ -182,11 +203,13 @@ class Transformer(nn.Module):
                        head_dim=self.head_dim, max_length=max_length, device=device, dtype=dtype)
 
     def forward(self, x: torch.Tensor, *, valid: torch.Tensor | None = None, causal: bool = False,
-                cache: KVCache | None = None, positions: torch.Tensor | None = None) -> torch.Tensor:
+                cache: KVCache | None = None, positions: torch.Tensor | None = None,
+                window: int | None = None) -> torch.Tensor:
         """With ``cache``, x holds the next steps after the cached ones (positions continue from
         ``cache.length``) and the cache is extended by them: feeding a sequence in pieces gives the
         outputs of one full pass. ``positions`` ([T] or per item [B, T], any real numbers) replaces
-        the default 0, 1, 2, ... of the rotary embedding."""
+        the default 0, 1, 2, ... of the rotary embedding. ``window`` restricts every layer's attention
+        to the steps within ``window`` of the query (:func:`local_attention_mask`)."""
         if positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + x.shape[1], device=x.device)
@@ -194,7 +217,7 @@ class Transformer(nn.Module):
         if rotation.dim() == 3:  # per item: broadcast over heads
             rotation = rotation[:, None]
         for layer, block in enumerate(self.blocks):
-            x = block(x, rotation=rotation, valid=valid, causal=causal, cache=cache, layer=layer)
+            x = block(x, rotation=rotation, valid=valid, causal=causal, cache=cache, layer=layer, window=window)
         if cache is not None:
             cache.advance(x.shape[1], valid)
         return self.norm(x)

@@ -117,3 +117,29 @@ def test_recipe_fit_export_evaluate_and_transcribe(tiny_corpus, tmp_path, capsys
     lines = (tmp_path / "transcripts.jsonl").read_text().splitlines()
     assert len(lines) == len(list((tiny_corpus / "wavs").glob("*.wav")))
     assert "phonemes" in json.loads(lines[0])
+
+
+def test_local_attention_bounds_the_features_context_and_makes_them_shift_equivariant():
+    torch.manual_seed(0)
+    model = tiny(num_layers=2).eval()
+    window = 3
+    context = model.context_frames(window)
+    assert context == 2 + 2 * window and model.context_frames(None) is None
+    audio = torch.randn(1, 1, 160 * 320)
+    features, _ = model.features(audio, attention_window=window)
+    t = 60
+    far = audio.clone()
+    far[..., (t + context + 1) * 320:] = torch.randn(far[..., (t + context + 1) * 320:].shape)
+    far[..., : (t - context - 1) * 320] = 0
+    changed, _ = model.features(far, attention_window=window)
+    torch.testing.assert_close(changed[..., t], features[..., t], atol=1e-5, rtol=1e-5)
+    near = audio.clone()
+    near[..., (t + 2) * 320: (t + 3) * 320] += 0.5
+    assert not torch.allclose(model.features(near, attention_window=window)[0][..., t], features[..., t], atol=1e-4)
+    # Cut on a frame boundary: frames away from the cut are the same function of the audio.
+    shifted, _ = model.features(audio[..., 40 * 320:], attention_window=window)
+    torch.testing.assert_close(shifted[..., context + 1: 100], features[..., 40 + context + 1: 140], atol=1e-5,
+                               rtol=1e-5)
+    # Full attention has no such bound.
+    full, _ = model.features(audio)
+    assert not torch.allclose(model.features(far)[0][..., t], full[..., t], atol=1e-4)

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmtok.nn import Transformer
+from mmtok.nn import Transformer, local_attention_mask
 
 
 @pytest.fixture(scope="module")
@@ -53,3 +53,27 @@ def test_the_cache_refuses_more_steps_than_it_holds(model):
         model(torch.randn(1, 3, 32), causal=True, cache=cache)
         with pytest.raises(ValueError, match="KVCache holds 4 steps; 5 were asked for"):
             model(torch.randn(1, 2, 32), causal=True, cache=cache)
+
+
+def test_local_attention_mask_values():
+    mask = local_attention_mask(5, 1)
+    assert mask.int().tolist() == [[1, 1, 0, 0, 0], [1, 1, 1, 0, 0], [0, 1, 1, 1, 0], [0, 0, 1, 1, 1], [0, 0, 0, 1, 1]]
+    with pytest.raises(ValueError, match="window must be ≥ 0"):
+        local_attention_mask(3, -1)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_a_windowed_layer_equals_the_layer_run_on_each_steps_neighbourhood(causal):
+    """With rotary (relative) positions, local attention at step t is the full layer run on the
+    ±window steps around t alone, whatever t is."""
+    torch.manual_seed(0)
+    layer = Transformer(dim=16, num_layers=1, num_heads=2).eval()
+    x, window = torch.randn(2, 20, 16), 3
+    out = layer(x, window=window, causal=causal)
+    for t in range(20):
+        lo, hi = max(0, t - window), min(20, t + window + 1)
+        alone = layer(x[:, lo:hi], causal=causal)[:, t - lo]
+        torch.testing.assert_close(out[:, t], alone, atol=1e-5, rtol=1e-5)
+    valid = torch.ones(2, 20, dtype=torch.bool)
+    valid[1, 12:] = False  # padded steps far from any valid key in their window still give finite outputs
+    assert torch.isfinite(layer(x, window=2, valid=valid)).all()

@@ -7,12 +7,33 @@ A generator only ever sees :class:`~mmtok.tokens.Tokens` and the facts exposed h
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 
 import torch
 from torch import nn
 
 from mmtok.hub import HubMixin
 from mmtok.tokens import Tokens
+
+
+@dataclass(frozen=True)
+class ReceptiveField:
+    """How far a tokenizer's outputs depend on its inputs, in token steps.
+
+    ``encode``'s codes at step t are a function of the input within steps t ± ``encode_context``, and
+    ``decode``'s output over step t a function of the codes within t ± ``decode_context``; the same
+    function wherever t sits, as long as the input starts at a multiple of ``alignment`` steps. So a
+    long input processed in windows with that much context on each side gives the codes (and the
+    media) of processing it whole (:mod:`mmtok.codecs.chunked`).
+    """
+
+    encode_context: int
+    decode_context: int
+    alignment: int = 1
+
+    def __post_init__(self):
+        if self.encode_context < 0 or self.decode_context < 0 or self.alignment < 1:
+            raise ValueError(f"a receptive field needs contexts ≥ 0 and alignment ≥ 1, got {self}")
 
 
 class Tokenizer(nn.Module, HubMixin, ABC):
@@ -49,4 +70,10 @@ class Tokenizer(nn.Module, HubMixin, ABC):
     @property
     def sample_rate(self) -> int | None:
         """Waveform sample rate for audio tokenizers, else None."""
+        return None
+
+    @property
+    def receptive_field(self) -> ReceptiveField | None:
+        """How far outputs depend on inputs along the token steps; None: on the whole input (such a
+        tokenizer is only ever run on whole inputs)."""
         return None

@@ -24,8 +24,8 @@ from einops import rearrange
 from torch import distributed
 from vector_quantize_pytorch import ResidualVQ
 
-from mmtok.codecs.base import Tokenizer
-from mmtok.codecs.seanet import ConvDecoder, ConvEncoder
+from mmtok.codecs.base import ReceptiveField, Tokenizer
+from mmtok.codecs.seanet import ConvDecoder, ConvEncoder, conv_receptive_field
 from mmtok.tokens import Tokens
 
 
@@ -122,6 +122,16 @@ class RVQCodec(Tokenizer):
     @property
     def frame_rate(self) -> float:
         return self._sample_rate / self.hop_length
+
+    @property
+    def receptive_field(self) -> ReceptiveField:
+        """Conv encoder and decoder: finite, the whole receptive field width on each side (a safe
+        bound: the convolutions are centred, so half would do)."""
+        return ReceptiveField(encode_context=self._acoustic_context(),
+                              decode_context=math.ceil(conv_receptive_field(self.decoder)))
+
+    def _acoustic_context(self) -> int:
+        return math.ceil(conv_receptive_field(self.encoder) / self.hop_length)
 
     # -- pieces --------------------------------------------------------------------------------
     def _latent(self, audio: torch.Tensor, lengths: torch.Tensor | None, num_frames: int) -> torch.Tensor:

@@ -20,6 +20,22 @@ from torch import nn
 from torch.nn.utils.parametrizations import weight_norm
 
 
+def conv_receptive_field(module: nn.Module) -> float:
+    """The receptive field width of a chain of 1-D convolutions, in steps of its input: how many
+    input steps one output step depends on. Convolutions are walked in the order they were built,
+    which is the order they run in these networks; residual skips add nothing, a convolution adds
+    (kernel − 1) · dilation input strides of its own input, a transposed one ceil(kernel / stride) − 1."""
+    width, step = 1.0, 1.0  # step: input steps per step of the current layer's input
+    for layer in module.modules():
+        if isinstance(layer, nn.ConvTranspose1d):
+            width += (math.ceil(layer.kernel_size[0] / layer.stride[0]) - 1) * step
+            step /= layer.stride[0]
+        elif isinstance(layer, nn.Conv1d):
+            width += (layer.kernel_size[0] - 1) * layer.dilation[0] * step
+            step *= layer.stride[0]
+    return width
+
+
 class Snake1d(nn.Module):
     """Snake activation with a learned per-channel frequency α (DAC eq. 1)."""
 

@@ -15,14 +15,24 @@ the architecture alone (``"config"`` instead of ``"path"``), which rebuilds the 
 weights. The X-Codec's own ``model.safetensors`` then holds them.
 
 Teachers never train: parameters are frozen, the module stays in eval mode, features are computed
-under ``torch.no_grad``. Their frame rate may differ from the codec's (HuBERT's conv stack yields
-``floor((N - 400) / 320) + 1`` frames at 16 kHz); :meth:`SemanticEncoder.features` resamples them
-linearly in time to exactly the number of frames asked for.
+under ``torch.no_grad``. A teacher returns ``ceil(N / hop)`` frames at its own rate, frame k
+describing the audio around samples k · hop (HuBERT's conv stack alone yields
+``floor((N - 400) / 320) + 1`` frames at 16 kHz; padded with hop / 2 samples on each side, as the
+X-Codec reference does, its frames line up with the codec's at a constant offset);
+:meth:`SemanticEncoder.features` resamples them linearly in time only where the two frame rates
+differ.
+
+A teacher's context is bounded so that a long file encodes in chunks with the codes of whole-file
+encoding (:mod:`mmtok.codecs.chunked`): the recognizer by local attention (``attention_window``
+frames per layer), a Hugging Face model by running on windows of ``window_seconds`` placed on a
+fixed grid (each frame taken from the window it is most central in). ``None`` for either means
+unbounded: the whole input at once.
 """
 
 from __future__ import annotations
 
 import json
+import math
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any
@@ -47,13 +57,33 @@ class SemanticEncoder(nn.Module, ABC):
     def dim(self) -> int:
         """Feature channels D."""
 
+    @property
+    @abstractmethod
+    def hop_length(self) -> int:
+        """Samples per teacher frame at ``sample_rate``."""
+
+    @property
+    def frame_rate(self) -> float:
+        return self.sample_rate / self.hop_length
+
+    @property
+    @abstractmethod
+    def context_seconds(self) -> float | None:
+        """How far (each side) a frame's features depend on the audio; None: on all of it."""
+
+    @property
+    def alignment_seconds(self) -> float:
+        """Features are the same function of the audio around a frame wherever the input starts, as
+        long as it starts at a multiple of this (0: anywhere on a frame boundary)."""
+        return 0.0
+
     @abstractmethod
     def spec(self) -> dict[str, Any]:
         """JSON spec that rebuilds this teacher's architecture (weights are stored by the owner)."""
 
     @abstractmethod
     def _features(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        """audio [B, 1, N] at ``self.sample_rate`` -> [B, D, T'] at the teacher's own frame rate."""
+        """audio [B, 1, N] at ``self.sample_rate`` -> [B, D, ceil(N / hop_length)] at the teacher's rate."""
 
     def freeze(self) -> SemanticEncoder:
         for parameter in self.parameters():
@@ -66,7 +96,8 @@ class SemanticEncoder(nn.Module, ABC):
     @torch.no_grad()
     def features(self, audio: torch.Tensor, lengths: torch.Tensor | None = None, *, num_frames: int,
                  sample_rate: int | None = None) -> torch.Tensor:
-        """Features of ``audio`` (at ``sample_rate``, default the teacher's) resampled to ``num_frames``."""
+        """Features of ``audio`` (at ``sample_rate``, default the teacher's) at ``num_frames`` frames:
+        the teacher's own when it has that many (equal frame rates), else resampled linearly."""
         if audio.dim() != 3 or audio.shape[1] != 1:
             raise ValueError(f"audio must be [B, 1, N], got shape {tuple(audio.shape)}")
         if lengths is None:
@@ -81,22 +112,36 @@ class SemanticEncoder(nn.Module, ABC):
 
 
 class RecognizerEncoder(SemanticEncoder):
-    """The encoder output of a :class:`mmtok.asr.PhonemeRecognizer` (the embedded teacher)."""
+    """The encoder output of a :class:`mmtok.asr.PhonemeRecognizer` (the embedded teacher), with its
+    attention limited to ± ``attention_window`` frames per layer (None: full attention)."""
 
-    def __init__(self, recognizer):
+    def __init__(self, recognizer, *, attention_window: int | None = None):
         super().__init__(sample_rate=recognizer.sample_rate)
+        if attention_window is not None and attention_window < 1:
+            raise ValueError(f"attention_window must be ≥ 1 frame or None (full attention), got {attention_window}")
         self.recognizer = recognizer
+        self.attention_window = attention_window
         self.freeze()
 
     @property
     def dim(self) -> int:
         return self.recognizer.head.in_features
 
+    @property
+    def hop_length(self) -> int:
+        return round(self.sample_rate / self.recognizer.frame_rate)
+
+    @property
+    def context_seconds(self) -> float | None:
+        frames = self.recognizer.context_frames(self.attention_window)
+        return None if frames is None else frames / self.recognizer.frame_rate
+
     def spec(self) -> dict[str, Any]:
-        return {"type": "recognizer", "config": dict(self.recognizer._hub_mixin_config)}
+        return {"type": "recognizer", "config": dict(self.recognizer._hub_mixin_config),
+                "attention_window": self.attention_window}
 
     def _features(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
-        features, _ = self.recognizer.features(audio, lengths)
+        features, _ = self.recognizer.features(audio, lengths, attention_window=self.attention_window)
         return features
 
 
@@ -105,9 +150,12 @@ class HFSpeechEncoder(SemanticEncoder):
     output included), an integer picks one (0 = the input of the first transformer layer).
 
     ``normalize`` is the feature extractor's ``do_normalize`` (zero mean, unit variance per utterance,
-    which WavLM-Large and wav2vec2-large-lv60 expect and HuBERT-Base does not)."""
+    or per window, which WavLM-Large and wav2vec2-large-lv60 expect and HuBERT-Base does not).
+    ``window_seconds`` bounds the context: inputs longer than that run as windows of that length
+    starting every half window, and each frame comes from the window it is most central in."""
 
-    def __init__(self, model, *, layer: int | str = "mean", normalize: bool = False, sample_rate: int = 16000):
+    def __init__(self, model, *, layer: int | str = "mean", normalize: bool = False, sample_rate: int = 16000,
+                 window_seconds: float | None = None):
         super().__init__(sample_rate=sample_rate)
         num_states = model.config.num_hidden_layers + 1
         if layer != "mean" and not (isinstance(layer, int) and 0 <= layer < num_states):
@@ -115,17 +163,58 @@ class HFSpeechEncoder(SemanticEncoder):
         self.model = model
         self.layer = layer
         self.normalize = normalize
+        self._hop = math.prod(getattr(model.config, "conv_stride", (320,)))
+        if window_seconds is not None and round(window_seconds * sample_rate / self._hop) < 4:
+            raise ValueError(f"window_seconds must span at least 4 teacher frames ({4 * self._hop / sample_rate} s) "
+                             f"or be None (whole input), got {window_seconds}")
+        self.window_seconds = window_seconds
         self.freeze()
 
     @property
     def dim(self) -> int:
         return self.model.config.hidden_size
 
+    @property
+    def hop_length(self) -> int:
+        return self._hop
+
+    @property
+    def _window_frames(self) -> int | None:
+        return None if self.window_seconds is None else round(self.window_seconds * self.frame_rate)
+
+    @property
+    def context_seconds(self) -> float | None:
+        return None if self.window_seconds is None else self._window_frames / self.frame_rate
+
+    @property
+    def alignment_seconds(self) -> float:
+        return 0.0 if self.window_seconds is None else (self._window_frames // 2) / self.frame_rate
+
     def spec(self) -> dict[str, Any]:
         return {"type": "hf", "config": self.model.config.to_dict(), "layer": self.layer,
-                "normalize": self.normalize, "sample_rate": self.sample_rate}
+                "normalize": self.normalize, "sample_rate": self.sample_rate, "window_seconds": self.window_seconds}
 
     def _features(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        hop, window = self.hop_length, self._window_frames
+        total = math.ceil(audio.shape[-1] / hop)
+        if window is None or total <= window:
+            return self._window_features(audio, lengths)
+        # Windows start every `stride` frames; frames [start + margin, start + margin + stride) come from
+        # window `start` (the first window also gives the frames before, the last those after).
+        stride = window // 2
+        margin = (window - stride) // 2
+        pieces, kept, start = [], 0, 0
+        while kept < total:
+            end = total if start + margin + stride >= total else start + margin + stride
+            piece = audio[..., start * hop: (start + window) * hop]
+            piece_lengths = (lengths - start * hop).clamp(min=1, max=piece.shape[-1])
+            pieces.append(self._window_features(piece, piece_lengths)[..., kept - start: end - start])
+            kept, start = end, start + stride
+        return torch.cat(pieces, dim=-1)
+
+    def _window_features(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:
+        """[B, 1, N] -> [B, D, ceil(N / hop)]: the model on the audio padded by hop / 2 on each side."""
+        hop = self.hop_length
         x = audio[:, 0]
         valid = torch.arange(x.shape[-1], device=x.device)[None, :] < lengths[:, None]
         if self.normalize:
@@ -133,12 +222,18 @@ class HFSpeechEncoder(SemanticEncoder):
             mean = (x * valid).sum(-1, keepdim=True) / count
             var = (((x - mean) * valid) ** 2).sum(-1, keepdim=True) / count
             x = (x - mean) / torch.sqrt(var + 1e-7) * valid
+        # The padding is part of the input (each item's own: its samples past `lengths` are zero).
+        x = F.pad(x, (hop // 2, hop // 2))
+        valid = torch.arange(x.shape[-1], device=x.device)[None, :] < (lengths + 2 * (hop // 2))[:, None]
         # Base models with group-norm feature extractors were trained without attention masks.
         mask = valid.long() if getattr(self.model.config, "feat_extract_norm", "layer") == "layer" else None
         out = self.model(x, attention_mask=mask, output_hidden_states=True)
         states = out.hidden_states
-        hidden = torch.stack(states).mean(0) if self.layer == "mean" else states[self.layer]
-        return hidden.transpose(1, 2)
+        hidden = (torch.stack(states).mean(0) if self.layer == "mean" else states[self.layer]).transpose(1, 2)
+        frames = math.ceil(audio.shape[-1] / hop)  # one frame short when N mod hop < the kernel overhang
+        if hidden.shape[-1] < frames:
+            hidden = F.pad(hidden, (0, frames - hidden.shape[-1]), mode="replicate")
+        return hidden[..., :frames]
 
 
 def _hf_normalize_flag(path: str) -> bool:
@@ -162,16 +257,18 @@ def build_semantic_encoder(spec: dict[str, Any]) -> SemanticEncoder:
     if spec["type"] == "recognizer":
         from mmtok.asr import PhonemeRecognizer
 
+        window = spec.get("attention_window")
         if "path" in spec:
-            return RecognizerEncoder(PhonemeRecognizer.from_pretrained(spec["path"]))
-        return RecognizerEncoder(PhonemeRecognizer(**spec["config"]))
+            return RecognizerEncoder(PhonemeRecognizer.from_pretrained(spec["path"]), attention_window=window)
+        return RecognizerEncoder(PhonemeRecognizer(**spec["config"]), attention_window=window)
     return _build_hf(spec)
 
 
 def _build_hf(spec: dict[str, Any]) -> HFSpeechEncoder:
     import transformers
 
-    options = {"layer": spec.get("layer", "mean"), "sample_rate": spec.get("sample_rate", 16000)}
+    options = {"layer": spec.get("layer", "mean"), "sample_rate": spec.get("sample_rate", 16000),
+               "window_seconds": spec.get("window_seconds")}
     if "path" in spec:
         path = str(spec["path"])
         model = transformers.AutoModel.from_pretrained(path)

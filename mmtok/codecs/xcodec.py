@@ -20,6 +20,7 @@ model's ``model.safetensors`` and its architecture part of ``config.json`` (see
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -27,8 +28,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mmtok.codecs.base import ReceptiveField
 from mmtok.codecs.rvq import CodecOutput, RVQCodec, frame_mask
-from mmtok.codecs.seanet import ConvEncoder, FrameConvNet
+from mmtok.codecs.seanet import ConvEncoder, FrameConvNet, conv_receptive_field
 from mmtok.codecs.semantic import build_semantic_encoder
 
 SEMANTIC_LOSSES = ("mse", "cosine")
@@ -92,6 +94,22 @@ class XCodec(RVQCodec):
         self.semantic_encoder = FrameConvNet(in_dim=self.teacher.dim, out_dim=semantic_dim, channels=semantic_channels)
         self.fc_prior = nn.Conv1d(acoustic_dim + semantic_dim, latent_dim, 1)
         self.semantic_decoder = FrameConvNet(in_dim=latent_dim, out_dim=self.teacher.dim, channels=semantic_channels)
+
+    @property
+    def receptive_field(self) -> ReceptiveField | None:
+        """The acoustic branch's, or the teacher's context plus the semantic encoder's, whichever is
+        larger; None when the teacher's context is unbounded."""
+        base = super().receptive_field
+        teacher_seconds = self.teacher.context_seconds
+        if teacher_seconds is None:
+            return None
+        semantic = math.ceil(teacher_seconds * self.frame_rate + conv_receptive_field(self.semantic_encoder))
+        alignment = self.teacher.alignment_seconds * self.frame_rate
+        if abs(alignment - round(alignment)) > 1e-6:
+            raise ValueError(f"the teacher's window grid ({self.teacher.alignment_seconds} s) is not a whole number "
+                             f"of codec frames ({1 / self.frame_rate} s)")
+        return ReceptiveField(encode_context=max(base.encode_context, semantic), decode_context=base.decode_context,
+                              alignment=max(1, round(alignment)))
 
     def teacher_features(self, audio: torch.Tensor, lengths: torch.Tensor | None, num_frames: int) -> torch.Tensor:
         """The frozen teacher's features S, [B, D_t, num_frames]."""

@@ -7,6 +7,8 @@ from mmtok.codecs.chunked import decode_chunked, encode_chunked
 from mmtok.codecs.rvq import RVQCodec
 from mmtok.tokens import Tokens
 
+from conftest import REPO
+
 SR = 16000
 N_LONG = 3 * SR + 123  # ~3 s, not a multiple of the hop (320) nor of any chunk
 
@@ -123,3 +125,57 @@ def test_wrong_shapes_are_rejected(codec, long_audio, whole):
     batch = Tokens(codes=whole.codes[..., :10].repeat(2, 1, 1), sample_rate=SR)
     with pytest.raises(ValueError, match="one item, got a batch of 2"):
         decode_chunked(codec, batch)
+
+
+# -- every shipped tokenizer, and X-Codec with each kind of bounded teacher -----------------------
+
+SHIPPED = ["rvq-speech-16k", "rvq-speech-16k-baseline", "xcodec-speech-16k"]
+
+
+@pytest.fixture(scope="module")
+def speech(tiny_corpus) -> torch.Tensor:
+    """About 20 s of real speech [1, 1, N]: corpus utterances back to back, cut off the frame grid."""
+    from mmtok.data.audio import load_audio
+
+    pieces = [load_audio(path, sample_rate=SR) for path in sorted((tiny_corpus / "wavs").glob("*.wav"))]
+    return torch.cat(pieces, dim=-1)[..., : 20 * SR + 123].reshape(1, 1, -1)
+
+
+def _agreements(a: torch.Tensor, b: torch.Tensor) -> list[float]:
+    assert a.shape == b.shape, f"{tuple(a.shape)} != {tuple(b.shape)}"
+    return [float((a[:, q] == b[:, q]).float().mean()) for q in range(a.shape[1])]
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_every_shipped_tokenizer_encodes_and_decodes_in_chunks_as_whole(name, speech):
+    from mmtok.hub import load_pretrained
+
+    tokenizer = load_pretrained(REPO / "checkpoints" / name).eval()
+    assert tokenizer.receptive_field is not None, f"{name} must declare a bounded receptive field"
+    whole = tokenizer.encode(speech)
+    chunked = encode_chunked(tokenizer, speech, chunk_seconds=4.0)
+    agreement = _agreements(chunked.codes, whole.codes)
+    assert min(agreement) >= 0.999, f"{name}: chunked codes agree with whole-file codes at {agreement}"
+    reference = tokenizer.decode(whole)
+    audio = decode_chunked(tokenizer, whole, chunk_seconds=4.0)
+    assert float((audio - reference).abs().max()) < 1e-3
+
+
+def test_xcodec_with_a_windowed_hf_teacher_encodes_in_chunks_as_whole(hubert_folder, speech):
+    from mmtok.codecs.xcodec import XCodec
+
+    torch.manual_seed(0)
+    codec = XCodec(teacher={"type": "hf", "path": str(hubert_folder), "window_seconds": 1.0}, encoder_channels=4,
+                   decoder_channels=32, acoustic_dim=16, semantic_dim=16, semantic_channels=16, latent_dim=16,
+                   codebook_size=32, num_quantizers=2)
+    with torch.no_grad():
+        codec.train()(speech[..., : 4 * SR])  # k-means initialisation
+    codec.eval()
+    field = codec.receptive_field
+    assert field.alignment == 25 and field.encode_context >= 50
+    audio = speech[..., : 8 * SR + 123]
+    whole = codec.encode(audio)
+    assert min(_agreements(encode_chunked(codec, audio, chunk_seconds=1.7).codes, whole.codes)) >= 0.999
+    # Less context than the teacher's window changes codes near the chunk edges.
+    short = encode_chunked(codec, audio, chunk_seconds=1.7, context_seconds=0.2)
+    assert min(_agreements(short.codes, whole.codes)) < 0.99
