@@ -41,7 +41,12 @@ class Tokenizer(nn.Module, HubMixin, ABC):
 
     ``decode(encode(x))`` has the shape of ``x``. Audio tokenizers take ``x: FloatTensor [B, 1, N]``
     with ``lengths: LongTensor [B]`` in samples and return codes ``[B, Q, T]`` at ``frame_rate``.
+    Image tokenizers take ``x: FloatTensor [B, C, H, W]`` in [0, 1] and return codes ``[B, Q, h · w]``
+    in raster order with ``Tokens.grid == (h, w)``. ``modality`` names the kind of media (it picks
+    the writers of examples and files); generators and samplers never read it.
     """
+
+    modality: str = "audio"  # "audio", "image" or "video"
 
     @abstractmethod
     def encode(self, x: torch.Tensor, lengths: torch.Tensor | None = None, *,
@@ -70,6 +75,13 @@ class Tokenizer(nn.Module, HubMixin, ABC):
     @property
     def sample_rate(self) -> int | None:
         """Waveform sample rate for audio tokenizers, else None."""
+        return None
+
+    @property
+    def grid(self) -> tuple[int, ...] | None:
+        """The layout of a sequence's steps for media of a fixed shape: ``(h, w)`` for images (the
+        codes of an item are its h · w grid cells in raster order), ``(t, h, w)`` for video; None for
+        a time axis of any length (audio)."""
         return None
 
     @property
