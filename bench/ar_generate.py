@@ -61,7 +61,7 @@ def main() -> None:
 
     def run_ours():
         generate(ours, ParallelPattern(), num_frames=args.new_tokens, batch_size=args.batch,
-                 generator=torch.Generator().manual_seed(0))
+                 rng=torch.Generator().manual_seed(0))
 
     def run_reference():
         with torch.no_grad():

@@ -36,12 +36,12 @@ def load_generator(path: Path):
 def mean_losses(model, batches: list[dict], key: str, seed: int, time: float | None) -> tuple[float, float]:
     """Mean loss over ``batches`` with the condition ``key`` and with its null embedding; a masked
     diffusion model at its sampled times and masks (the same for both), or at noise level ``time``."""
-    diffusion = "generator" in model.loss.__code__.co_varnames
+    diffusion = "rng" in model.loss.__code__.co_varnames
 
     def loss(batch: dict, index: int) -> float:
         extra = {}
         if diffusion:
-            extra["generator"] = torch.Generator().manual_seed(seed + index)
+            extra["rng"] = torch.Generator().manual_seed(seed + index)
             if time is not None:
                 extra["t"] = torch.full((len(batch["lengths"]),), time)
         return float(model.loss(batch, **extra)[0])
@@ -79,7 +79,7 @@ def main() -> None:
         model = load_generator(path)
         if args.condition not in model.conditioner.keys:
             parser.error(f"--model {name}: no {args.condition!r} condition (it has {model.conditioner.keys})")
-        diffusion = "generator" in model.loss.__code__.co_varnames
+        diffusion = "rng" in model.loss.__code__.co_varnames
         for time in [None, *(args.time if diffusion else [])]:
             with_condition, without = mean_losses(model, batches, args.condition, args.seed, time)
             rows.append({"model": name, "noise level": "sampled" if time is None else time,

@@ -81,7 +81,7 @@ TRAINED_SAMPLERS = {"ancestral (L steps)": {"sampler": "ancestral"},
 
 
 def trained_rows(args) -> list[dict]:
-    from mmtok.ar.tts import evaluate_tts
+    from mmtok.tasks.tts import evaluate_tts
     from mmtok.hub import load_pretrained
 
     model, judge = load_pretrained(args.model), load_pretrained(args.judge)

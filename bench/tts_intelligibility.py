@@ -20,7 +20,7 @@ from pathlib import Path
 
 import torch
 
-from mmtok.ar.tts import MODES, evaluate_tts
+from mmtok.tasks.tts import MODES, evaluate_tts
 from mmtok.asr import evaluate_recognizer
 from mmtok.codecs.evaluate import evaluate_codec
 from common import named_folders, publish

@@ -30,20 +30,19 @@ BLANK = 0
 def phoneme_inventory(source: str | Path) -> list[str]:
     """Sorted phoneme symbols used in a corpus: a folder with ``manifest.jsonl``, the manifest itself,
     or a JSON file holding a list of symbols. Phoneme strings are space-separated symbols."""
-    path = Path(source)
-    manifest = path / "manifest.jsonl" if path.is_dir() else path
+    from mmtok.data.manifest import manifest_path, read_manifest
+
+    manifest = manifest_path(source)
     if not manifest.is_file():
         raise FileNotFoundError(f"phonemes: {source} has no manifest.jsonl; build the corpus first, "
                                 f"e.g. `mmtok data speech --out {source}`")
     if manifest.suffix == ".json":
         return list(json.loads(manifest.read_text()))
     symbols: set[str] = set()
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if line.strip():
-            entry = json.loads(line)
-            if "phonemes" not in entry:
-                raise ValueError(f"{manifest}:{number}: no 'phonemes' field to build the inventory from")
-            symbols.update(entry["phonemes"].split())
+    for entry in read_manifest(manifest):
+        if "phonemes" not in entry:
+            raise ValueError(f"{manifest}: an entry has no 'phonemes' field to build the inventory from: {entry}")
+        symbols.update(entry["phonemes"].split())
     return sorted(symbols)
 
 
@@ -67,7 +66,7 @@ class PhonemeRecognizer(nn.Module, HubMixin):
         super().__init__()
         if isinstance(phonemes, str):
             phonemes = phoneme_inventory(phonemes)
-            self._hub_mixin_config = {**(self._hub_mixin_config or {}), "phonemes": phonemes}
+            self.record_config(phonemes=phonemes)
         if len(set(phonemes)) != len(phonemes) or not phonemes:
             raise ValueError("phonemes must be a non-empty list of distinct symbols")
         self.phonemes = list(phonemes)

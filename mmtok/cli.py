@@ -183,64 +183,49 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     print(f"token cache written to {Path(out).resolve()}")
 
 
-def _slug(text: str, width: int = 40) -> str:
-    return "".join(c if c.isalnum() else "_" for c in text.lower())[:width].strip("_") or "utterance"
+def _generator_and_task(model: str):
+    """The generator a Hub folder holds and the task its config records."""
+    from mmtok.generators import TokenGenerator
+    from mmtok.hub import load_pretrained
+    from mmtok.tasks import build_task
+
+    generator = load_pretrained(model)
+    if not isinstance(generator, TokenGenerator):
+        raise SystemExit(f"mmtok generate: {model} holds a {type(generator).__name__}, not a generator")
+    return generator, build_task(generator.task, source=f"{model}/config.json")
 
 
 def cmd_generate(args: argparse.Namespace) -> None:
-    import json
-    import time
-
     import torch
 
-    from mmtok.ar.model import ARGenerator
-    from mmtok.ar.tts import synthesize
-    from mmtok.generators import TokenGenerator
-    from mmtok.data.audio import load_audio
-    from mmtok.data.speech import phonemize
-    from mmtok.hub import load_pretrained
-    from mmtok.media import write_spectrogram_png, write_wav
-
-    generator = load_pretrained(args.model)
-    if not isinstance(generator, TokenGenerator):
-        raise SystemExit(f"mmtok generate: {args.model} holds a {type(generator).__name__}, not a generator")
+    generator, task = args.loaded
     tokenizer = generator.load_tokenizer(args.tokenizer, near=args.model)
-    texts = list(args.text)
-    if args.text_file:
-        texts += [line.strip() for line in Path(args.text_file).read_text().splitlines() if line.strip()]
-    if not texts:
-        raise SystemExit("mmtok generate: give --text (repeatable) or --text-file")
-    prompt = load_audio(args.prompt, sample_rate=tokenizer.sample_rate) if args.prompt else None
-    voice = args.voice or args.speaker or "en-us"
-    phonemes = [phonemize(text, voice=voice) for text in texts]
-    rng = torch.Generator().manual_seed(args.seed)
-    started = time.perf_counter()
-    speakers = [args.speaker] * len(texts) if args.speaker else None
-    prompts = [prompt] * len(texts) if prompt is not None else None
-    audio, tokens = synthesize(generator, tokenizer, phonemes, speakers=speakers, prompts=prompts,
-                               prompt_seconds=args.prompt_seconds, max_seconds=args.max_seconds,
-                               temperature=args.temperature, top_k=args.top_k, top_p=args.top_p,
-                               cfg_scale=args.cfg_scale, generator=rng, sampler=args.sampler,
-                               num_steps=args.steps)
-    seconds = time.perf_counter() - started
+    if args.steps is not None and args.steps < 1:
+        raise SystemExit(f"mmtok generate: --steps must be ≥ 1, got {args.steps}")
+    sampling = {"sampler": generator.check_sampler(args.sampler), "steps": args.steps,
+                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
     out = Path(args.out)
-    lines = []
-    for i, (text, wave) in enumerate(zip(texts, audio)):
-        path = out / f"{i:02d}_{_slug(text)}.wav"
-        write_wav(path, wave, sample_rate=tokenizer.sample_rate)
-        write_spectrogram_png(path.with_suffix(".png"), wave, sample_rate=tokenizer.sample_rate, title=text)
-        lines.append({"audio": path.name, "text": text, "phonemes": phonemes[i], "speaker": args.speaker,
-                      "sampler": "autoregressive" if isinstance(generator, ARGenerator) else args.sampler or "fhs",
-                      "prompt": args.prompt, "seconds": round(wave.shape[-1] / tokenizer.sample_rate, 3),
-                      "frames": int(tokens.lengths[i])})
-        print(f"{path}\t{lines[-1]['seconds']:.2f} s\t{text}")
-    if prompt is not None:  # what the voice was taken from, to listen to next to the results
-        write_wav(out / "prompt.wav", prompt[:, : round(args.prompt_seconds * tokenizer.sample_rate)],
-                  sample_rate=tokenizer.sample_rate)
-    for line in lines:
-        line["generation_s"] = round(seconds, 2)  # the whole batch, generated together
-    (out / "generated.jsonl").write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-    print(f"generated {len(texts)} utterance(s) in {seconds:.1f} s; wavs and spectrograms in {out.resolve()}")
+    out.mkdir(parents=True, exist_ok=True)
+    files = task.run(generator, tokenizer, args, out=out, rng=torch.Generator().manual_seed(args.seed),
+                     sampling=sampling)
+    print(f"wrote {len(files)} file(s) to {out.resolve()}")
+
+
+def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
+    """The flags every task shares; a task adds its own (:meth:`mmtok.tasks.Task.add_arguments`)."""
+    from mmtok.diffusion.samplers import SAMPLERS
+
+    gen.add_argument("model", help="generator Hub folder or repo id")
+    gen.add_argument("--out", required=True, help="output folder")
+    gen.add_argument("--tokenizer", help="tokenizer Hub folder (default: the one the generator names)")
+    gen.add_argument("--sampler", choices=["autoregressive", *SAMPLERS],
+                     help="masked diffusion: fhs (first-hitting, default), ancestral (MDLM) or maskgit")
+    gen.add_argument("--steps", type=int, help="ancestral / maskgit steps (default: one per token / 16)")
+    gen.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily (AR)")
+    gen.add_argument("--top-k", type=int, default=None)
+    gen.add_argument("--top-p", type=float, default=None)
+    gen.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
+    gen.add_argument("--seed", type=int, default=0, help="the same seed gives the same files")
 
 
 # -- parser -------------------------------------------------------------------------------------
@@ -322,25 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("out", help="output folder (tokens.safetensors, manifest.jsonl, info.json)")
     tokenize.set_defaults(func=cmd_tokenize)
 
-    gen = sub.add_parser("generate", help="text -> speech with a trained TTS generator (wav + spectrogram png)")
-    gen.add_argument("model", help="generator Hub folder or repo id")
-    gen.add_argument("--text", action="append", default=[], help="a sentence to speak (repeatable)")
-    gen.add_argument("--text-file", help="a file with one sentence per line")
-    gen.add_argument("--out", required=True, help="output folder")
-    gen.add_argument("--prompt", help="a wav of the voice to imitate (its first --prompt-seconds are used)")
-    gen.add_argument("--prompt-seconds", type=float, default=3.0)
-    gen.add_argument("--speaker", help="a corpus speaker id (the speaker condition), e.g. us-f3")
-    gen.add_argument("--voice", help="espeak-ng voice used to phonemize the text (default: the speaker's, or en-us)")
-    gen.add_argument("--tokenizer", help="tokenizer Hub folder (default: the one the generator names)")
-    gen.add_argument("--max-seconds", type=float, default=10.0)
-    gen.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily")
-    gen.add_argument("--top-k", type=int, default=None)
-    gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
-    gen.add_argument("--seed", type=int, default=0)
-    gen.add_argument("--sampler", choices=["fhs", "ancestral", "maskgit"],
-                     help="masked diffusion generators: first-hitting (default), MDLM ancestral, or MaskGIT")
-    gen.add_argument("--steps", type=int, help="ancestral / maskgit steps (default: L / 16)")
+    gen = sub.add_parser("generate", help="generate with a trained generator: its task (text to speech, class or "
+                                          "caption to image) decides the flags and files; "
+                                          "`mmtok generate MODEL --help` lists them")
+    add_generate_arguments(gen)
     gen.set_defaults(func=cmd_generate)
     return parser
 
@@ -350,8 +320,29 @@ def main(argv: list[str] | None = None) -> None:
     if argv and argv[0] in LIGHTNING_COMMANDS:
         run_lightning_cli(argv)
         return
-    args = build_parser().parse_args(argv)
+    parser = build_parser()
+    if argv and argv[0] == "generate":
+        args = _parse_generate(parser, argv)
+    else:
+        args = parser.parse_args(argv)
     args.func(args)
+
+
+def _parse_generate(parser: argparse.ArgumentParser, argv: list[str]) -> argparse.Namespace:
+    """``mmtok generate MODEL ...``: the model's task adds its flags before the full parse."""
+    first = argparse.ArgumentParser(add_help=False)
+    first.add_argument("model", nargs="?")
+    known, _ = first.parse_known_args(argv[1:])
+    if known.model is None or known.model.startswith("-"):
+        return parser.parse_args(argv)  # prints the usage and the error (or the help)
+    loaded = _generator_and_task(known.model)
+    gen = argparse.ArgumentParser(prog="mmtok generate", description=f"{type(loaded[1]).__name__}: "
+                                  + (type(loaded[1]).__doc__ or "").strip())
+    add_generate_arguments(gen)
+    loaded[1].add_arguments(gen.add_argument_group(type(loaded[1]).__name__))
+    args = gen.parse_args(argv[1:])
+    args.func, args.loaded = cmd_generate, loaded
+    return args
 
 
 if __name__ == "__main__":

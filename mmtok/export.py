@@ -11,7 +11,6 @@ from pathlib import Path
 
 import torch
 
-from mmtok.ar.model import ARGenerator
 from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
 from mmtok.codecs.base import Tokenizer
 from mmtok.generators import TokenGenerator
@@ -71,22 +70,15 @@ def _generator_card(generator: TokenGenerator, data: str | None, split: str, max
     conditions = ", ".join(
         f"{spec['type']} (`{spec['key']}`{', on the frames' if spec.get('placement') == 'frames' else ''})"
         for spec in generator.conditioner.specs()) or "none"
-    if isinstance(generator, ARGenerator):
-        kind = (f"An autoregressive generator ({type(generator.pattern).__name__}"
-                f"{', end token' if generator.backbone.end_token else ''})")
-        sampler = ""
-    else:
-        kind = (f"A masked diffusion generator ({generator.schedule.name} schedule, "
-                f"{'time-conditioned' if generator.time_embedding is not None else 'time-agnostic'}, "
-                f"{generator.frames_per_phoneme:.2f} frames per phoneme)")
-        sampler = " [--sampler fhs|ancestral|maskgit]"
+    task = generator.task["class_path"].rsplit(".", 1)[-1] if generator.task else "no task"
     card = {"description": (
-        f"{kind} trained with mmtok over the first {generator.num_codebooks} codebooks of "
-        f"`{generator.tokenizer_id}`; conditions: {conditions}. The tokenizer is referenced, not included: "
-        "keep its folder next to this one or pass `--tokenizer`."),
-        "usage": f'`mmtok generate MODEL --text "A sentence." [--speaker ID] [--prompt voice.wav]{sampler} --out DIR`'}
+        f"A `{type(generator).__name__}` ({type(generator.pattern).__name__}; samplers: "
+        f"{', '.join(generator.samplers)}) trained with mmtok over the first {generator.num_codebooks} codebooks "
+        f"of `{generator.tokenizer_id}`; conditions: {conditions}; task: {task}. The tokenizer is referenced, "
+        "not included: keep its folder next to this one or pass `--tokenizer`."),
+        "usage": "`mmtok generate MODEL --out DIR` with the task's flags (`mmtok generate MODEL --help`)"}
     if data is not None:
-        raise ValueError("export --data: generator cards are measured by bench/tts_intelligibility.py --cards")
+        raise ValueError("export --data: generator cards are measured by the benches (bench/*.py --cards)")
     return card
 
 

@@ -1,23 +1,81 @@
-"""What every generator shares about the tokenizer whose codes it models.
+"""What every generator family shares: the injected backbone, conditions, pattern, positions, the
+tokenizer it reads, and the one ``generate`` contract.
 
 A generator references its tokenizer instead of embedding it: the config holds the tokenizer's Hub
 folder or repo id and the first ``len(codebook_sizes)`` of its codebooks are modelled, so a
 generator folder stays small and any tokenizer (audio, image, video) plugs in. A tokenizer whose
-codebooks do not fit the backbone's vocabulary fails with both named.
+codebooks do not fit the backbone's vocabulary fails with both named. The facts of the tokens it
+produces (``grid``, ``frame_rate``, ``sample_rate``) are recorded from the tokenizer when training
+starts, so that generated :class:`~mmtok.tokens.Tokens` carry them.
+
+Every family implements ``generate(conditions, *, lengths, rng, sampler, **sampling) -> Tokens``:
+``conditions`` is a dict of batch fields (what the conditions read), ``lengths [B]`` the frames to
+generate per item (a generator that stops by itself, :attr:`TokenGenerator.stops_by_itself`, stops
+earlier at its end token), ``sampler`` one of :attr:`TokenGenerator.samplers`. What the fields and
+lengths mean for a modality is the business of a task (:mod:`mmtok.tasks`), which the config
+records (``task``) without the generator ever reading it.
 """
 
 from __future__ import annotations
 
 import os
+from abc import ABC, abstractmethod
 from collections.abc import Sequence
 from pathlib import Path
 
+import torch
+from torch import nn
 
-class TokenGenerator:
-    """Mixin for generator modules with ``self.tokenizer_id`` and ``self.backbone.codebook_sizes``."""
+from mmtok.codebook_transformer import CodebookTransformer
+from mmtok.conditioning import Conditioner, Prefix, build_condition
+from mmtok.hub import HubMixin, build_from_spec
+from mmtok.patterns import build_pattern, pattern_spec
+from mmtok.tokens import Tokens
 
-    tokenizer_id: str
+POSITION_SCHEMES = ("sequential", "aligned")
 
+
+class TokenGenerator(nn.Module, HubMixin, ABC):
+    """Base of the generator families (:class:`~mmtok.ar.model.ARGenerator`,
+    :class:`~mmtok.diffusion.model.MaskedDiffusionGenerator`).
+
+    Args:
+        tokenizer: Hub folder or repo id of the tokenizer whose codes are modelled.
+        backbone: a :class:`~mmtok.codebook_transformer.CodebookTransformer` (or its
+            ``{"class_path", "init_args"}``); its ``codebook_sizes`` are the tokenizer's first ones.
+        pattern: a pattern name or ``{"class_path", "init_args"}`` (see :func:`mmtok.patterns.build_pattern`).
+        conditions: condition specs (see :func:`mmtok.conditioning.build_condition`).
+        positions: ``"sequential"``: prefix and steps numbered 0, 1, 2, ... as one sequence;
+            ``"aligned"``: steps at their own coordinates (on a grid: (row, column)) and each
+            condition at its own positions (:meth:`~mmtok.conditioning.Condition.positions`).
+        grid, frame_rate, sample_rate: the facts of the tokens (recorded from the tokenizer).
+        task: the spec of the task that turns requests into conditions and tokens into files
+            (``{"class_path": "mmtok.tasks....", "init_args": {...}}``); kept, never read here.
+    """
+
+    samplers: tuple[str, ...] = ()
+
+    def __init__(self, *, tokenizer: str, backbone: CodebookTransformer | dict, pattern: str | dict = "parallel",
+                 conditions: Sequence[dict] = (), positions: str = "sequential", grid: Sequence[int] | None = None,
+                 frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None):
+        super().__init__()
+        if positions not in POSITION_SCHEMES:
+            raise ValueError(f"positions must be one of {POSITION_SCHEMES}, got {positions!r}")
+        self.tokenizer_id = tokenizer
+        self.backbone = build_from_spec(backbone, base=CodebookTransformer, source="generator backbone")
+        self.aligned = positions == "aligned"
+        if self.backbone.coordinate_axes > 1 and not self.aligned:
+            raise ValueError(f"a backbone with {self.backbone.coordinate_axes}-axis positions needs the steps' "
+                             "coordinates: use positions 'aligned'")
+        self.pattern = build_pattern(pattern)
+        self.conditioner = Conditioner([build_condition(spec, dim=self.backbone.dim) for spec in conditions])
+        self.grid = None if grid is None else tuple(int(g) for g in grid)
+        self.frame_rate, self.sample_rate, self.task = frame_rate, sample_rate, task
+        # The config keeps what was resolved (inventories, class names), so a Hub folder is self-contained.
+        self.record_config(backbone=self.backbone.spec(), conditions=self.conditioner.specs(),
+                           pattern=pattern_spec(self.pattern))
+
+    # -- the tokenizer ---------------------------------------------------------------------------
     @property
     def codebook_sizes(self) -> list[int]:
         return self.backbone.codebook_sizes
@@ -44,3 +102,81 @@ class TokenGenerator:
         model = load_pretrained(name).eval()
         self.check_tokenizer(model.codebook_sizes, name=name)
         return model
+
+    def record_token_facts(self, tokenizer) -> None:
+        """Take the tokens' grid, frame rate and sample rate from ``tokenizer`` (and record them)."""
+        grid = None if tokenizer.grid is None else tuple(int(g) for g in tokenizer.grid)
+        if self.grid is not None and grid != self.grid:
+            raise ValueError(f"the generator's grid {self.grid} is not the tokenizer's {grid}")
+        self.grid, self.frame_rate, self.sample_rate = grid, tokenizer.frame_rate, tokenizer.sample_rate
+        self.record_config(grid=None if grid is None else list(grid), frame_rate=self.frame_rate,
+                           sample_rate=self.sample_rate)
+
+    def record_task(self, task: dict) -> None:
+        self.task = task
+        self.record_config(task=task)
+
+    def tokens(self, codes: torch.Tensor, lengths: torch.Tensor) -> Tokens:
+        """Generated codes as :class:`Tokens` with the tokenizer's facts."""
+        return Tokens(codes=codes, lengths=lengths, grid=self.grid, frame_rate=self.frame_rate,
+                      sample_rate=self.sample_rate)
+
+    # -- positions -------------------------------------------------------------------------------
+    def coordinates(self, index: torch.Tensor) -> torch.Tensor:
+        """Frame indices [S] -> their coordinates: [S] (float) on a time axis, [S, A] on a grid
+        (a frame is a grid cell in raster order; indices past the grid are clipped to its last cell)."""
+        axes = self.backbone.coordinate_axes
+        if axes == 1:
+            return index.float()
+        if self.grid is None or len(self.grid) != axes:
+            raise ValueError(f"the backbone takes {axes}-axis coordinates but the generator's grid is {self.grid}")
+        rest = index.clamp(0, int(torch.tensor(self.grid).prod()) - 1)
+        coordinates = []
+        for size in reversed(self.grid):  # raster order: the last axis varies fastest
+            coordinates.append(rest % size)
+            rest = rest // size
+        return torch.stack(coordinates[::-1], dim=-1).float()
+
+    def full_positions(self, prefix: Prefix | None, steps: torch.Tensor, batch_size: int) -> torch.Tensor | None:
+        """Positions of prefix and steps for the backbone ([B, P + S] or [B, P + S, A]), from the steps'
+        coordinates ``steps`` ([S] or [S, A]); None in the sequential scheme."""
+        if not self.aligned:
+            return None
+        steps = steps.expand(batch_size, *steps.shape)
+        if prefix is None:
+            return steps
+        before = prefix.positions.to(steps.device)
+        if steps.dim() == 3:  # each condition at the same place on every axis, before the grid's origin
+            before = before[..., None].expand(-1, -1, steps.shape[-1])
+        return torch.cat([before, steps], dim=1)
+
+    def prefix(self, conditions: dict, *, batch_size: int, null: bool = False) -> Prefix | None:
+        """The condition prefix of a batch of conditions (the null condition with ``null``)."""
+        device = self.backbone.heads[0].weight.device
+        return self.conditioner(conditions, batch_size=batch_size, null=null, device=device)
+
+    # -- the contract ----------------------------------------------------------------------------
+    @property
+    @abstractmethod
+    def stops_by_itself(self) -> bool:
+        """Whether generation may end an item before its requested length (an end token)."""
+
+    @abstractmethod
+    def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
+        """The training loss on a batch with ``codes`` [B, Q', T] (Q' ≥ Q), ``lengths`` and the
+        conditions' fields, and a dict of values to log."""
+
+    @abstractmethod
+    def generate(self, conditions: dict, *, lengths: torch.Tensor, rng: torch.Generator | None = None,
+                 sampler: str | None = None, steps: int | None = None, **sampling) -> Tokens:
+        """Tokens for a batch of conditions: ``lengths [B]`` frames per item (at most, for a
+        generator that stops by itself), sampled with ``sampler`` (``steps`` where it takes them)
+        and ``sampling`` (temperature, top_k, top_p, cfg_scale)."""
+
+    def check_sampler(self, sampler: str | None) -> str:
+        """The sampler to use (the first of :attr:`samplers` for None); an unknown one is named."""
+        if sampler is None:
+            return self.samplers[0]
+        if sampler not in self.samplers:
+            raise ValueError(f"sampler {sampler!r}: a {type(self).__name__} samples with {', '.join(self.samplers)}")
+        return sampler

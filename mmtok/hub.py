@@ -5,14 +5,19 @@ config and handles downloads and ``push_to_hub``. What this module adds:
 
 - weights are always safetensors and loaded strictly: a folder whose config does not fit its weights
   fails with an error naming every missing, unexpected or differently-shaped tensor;
-- the config names the model class (``mmtok_class``), so :func:`load_pretrained` can open any mmtok
-  folder without the caller knowing what is inside; only classes that subclass :class:`HubMixin`
-  can be named, so a config cannot make us import arbitrary code;
+- the config names the model class (``mmtok_class``, ``module.QualName``), so :func:`load_pretrained`
+  opens any mmtok folder without the caller knowing what is inside, by importing that module: a new
+  model class loads without being listed anywhere. Only modules under ``mmtok.`` are imported and
+  only classes that subclass :class:`HubMixin` are accepted, so a config cannot run arbitrary code;
+- :meth:`HubMixin.record_config` is the one way a model records a resolved constructor argument
+  (an inventory read from a corpus, a measured ratio) in its config, and :attr:`HubMixin.hub_config`
+  reads it;
 - the model card lists the recipe and the metrics measured for this checkpoint (``self.card``).
 """
 
 from __future__ import annotations
 
+import importlib
 import json
 import os
 import re
@@ -27,8 +32,6 @@ from safetensors.torch import load_file, save_file
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
-
-_REGISTRY: dict[str, type[HubMixin]] = {}
 
 
 class HubMixin(
@@ -47,9 +50,16 @@ class HubMixin(
     card: dict[str, Any] | None = None
     store_half: bool = False  # write float32 tensors as float16 (see :func:`half_precision_state`)
 
-    def __init_subclass__(cls, **kwargs):
-        super().__init_subclass__(**kwargs)
-        _REGISTRY[class_name(cls)] = cls
+    @property
+    def hub_config(self) -> dict[str, Any]:
+        """The constructor arguments a saved folder rebuilds this model with (a copy)."""
+        return dict(self._hub_mixin_config or {})
+
+    def record_config(self, **values: Any) -> None:
+        """Record resolved constructor arguments (JSON values) in the config written by
+        :meth:`save_pretrained`, e.g. the inventory a corpus path was resolved to. (The one place that
+        writes huggingface_hub's ``_hub_mixin_config``.)"""
+        self._hub_mixin_config = {**(self._hub_mixin_config or {}), **values}
 
     def _save_pretrained(self, save_directory: Path) -> None:
         # Own copies: a buffer may be a view of a larger storage (torchaudio windows) or tied to another.
@@ -135,14 +145,42 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *,
     model.load_state_dict(state, strict=True)
 
 
+def import_mmtok_class(name: str | None, *, base: type, source: str) -> type:
+    """The class recorded as ``name`` (``module.QualName``, a module under ``mmtok.``), imported from
+    its module and checked to subclass ``base``; ``source`` names where the name was read."""
+    module_name, _, qualname = (name or "").rpartition(".")
+    if not isinstance(name, str) or not module_name.startswith("mmtok.") or not qualname:
+        raise ValueError(f"{source}: class {name!r} is not an mmtok {base.__name__} "
+                         "(expected 'mmtok.<module>.<Class>')")
+    try:
+        found: Any = importlib.import_module(module_name)
+        for part in qualname.split("."):
+            found = getattr(found, part)
+    except (ImportError, AttributeError) as error:
+        raise ValueError(f"{source}: class {name!r} is not an mmtok {base.__name__} ({error})") from error
+    if not (isinstance(found, type) and issubclass(found, base)):
+        raise ValueError(f"{source}: {name!r} is not a {base.__name__} class")
+    return found
+
+
 def model_class(name: str | None, *, source: str) -> type[HubMixin]:
-    """The registered mmtok class called ``name`` (module.qualname); ``source`` names where it was read."""
-    if name not in _REGISTRY:
-        _import_model_modules()
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(f"{source}: class {name!r} is not an mmtok model (known: {known})")
-    return _REGISTRY[name]
+    """The mmtok Hub model class recorded as ``name`` (see :func:`import_mmtok_class`)."""
+    return import_mmtok_class(name, base=HubMixin, source=source)
+
+
+def build_from_spec(spec: Any, *, base: type, source: str) -> Any:
+    """An object from ``{"class_path": "mmtok....", "init_args": {...}}`` (what LightningCLI and a Hub
+    config record for an injected part), or ``spec`` itself when it is already a ``base``."""
+    if isinstance(spec, base):
+        return spec
+    if not isinstance(spec, dict) or "class_path" not in spec:
+        raise ValueError(f"{source}: expected a {base.__name__} or {{'class_path': ..., 'init_args': {{...}}}}, "
+                         f"got {spec!r}")
+    cls = import_mmtok_class(spec["class_path"], base=base, source=source)
+    try:
+        return cls(**spec.get("init_args", {}))
+    except TypeError as error:
+        raise ValueError(f"{source}: {spec['class_path']}: {error}") from error
 
 
 def load_pretrained(model_id: str | os.PathLike, **kwargs) -> HubMixin:
@@ -154,15 +192,6 @@ def load_pretrained(model_id: str | os.PathLike, **kwargs) -> HubMixin:
     except json.JSONDecodeError as error:
         raise ValueError(f"{config_path}: not valid JSON ({error})") from error
     return model_class(config.get("mmtok_class"), source=str(config_path)).from_pretrained(model_id, **kwargs)
-
-
-def _import_model_modules() -> None:
-    """Import the modules that define Hub models so that their classes are registered."""
-    import mmtok.ar.model  # noqa: F401
-    import mmtok.asr  # noqa: F401
-    import mmtok.codecs.rvq  # noqa: F401
-    import mmtok.codecs.xcodec  # noqa: F401
-    import mmtok.diffusion.model  # noqa: F401
 
 
 CODEC_USAGE = ("`mmtok encode MODEL input.wav tokens.safetensors` and "

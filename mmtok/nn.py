@@ -27,12 +27,24 @@ class RMSNorm(nn.Module):
         return F.rms_norm(x, self.weight.shape, self.weight, self.eps)
 
 
-def rotary_angles(positions: torch.Tensor, head_dim: int, *, base: float = 10000.0) -> torch.Tensor:
-    """positions [..., T] -> angles [..., T, head_dim / 2]: position · base^(-2i / head_dim)."""
-    if head_dim % 2:
-        raise ValueError(f"rotary embeddings need an even head dimension, got {head_dim}")
-    inverse_frequency = base ** (-torch.arange(0, head_dim, 2, device=positions.device).float() / head_dim)
-    return positions.float()[..., None] * inverse_frequency
+def rotary_angles(positions: torch.Tensor, head_dim: int, *, base: float = 10000.0, axes: int = 1) -> torch.Tensor:
+    """positions [..., T] (``axes`` 1) or [..., T, A] -> angles [..., T, head_dim / 2].
+
+    One axis: position · base^(-2i / head_dim) for pair i. Several axes (a (h, w) grid, a (t, h, w)
+    volume): axial rotary embeddings (Heo et al. 2024, "Rotary Position Embedding for Vision
+    Transformer", RoPE-Axial): the pairs are split into A equal groups, group a rotated by the
+    position along axis a with its own frequency ladder, so attention sees relative offsets along
+    every axis."""
+    if head_dim % (2 * axes):
+        raise ValueError(f"rotary embeddings over {axes} axes need a head dimension divisible by {2 * axes}, "
+                         f"got {head_dim}")
+    per_axis = head_dim // axes
+    inverse_frequency = base ** (-torch.arange(0, per_axis, 2, device=positions.device).float() / per_axis)
+    if axes == 1:
+        return positions.float()[..., None] * inverse_frequency
+    if positions.shape[-1] != axes:
+        raise ValueError(f"positions for {axes} axes must end in {axes}, got shape {tuple(positions.shape)}")
+    return (positions.float()[..., None] * inverse_frequency).flatten(-2)
 
 
 def rotary_rotation(angles: torch.Tensor) -> torch.Tensor:
@@ -186,10 +198,12 @@ class Transformer(nn.Module):
     """A stack of pre-norm blocks with a final RMSNorm: x [B, T, D] -> [B, T, D]."""
 
     def __init__(self, *, dim: int, num_layers: int, num_heads: int, ff_mult: float = 8 / 3,
-                 dropout: float = 0.0, rotary_base: float = 10000.0):
+                 dropout: float = 0.0, rotary_base: float = 10000.0, position_axes: int = 1):
         super().__init__()
         self.head_dim = dim // num_heads
         self.rotary_base = rotary_base
+        self.position_axes = position_axes
+        rotary_angles(torch.zeros(1, position_axes), self.head_dim, axes=position_axes)  # checks the sizes
         self.blocks = nn.ModuleList(
             TransformerBlock(dim=dim, num_heads=num_heads, ff_mult=ff_mult, dropout=dropout)
             for _ in range(num_layers)
@@ -207,13 +221,17 @@ class Transformer(nn.Module):
                 window: int | None = None) -> torch.Tensor:
         """With ``cache``, x holds the next steps after the cached ones (positions continue from
         ``cache.length``) and the cache is extended by them: feeding a sequence in pieces gives the
-        outputs of one full pass. ``positions`` ([T] or per item [B, T], any real numbers) replaces
-        the default 0, 1, 2, ... of the rotary embedding. ``window`` restricts every layer's attention
-        to the steps within ``window`` of the query (:func:`local_attention_mask`)."""
+        outputs of one full pass. ``positions`` ([T] or per item [B, T], any real numbers; with
+        ``position_axes`` A > 1, [T, A] or [B, T, A]) replaces the default 0, 1, 2, ... of the rotary
+        embedding (on every axis). ``window`` restricts every layer's attention to the steps within
+        ``window`` of the query (:func:`local_attention_mask`)."""
+        axes = self.position_axes
         if positions is None:
             start = cache.length if cache is not None else 0
             positions = torch.arange(start, start + x.shape[1], device=x.device)
-        rotation = rotary_rotation(rotary_angles(positions, self.head_dim, base=self.rotary_base))
+            if axes > 1:
+                positions = positions[:, None].expand(-1, axes)
+        rotation = rotary_rotation(rotary_angles(positions, self.head_dim, base=self.rotary_base, axes=axes))
         if rotation.dim() == 3:  # per item: broadcast over heads
             rotation = rotation[:, None]
         for layer, block in enumerate(self.blocks):

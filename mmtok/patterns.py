@@ -40,10 +40,6 @@ class Pattern(ABC):
                 raise ValueError(f"{type(self).__name__}: codebook {q} does not place every frame exactly once")
         return layout
 
-    def mask(self, num_codebooks: int, num_frames: int) -> torch.Tensor:
-        """BoolTensor [Q, S]: which slots hold a code."""
-        return self.layout(num_codebooks, num_frames) != EMPTY
-
     def is_frame_stable(self, num_codebooks: int) -> bool:
         """Whether code (q, t) sits at the same step whatever the number of frames, so that a sequence
         can stop at any frame (what an end token needs). Parallel, delay and flatten are; coarse_first

@@ -178,17 +178,41 @@ def test_fewer_quantizers_in_config_are_unexpected_tensors(saved, tmp_path):
         RVQCodec.from_pretrained(folder)
 
 
-def test_unknown_class_lists_known_classes(saved, tmp_path):
+def test_only_mmtok_hub_classes_load_and_errors_name_the_config(saved, tmp_path):
     folder = _copy(saved, tmp_path)
-    _edit_config(folder, mmtok_class="os.system")
-    with pytest.raises(ValueError) as info:
-        load_pretrained(folder)
-    message = str(info.value)
-    assert str(folder / "config.json") in message and "'os.system' is not an mmtok model" in message
-    assert "known: " in message and "mmtok.codecs.rvq.RVQCodec" in message
-    _edit_config(folder, mmtok_class=None)
-    with pytest.raises(ValueError, match="class None is not an mmtok model"):
-        load_pretrained(folder)
+    for name, why in [("os.system", "'os.system' is not an mmtok HubMixin"),
+                      ("mmtok.codecs.rvq.NoSuchCodec", "'mmtok.codecs.rvq.NoSuchCodec' is not an mmtok HubMixin"),
+                      ("mmtok.nosuchmodule.Model", "'mmtok.nosuchmodule.Model' is not an mmtok HubMixin"),
+                      ("mmtok.codecs.rvq.frame_mask", "'mmtok.codecs.rvq.frame_mask' is not a HubMixin class"),
+                      ("mmtok.tokens.Tokens", "'mmtok.tokens.Tokens' is not a HubMixin class"),
+                      (None, "class None is not an mmtok HubMixin")]:
+        _edit_config(folder, mmtok_class=name)
+        with pytest.raises(ValueError) as info:
+            load_pretrained(folder)
+        assert str(folder / "config.json") in str(info.value) and why in str(info.value), name
+
+
+def test_a_new_model_class_loads_by_its_recorded_module_without_any_list(tmp_path):
+    """A Hub model in a new mmtok module, which nothing imported, loads by the class its config
+    records (run in fresh interpreters, with the module in a folder added to mmtok's package path)."""
+    import subprocess
+    import sys
+
+    (tmp_path / "plugin_scaler.py").write_text(
+        "import torch\nfrom torch import nn\nfrom mmtok.hub import HubMixin\n\n"
+        "class Scaler(nn.Module, HubMixin):\n"
+        "    def __init__(self, *, value: float = 1.0):\n"
+        "        super().__init__()\n"
+        "        self.scale = nn.Parameter(torch.tensor(value))\n")
+    setup = f"import mmtok; mmtok.__path__.append({str(tmp_path)!r}); "
+    folder = str(tmp_path / "folder")
+    subprocess.run([sys.executable, "-c", setup + "from mmtok.plugin_scaler import Scaler; "
+                    f"Scaler(value=2.5).save_pretrained({folder!r})"], check=True)
+    assert json.loads((tmp_path / "folder" / "config.json").read_text())["mmtok_class"] == "mmtok.plugin_scaler.Scaler"
+    load = (setup + "from mmtok.hub import load_pretrained; "
+            f"model = load_pretrained({folder!r}); print(type(model).__module__, float(model.scale))")
+    out = subprocess.run([sys.executable, "-c", load], check=True, capture_output=True, text=True).stdout
+    assert out.split() == ["mmtok.plugin_scaler", "2.5"]
 
 
 def test_invalid_config_json(saved, tmp_path):

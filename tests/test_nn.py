@@ -77,3 +77,29 @@ def test_a_windowed_layer_equals_the_layer_run_on_each_steps_neighbourhood(causa
     valid = torch.ones(2, 20, dtype=torch.bool)
     valid[1, 12:] = False  # padded steps far from any valid key in their window still give finite outputs
     assert torch.isfinite(layer(x, window=2, valid=valid)).all()
+
+
+def test_axial_rotary_angles_split_the_pairs_between_axes():
+    """Two axes: the first half of the pairs turns with the row, the second with the column, each
+    with the frequency ladder of a head half as wide; one axis is the usual ladder."""
+    from mmtok.nn import rotary_angles
+
+    positions = torch.tensor([[2.0, 5.0], [0.0, 3.0]])  # (row, col) of two steps
+    angles = rotary_angles(positions, 8, axes=2)
+    ladder = 10000.0 ** (-torch.arange(0, 4, 2).float() / 4)  # [1, 0.01]
+    torch.testing.assert_close(angles, torch.cat([positions[:, :1] * ladder, positions[:, 1:] * ladder], dim=1))
+    torch.testing.assert_close(rotary_angles(torch.tensor([3.0]), 4), torch.tensor([[3.0, 0.03]]))
+    with pytest.raises(ValueError, match="divisible by 4"):
+        rotary_angles(positions, 6, axes=2)
+
+
+def test_axial_attention_depends_only_on_relative_grid_offsets():
+    """Shifting every (row, col) position by the same offset leaves the outputs unchanged, while
+    swapping rows and columns changes them: the model sees 2-D relative positions."""
+    torch.manual_seed(0)
+    layer = Transformer(dim=16, num_layers=2, num_heads=2, position_axes=2).eval()
+    x = torch.randn(1, 6, 16)
+    grid = torch.tensor([[r, c] for r in range(2) for c in range(3)], dtype=torch.float)
+    out = layer(x, positions=grid)
+    torch.testing.assert_close(layer(x, positions=grid + torch.tensor([4.0, -7.0])), out, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(layer(x, positions=grid.flip(-1)), out, atol=1e-4)

@@ -9,14 +9,11 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from torch import nn
 
 from mmtok.ar.sampling import generate
 from mmtok.codebook_transformer import CodebookTransformer
-from mmtok.conditioning import Conditioner, build_condition, pad_left
 from mmtok.generators import TokenGenerator
-from mmtok.hub import HubMixin
-from mmtok.patterns import EMPTY, Pattern, build_pattern, pattern_spec
+from mmtok.patterns import EMPTY, Pattern
 from mmtok.tokens import Tokens
 
 
@@ -44,67 +41,40 @@ def teacher_forcing(model: CodebookTransformer, pattern: Pattern, codes: torch.T
     return model.shift_right(steps), targets, mask
 
 
-class ARGenerator(TokenGenerator, nn.Module, HubMixin):
-    """Decoder-only transformer over a tokenizer's codes, laid out by a pattern, after a condition prefix.
+class ARGenerator(TokenGenerator):
+    """Decoder-only transformer over a tokenizer's codes, laid out by a pattern, after a condition
+    prefix; samples one step at a time with a KV cache. Arguments: :class:`TokenGenerator`'s. With an
+    end token (``backbone.end_token``) each item stops by itself, which needs a frame-stable pattern.
+    Step s sits at coordinate s (on a grid: the cell of frame s in raster order)."""
 
-    Args:
-        tokenizer: Hub folder or repo id of the tokenizer whose codes are modelled.
-        codebook_sizes: the backbone's vocabulary, one size per modelled codebook (the tokenizer's
-            first ``len(codebook_sizes)`` codebooks).
-        pattern: a pattern name or ``{"class_path", "init_args"}`` (see :func:`build_pattern`).
-        conditions: condition specs (see :func:`mmtok.conditioning.build_condition`).
-        end_token: predict where each sequence ends (needs a frame-stable pattern).
-        max_frames: default generation limit.
-        positions: ``"sequential"``: prefix and steps numbered 0, 1, 2, ... as one sequence;
-            ``"aligned"``: steps at 0, 1, 2, ... and each condition at its own positions
-            (:meth:`~mmtok.conditioning.Condition.positions`: phonemes spread over the frames' time
-            axis, the other conditions just before step 0).
-    """
+    samplers = ("autoregressive",)
 
-    def __init__(self, *, tokenizer: str, codebook_sizes: Sequence[int], pattern: str | dict = "delay",
-                 conditions: Sequence[dict] = (), dim: int = 256, num_layers: int = 6, num_heads: int = 4,
-                 ff_mult: float = 8 / 3, dropout: float = 0.1, end_token: bool = True, max_frames: int = 500,
-                 positions: str = "sequential"):
-        super().__init__()
-        if positions not in ("sequential", "aligned"):
-            raise ValueError(f"positions must be 'sequential' or 'aligned', got {positions!r}")
-        self.aligned = positions == "aligned"
-        self.tokenizer_id = tokenizer
-        self.pattern = build_pattern(pattern)
-        self.backbone = CodebookTransformer(codebook_sizes=codebook_sizes, dim=dim, num_layers=num_layers,
-                                            num_heads=num_heads, ff_mult=ff_mult, dropout=dropout,
-                                            end_token=end_token)
-        if end_token and not self.pattern.is_frame_stable(len(codebook_sizes)):
-            raise ValueError(f"{type(self.pattern).__name__} cannot stop at an end token; use end_token=false "
-                             "or a frame-stable pattern (parallel, delay, flatten)")
-        self.conditioner = Conditioner([build_condition(spec, dim=dim) for spec in conditions])
+    def __init__(self, *, tokenizer: str, backbone: CodebookTransformer | dict, pattern: str | dict = "delay",
+                 conditions: Sequence[dict] = (), positions: str = "sequential", grid: Sequence[int] | None = None,
+                 frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None):
+        super().__init__(tokenizer=tokenizer, backbone=backbone, pattern=pattern, conditions=conditions,
+                         positions=positions, grid=grid, frame_rate=frame_rate, sample_rate=sample_rate, task=task)
+        if self.backbone.end_token and not self.pattern.is_frame_stable(self.num_codebooks):
+            raise ValueError(f"{type(self.pattern).__name__} cannot stop at an end token; use a backbone without "
+                             "end_token or a frame-stable pattern (parallel, delay, flatten)")
         if self.conditioner.frame_aligned:
             raise ValueError("conditions placed on frames need the length before generation (masked diffusion); "
                              "the AR generator takes them as a prefix: use placement 'prefix'")
-        self.max_frames = max_frames
-        # The config keeps what was resolved (inventories, class names), so a Hub folder is self-contained.
-        self._hub_mixin_config = {**(self._hub_mixin_config or {}), "conditions": self.conditioner.specs(),
-                                  "pattern": pattern_spec(self.pattern)}
+
+    @property
+    def stops_by_itself(self) -> bool:
+        return self.backbone.end_token
 
     # -- training -------------------------------------------------------------------------------
-    def prefix(self, batch: dict, *, batch_size: int, null: bool = False):
-        """(embeddings, valid, positions or None in the sequential scheme) of the condition prefix."""
-        prefix, valid, positions = self.conditioner(batch, batch_size=batch_size, null=null,
-                                                    device=self.backbone.heads[0].weight.device)
-        return prefix, valid, positions if self.aligned else None
-
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
         """Cross-entropy over every valid slot (codes and the end token), plus per-codebook losses and
-        top-1 accuracy for logging. ``batch`` holds ``codes`` [B, Q', T] (Q' ≥ Q), ``lengths`` and the
-        conditions' fields."""
+        top-1 accuracy for logging."""
         codes = batch["codes"][:, : self.num_codebooks]
         inputs, targets, mask = teacher_forcing(self.backbone, self.pattern, codes, batch.get("lengths"))
-        prefix, valid, prefix_positions = self.prefix(batch, batch_size=codes.shape[0])
-        positions = None
-        if prefix_positions is not None:
-            steps = torch.arange(inputs.shape[2], device=codes.device, dtype=torch.float)
-            positions = torch.cat([prefix_positions, steps.expand(codes.shape[0], -1)], dim=1)
-        logits = self.backbone(inputs, prefix=prefix, prefix_valid=valid, positions=positions)
+        prefix = self.prefix(batch, batch_size=codes.shape[0])
+        steps = torch.arange(inputs.shape[2], device=codes.device)
+        positions = self.full_positions(prefix, self.coordinates(steps), codes.shape[0])
+        logits = self.backbone(inputs, prefix=prefix, positions=positions)
         losses = F.cross_entropy(logits.permute(0, 3, 1, 2), targets.masked_fill(~mask, 0), reduction="none")
         loss = losses[mask].mean()
         logs = {f"loss_q{q}": losses[:, q][mask[:, q]].mean().detach() for q in range(self.num_codebooks)}
@@ -113,22 +83,27 @@ class ARGenerator(TokenGenerator, nn.Module, HubMixin):
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
-    def generate(self, conditions: dict, *, batch_size: int = 1, max_frames: int | None = None,
-                 cfg_scale: float = 1.0, temperature: float = 1.0, top_k: int | None = None,
-                 top_p: float | None = None, generator: torch.Generator | None = None) -> Tokens:
-        """Codes for a batch of conditions (the same fields as training batches); ``cfg_scale`` ≠ 1
-        guides against the null condition. Returns :class:`Tokens` with each item's length."""
-        prefix, valid, positions = self.prefix(conditions, batch_size=batch_size)
-        null = null_valid = null_positions = None
+    def generate(self, conditions: dict, *, lengths: torch.Tensor, rng: torch.Generator | None = None,
+                 sampler: str | None = None, steps: int | None = None, cfg_scale: float = 1.0,
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tokens:
+        """Codes for a batch of conditions, at most ``lengths`` frames per item (each item stops at its
+        end token when the backbone has one); ``cfg_scale`` ≠ 1 guides against the null condition."""
+        self.check_sampler(sampler)
+        if steps is not None:
+            raise ValueError("steps: an autoregressive generator takes one step per code position")
+        batch_size = len(lengths)
+        prefix = self.prefix(conditions, batch_size=batch_size)
+        null = None
         if cfg_scale != 1.0 and prefix is not None:
-            null, null_valid, null_positions = self.prefix({}, batch_size=batch_size, null=True)
-            if null_positions is None:
-                null_positions = torch.zeros_like(null_valid, dtype=torch.float)
-            null, null_valid, null_positions = pad_left(null, null_valid, null_positions, prefix.shape[1])
-        codes, lengths = generate(self.backbone, self.pattern, num_frames=max_frames or self.max_frames,
-                                  batch_size=batch_size, prefix=prefix, prefix_valid=valid, null_prefix=null,
-                                  null_prefix_valid=null_valid, cfg_scale=cfg_scale, temperature=temperature,
-                                  top_k=top_k, top_p=top_p, generator=generator, prefix_positions=positions,
-                                  null_prefix_positions=null_positions if positions is not None else None)
-        width = int(lengths.max()) if len(lengths) else 0
-        return Tokens(codes=codes[:, :, :width].contiguous(), lengths=lengths)
+            null = self.prefix({}, batch_size=batch_size, null=True).padded_left(prefix.length)
+        num_frames = int(lengths.max()) if batch_size else 0
+        step_coordinates = None
+        if self.aligned:
+            step_coordinates = self.coordinates(torch.arange(self.pattern.num_steps(self.num_codebooks, num_frames)))
+        codes, generated = generate(self.backbone, self.pattern, num_frames=num_frames, batch_size=batch_size,
+                                    prefix=prefix, null_prefix=null, cfg_scale=cfg_scale, temperature=temperature,
+                                    top_k=top_k, top_p=top_p, rng=rng, step_coordinates=step_coordinates)
+        generated = torch.minimum(generated, lengths.to(generated.device))
+        width = int(generated.max()) if batch_size else 0
+        codes = codes[:, :, :width] * (torch.arange(width, device=codes.device) < generated[:, None, None])
+        return self.tokens(codes.contiguous(), generated)

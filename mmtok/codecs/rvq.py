@@ -134,8 +134,9 @@ class RVQCodec(Tokenizer):
         return math.ceil(conv_receptive_field(self.encoder) / self.hop_length)
 
     # -- pieces --------------------------------------------------------------------------------
-    def _latent(self, audio: torch.Tensor, lengths: torch.Tensor | None, num_frames: int) -> torch.Tensor:
-        """audio [B, 1, N] -> the vector the RVQ quantizes, [B, D, num_frames]."""
+    def _latent(self, audio: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        """audio [B, 1, N] with ``lengths`` valid samples (None: all) -> the vector the RVQ quantizes,
+        [B, D, ceil(N / hop)]. The conv encoder needs no lengths: padding stays past the valid frames."""
         return self.encoder(self._pad(audio))
 
     def _pad(self, audio: torch.Tensor) -> torch.Tensor:
@@ -189,7 +190,7 @@ class RVQCodec(Tokenizer):
         """Encode, quantize (with dropout on a ``quantizer_dropout`` fraction of training batches), decode."""
         num_samples = audio.shape[-1]
         mask = frame_mask(lengths, num_samples, self.hop_length, audio.shape[0], audio.device)
-        latent = self._latent(audio, lengths, mask.shape[1])
+        latent = self._latent(audio, lengths)
         dropout = self.training and self._draw_dropout(audio.device)
         quantized, codes, commitment = self._quantize(latent, mask, dropout=dropout)
         reconstruction = self.decoder(quantized)[..., :num_samples]
@@ -228,7 +229,7 @@ class RVQCodec(Tokenizer):
         num_quantizers = self._check_num_quantizers(num_quantizers)
         num_samples = x.shape[-1]
         mask = frame_mask(lengths, num_samples, self.hop_length, x.shape[0], x.device)
-        codes = self.nearest_codes(self._latent(x, lengths, mask.shape[1]))
+        codes = self.nearest_codes(self._latent(x, lengths))
         media_lengths = lengths if lengths is not None else torch.full(
             (x.shape[0],), num_samples, dtype=torch.long, device=x.device)
         return Tokens(

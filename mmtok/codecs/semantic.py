@@ -137,7 +137,7 @@ class RecognizerEncoder(SemanticEncoder):
         return None if frames is None else frames / self.recognizer.frame_rate
 
     def spec(self) -> dict[str, Any]:
-        return {"type": "recognizer", "config": dict(self.recognizer._hub_mixin_config),
+        return {"type": "recognizer", "config": self.recognizer.hub_config,
                 "attention_window": self.attention_window}
 
     def _features(self, audio: torch.Tensor, lengths: torch.Tensor) -> torch.Tensor:

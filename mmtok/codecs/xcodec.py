@@ -88,7 +88,7 @@ class XCodec(RVQCodec):
                          commitment_weight=commitment_weight, quantizer_dropout=quantizer_dropout)
         self.teacher = build_semantic_encoder(teacher)
         # Store the architecture, not the path: the saved folder then rebuilds the teacher by itself.
-        self._hub_mixin_config = {**(self._hub_mixin_config or {}), "teacher": self.teacher.spec()}
+        self.record_config(teacher=self.teacher.spec())
         self.semantic_loss_kind = semantic_loss
         self.encoder = ConvEncoder(channels=encoder_channels, strides=strides, latent_dim=acoustic_dim)
         self.semantic_encoder = FrameConvNet(in_dim=self.teacher.dim, out_dim=semantic_dim, channels=semantic_channels)
@@ -119,8 +119,8 @@ class XCodec(RVQCodec):
         acoustic = self.encoder(self._pad(audio))
         return self.fc_prior(torch.cat([acoustic, self.semantic_encoder(target)], dim=1))
 
-    def _latent(self, audio: torch.Tensor, lengths: torch.Tensor | None, num_frames: int) -> torch.Tensor:
-        return self._fuse(audio, self.teacher_features(audio, lengths, num_frames))
+    def _latent(self, audio: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+        return self._fuse(audio, self.teacher_features(audio, lengths, math.ceil(audio.shape[-1] / self.hop_length)))
 
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> CodecOutput:
         num_samples = audio.shape[-1]

@@ -1,8 +1,9 @@
-"""The condition interface, the conditioner that joins conditions into one prefix, and specs."""
+"""The condition interface, the prefix they form, the conditioner that joins them, and specs."""
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -58,28 +59,63 @@ class Condition(nn.Module, ABC):
         return torch.cat([null, embeddings], dim=1), torch.cat([drop[:, None], valid & ~drop[:, None]], dim=1)
 
 
-def left_pack(x: torch.Tensor, valid: torch.Tensor, *others: torch.Tensor) -> tuple[torch.Tensor, ...]:
-    """Move each row's valid positions to the end, in order ([B, P, D], [B, P], and any other [B, P]
-    tensors alike), and drop the leading columns that no row uses. Left padding keeps every item's
-    steps right after its own prefix."""
-    order = torch.sort(valid.long(), dim=1, stable=True).indices
-    x = torch.gather(x, 1, order[..., None].expand(-1, -1, x.shape[2]))
-    valid = torch.gather(valid, 1, order)
-    others = [torch.gather(other, 1, order) for other in others]
-    used = valid.any(0).nonzero()
-    start = int(used[0]) if len(used) else valid.shape[1]
-    return (x[:, start:], valid[:, start:], *(other[:, start:] for other in others))
+@dataclass
+class Prefix:
+    """Condition embeddings that precede a generator's steps.
 
+    embeddings: FloatTensor [B, P, D]; valid: BoolTensor [B, P] (False on left padding);
+    positions: FloatTensor [B, P], each embedding's own rotary position
+    (:meth:`Condition.positions`; negative: before step 0), read by generators that place the
+    prefix explicitly.
+    """
 
-def pad_left(x: torch.Tensor, valid: torch.Tensor, positions: torch.Tensor,
-             length: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Left-pad a prefix ([B, P, D], [B, P], positions [B, P]) with invalid zeros to ``length``."""
-    extra = length - x.shape[1]
-    if extra < 0:
-        raise ValueError(f"cannot pad a prefix of {x.shape[1]} positions to {length}")
-    return (torch.cat([x.new_zeros(x.shape[0], extra, x.shape[2]), x], dim=1),
-            torch.cat([valid.new_zeros(valid.shape[0], extra), valid], dim=1),
-            torch.cat([positions.new_zeros(positions.shape[0], extra), positions], dim=1))
+    embeddings: torch.Tensor
+    valid: torch.Tensor
+    positions: torch.Tensor
+
+    def __post_init__(self):
+        batch, length = self.embeddings.shape[:2]
+        if self.valid.shape != (batch, length) or self.positions.shape != (batch, length):
+            raise ValueError(f"a prefix needs valid and positions of shape {(batch, length)}, got "
+                             f"{tuple(self.valid.shape)} and {tuple(self.positions.shape)}")
+
+    @property
+    def length(self) -> int:
+        return self.embeddings.shape[1]
+
+    def left_packed(self) -> Prefix:
+        """Each row's valid positions moved to the end, in order, and the leading columns that no
+        row uses dropped. Left padding keeps every item's steps right after its own prefix."""
+        order = torch.sort(self.valid.long(), dim=1, stable=True).indices
+        embeddings = torch.gather(self.embeddings, 1, order[..., None].expand(-1, -1, self.embeddings.shape[2]))
+        valid, positions = torch.gather(self.valid, 1, order), torch.gather(self.positions, 1, order)
+        used = valid.any(0).nonzero()
+        start = int(used[0]) if len(used) else valid.shape[1]
+        return Prefix(embeddings[:, start:], valid[:, start:], positions[:, start:])
+
+    def padded_left(self, length: int) -> Prefix:
+        """Left-padded with invalid zeros to ``length`` positions."""
+        extra = length - self.length
+        if extra < 0:
+            raise ValueError(f"cannot pad a prefix of {self.length} positions to {length}")
+        batch = self.embeddings.shape[0]
+        return Prefix(torch.cat([self.embeddings.new_zeros(batch, extra, self.embeddings.shape[2]), self.embeddings],
+                                dim=1),
+                      torch.cat([self.valid.new_zeros(batch, extra), self.valid], dim=1),
+                      torch.cat([self.positions.new_zeros(batch, extra), self.positions], dim=1))
+
+    def then(self, other: Prefix) -> Prefix:
+        """This prefix followed by ``other`` (same batch)."""
+        return Prefix(torch.cat([self.embeddings, other.embeddings], dim=1),
+                      torch.cat([self.valid, other.valid], dim=1), torch.cat([self.positions, other.positions], dim=1))
+
+    def stacked(self, other: Prefix) -> Prefix:
+        """The batch of this prefix and then ``other``'s (equal lengths), e.g. conditional and null."""
+        return Prefix(torch.cat([self.embeddings, other.embeddings]), torch.cat([self.valid, other.valid]),
+                      torch.cat([self.positions, other.positions]))
+
+    def to(self, device: torch.device | str) -> Prefix:
+        return Prefix(self.embeddings.to(device), self.valid.to(device), self.positions.to(device))
 
 
 class Conditioner(nn.Module):
@@ -103,39 +139,38 @@ class Conditioner(nn.Module):
         return any(c.placement == "frames" for c in self.conditions)
 
     def _drop(self, condition: Condition, batch_size: int, device: torch.device,
-              generator: torch.Generator | None) -> torch.Tensor | None:
+              rng: torch.Generator | None) -> torch.Tensor | None:
         if self.training and condition.dropout > 0:
-            return torch.rand(batch_size, generator=generator).to(device) < condition.dropout
+            return torch.rand(batch_size, generator=rng).to(device) < condition.dropout
         return None
 
     def forward(self, batch: dict, *, batch_size: int, device: torch.device, null: bool = False,
-                generator: torch.Generator | None = None) -> tuple[torch.Tensor | None, ...]:
-        """(prefix [B, P, D], valid [B, P], positions [B, P]), or Nones without conditions. In training
-        mode each condition is dropped per item with its probability; ``null=True`` drops every
-        condition. ``positions`` are each condition's own (:meth:`Condition.positions`), for
-        generators that place the prefix explicitly."""
+                rng: torch.Generator | None = None) -> Prefix | None:
+        """The left-packed :class:`Prefix` of the prefix-placed conditions, or None without any. In
+        training mode each condition is dropped per item with its probability; ``null=True`` drops
+        every condition."""
         prefixed = [c for c in self.conditions if c.placement == "prefix"]
         if not prefixed:
-            return None, None, None
+            return None
         pieces, masks, positions = [], [], []
         for condition in prefixed:
-            drop = self._drop(condition, batch_size, device, generator)
+            drop = self._drop(condition, batch_size, device, rng)
             x, valid = condition(None if null else batch.get(condition.key), batch_size=batch_size, device=device,
                                  drop=drop)
             pieces.append(x)
             masks.append(valid)
             positions.append(condition.positions(x.shape[1], device).expand(batch_size, -1))
-        return left_pack(torch.cat(pieces, dim=1), torch.cat(masks, dim=1), torch.cat(positions, dim=1))
+        return Prefix(torch.cat(pieces, dim=1), torch.cat(masks, dim=1), torch.cat(positions, dim=1)).left_packed()
 
     def frames(self, batch: dict, *, lengths: torch.Tensor, num_frames: int, device: torch.device,
-               null: bool = False, generator: torch.Generator | None = None) -> torch.Tensor | None:
+               null: bool = False, rng: torch.Generator | None = None) -> torch.Tensor | None:
         """The sum of the frame-placed conditions, [B, num_frames, D], or None without any. Dropout
         and ``null`` act as in :meth:`forward`."""
         total = None
         for condition in self.conditions:
             if condition.placement != "frames":
                 continue
-            drop = self._drop(condition, len(lengths), device, generator)
+            drop = self._drop(condition, len(lengths), device, rng)
             x = condition.frame_embeddings(None if null else batch.get(condition.key), lengths=lengths,
                                            num_frames=num_frames, device=device, drop=drop)
             total = x if total is None else total + x

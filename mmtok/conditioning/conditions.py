@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -14,17 +13,15 @@ from mmtok.conditioning.base import Condition
 
 def manifest_values(source: str | Path, field: str) -> list[str]:
     """Sorted distinct values of ``field`` in a corpus (a folder with manifest.jsonl, or the file)."""
-    path = Path(source)
-    manifest = path / "manifest.jsonl" if path.is_dir() else path
-    if not manifest.is_file():
+    from mmtok.data.manifest import manifest_path, read_manifest
+
+    if not manifest_path(source).is_file():
         raise FileNotFoundError(f"classes: {source} has no manifest.jsonl to read '{field}' values from")
     values = set()
-    for number, line in enumerate(manifest.read_text().splitlines(), start=1):
-        if line.strip():
-            entry = json.loads(line)
-            if field not in entry:
-                raise ValueError(f"{manifest}:{number}: no '{field}' field")
-            values.add(str(entry[field]))
+    for entry in read_manifest(source):
+        if field not in entry:
+            raise ValueError(f"{manifest_path(source)}: an entry has no '{field}' field: {entry}")
+        values.add(str(entry[field]))
     return sorted(values)
 
 

@@ -23,12 +23,12 @@ import soundfile as sf
 import torch
 import torchaudio
 
-from mmtok.data.manifest import (  # noqa: F401  (SPLITS, hash_splits: re-exported)
+from mmtok.data.manifest import (  # noqa: F401  (SPLITS, assign_splits: re-exported)
     SPLITS,
     ManifestDataModule,
     ManifestDataset,
     find_media_files,
-    hash_splits,
+    assign_splits,
     read_media_manifest,
 )
 from mmtok.data.speech import build_speech_corpus
@@ -86,16 +86,6 @@ def load_audio(path: str | Path, *, sample_rate: int) -> torch.Tensor:
     if rate != sample_rate:
         audio = torchaudio.functional.resample(audio, int(rate), int(sample_rate))
     return audio
-
-
-def read_manifest(path: str | Path) -> list[dict]:
-    """Reads a manifest.jsonl; returns its entries with ``audio`` made an absolute path string.
-
-    Every non-blank line must be a JSON object with a string ``audio`` naming an existing file
-    (relative to the manifest's folder, or absolute) and a known ``split`` when it has one.
-    Otherwise raises ValueError naming the manifest and the line number.
-    """
-    return read_media_manifest(path, key="audio")[0]
 
 
 class AudioDataset(ManifestDataset):

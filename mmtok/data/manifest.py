@@ -17,6 +17,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import random
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
@@ -41,8 +42,9 @@ def _bad_line(manifest: Path, number: int, message: str, *, skip: bool) -> None:
     log.warning("skipping manifest line: %s", text)
 
 
-def read_media_manifest(path: str | Path, *, key: str, skip_bad_lines: bool = False) -> tuple[list[dict], int]:
-    """Reads a manifest.jsonl whose entries name a media file under ``key`` (e.g. "image", "video").
+def read_media_manifest(path: str | Path, *, key: str | None, skip_bad_lines: bool = False) -> tuple[list[dict], int]:
+    """Reads a manifest.jsonl (the one reader of manifests) whose entries name a media file under
+    ``key`` (e.g. "audio", "image"; None: entries need not name one).
 
     Every non-blank line must be a JSON object whose ``key`` is a string naming an existing file
     (relative to the manifest's folder, or absolute) and whose ``split``, when present, is one of
@@ -63,11 +65,11 @@ def read_media_manifest(path: str | Path, *, key: str, skip_bad_lines: bool = Fa
         except json.JSONDecodeError as error:
             problem = f"not valid JSON ({error.msg})"
         else:
-            if not isinstance(entry, dict) or not isinstance(entry.get(key), str):
-                problem = f"expected a JSON object with a string {key!r} key, got {line[:80]!r}"
+            if not isinstance(entry, dict) or (key is not None and not isinstance(entry.get(key), str)):
+                problem = f"expected a JSON object{f' with a string {key!r} key' if key else ''}, got {line[:80]!r}"
             elif "split" in entry and entry["split"] not in SPLITS:
                 problem = f"unknown split {entry['split']!r}, expected one of {SPLITS}"
-            else:
+            elif key is not None:
                 media = Path(entry[key])
                 media = media if media.is_absolute() else path.parent / media
                 if not media.is_file():
@@ -76,8 +78,19 @@ def read_media_manifest(path: str | Path, *, key: str, skip_bad_lines: bool = Fa
             _bad_line(path, number, problem, skip=skip_bad_lines)
             skipped += 1
             continue
-        entries.append({**entry, key: str(media.resolve())})
+        entries.append(entry if key is None else {**entry, key: str(media.resolve())})
     return entries, skipped
+
+
+def manifest_path(source: str | Path) -> Path:
+    """``source/manifest.jsonl`` for a corpus folder, else ``source`` (a manifest file)."""
+    path = Path(source)
+    return path / "manifest.jsonl" if path.is_dir() else path
+
+
+def read_manifest(source: str | Path, *, key: str | None = None) -> list[dict]:
+    """The entries of a corpus folder's manifest or of a manifest file (:func:`read_media_manifest`)."""
+    return read_media_manifest(manifest_path(source), key=key)[0]
 
 
 def find_media_files(folder: str | Path, suffixes: tuple[str, ...]) -> list[Path]:
@@ -116,25 +129,39 @@ def _hash_fraction(name: str) -> float:
     return int(hashlib.sha1(name.encode("utf-8")).hexdigest()[:12], 16) / 16**12
 
 
-def hash_splits(names: list[str], *, valid_fraction: float = 0.05, test_fraction: float = 0.05) -> list[str]:
-    """Split per name from a hash of the name: ~5 % valid, ~5 % test, the rest train.
+def assign_splits(names: list[str] | int, *, seed: int | None = None, valid_fraction: float = 0.05,
+                  test_fraction: float = 0.05) -> list[str]:
+    """Split per item, ~5 % valid, ~5 % test, the rest train, from each item's place in an order:
+    with ``seed``, a seeded permutation of the items (``names`` may then be a count: an embedded
+    corpus, whose splits are exact fractions); without, a hash of each name (a folder of files:
+    adding or removing files does not move the others). An item at ``f`` (its hash, or its rank over
+    the count) is valid when f < ``valid_fraction``, test when below ``valid_fraction + test_fraction``.
 
-    Adding or removing files does not move the others. Tiny lists are fixed up so that there is
-    always a train item, a valid item from 2 names on and a test item from 3 on (items are moved
-    from a split that can spare one, lowest hash first).
+    Tiny lists are fixed up so that there is always a train item, a valid item from 2 items on and a
+    test item from 3 on (items are moved from a split that can spare one, lowest ``f`` first).
     """
-    fractions = [_hash_fraction(name) for name in names]
+    if isinstance(names, int):
+        if seed is None:
+            raise ValueError("assign_splits: a count of items needs a seed (names give a hash order)")
+        names = [str(i) for i in range(names)]
+    if seed is None:
+        fractions = [_hash_fraction(name) for name in names]
+    else:
+        order = random.Random(f"mmtok-splits-{seed}").sample(range(len(names)), len(names))
+        fractions = [0.0] * len(names)
+        for rank, index in enumerate(order):
+            fractions[index] = rank / len(names)
     splits = [
         "valid" if f < valid_fraction else "test" if f < valid_fraction + test_fraction else "train"
         for f in fractions
     ]
     minimum = {"train": int(len(names) >= 1), "valid": int(len(names) >= 2), "test": int(len(names) >= 3)}
-    by_hash = sorted(range(len(names)), key=lambda i: fractions[i])
+    by_fraction = sorted(range(len(names)), key=lambda i: fractions[i])
     for split in SPLITS:
         if splits.count(split) >= minimum[split]:
             continue
         donor = next(
-            i for donor_split in ("train", "test", "valid") for i in by_hash
+            i for donor_split in ("train", "test", "valid") for i in by_fraction
             if splits[i] == donor_split and splits.count(donor_split) > minimum[donor_split]
         )
         splits[donor] = split
@@ -149,7 +176,7 @@ def assign_missing_splits(entries: list[dict], *, key: str, root: Path) -> list[
     for entry in missing:
         media = Path(entry[key])
         names.append(media.relative_to(root).as_posix() if media.is_relative_to(root) else media.as_posix())
-    for entry, split in zip(missing, hash_splits(names)):
+    for entry, split in zip(missing, assign_splits(names)):
         entry["split"] = split
     return entries
 

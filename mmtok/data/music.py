@@ -40,9 +40,9 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from mmtok.data.manifest import corpus_is_cached, remove_stale_files, write_corpus_manifest
+from mmtok.data.manifest import assign_splits, corpus_is_cached, remove_stale_files, write_corpus_manifest
 from mmtok.data.tools import debian_tool
-from mmtok.data.speech import assign_splits, trim_silence
+from mmtok.data.speech import trim_silence
 from mmtok.media import write_wav
 
 log = logging.getLogger(__name__)

@@ -35,7 +35,7 @@ import torch
 import torchaudio
 from tqdm import tqdm
 
-from mmtok.data.manifest import corpus_is_cached, remove_stale_files, write_corpus_manifest
+from mmtok.data.manifest import assign_splits, corpus_is_cached, remove_stale_files, write_corpus_manifest
 from mmtok.data.tools import debian_tool
 from mmtok.media import write_wav
 
@@ -395,23 +395,6 @@ def assign_speakers(
     return order[:num]
 
 
-def assign_splits(
-    num: int, *, seed: int, valid_fraction: float = 0.05, test_fraction: float = 0.05
-) -> list[str]:
-    """Split name per utterance index from a seeded permutation: ~90/5/5, >= 1 valid and 1 test."""
-    if num < 3:
-        raise ValueError(f"mmtok/data/speech.py: need at least 3 utterances (train/valid/test), got {num}")
-    num_valid = max(1, round(valid_fraction * num))
-    num_test = max(1, round(test_fraction * num))
-    if num_valid + num_test >= num:
-        num_valid = num_test = 1
-    permutation = random.Random(f"mmtok-splits-{seed}").sample(range(num), num)
-    splits = ["train"] * num
-    for rank, index in enumerate(permutation[: num_valid + num_test]):
-        splits[index] = "valid" if rank < num_valid else "test"
-    return splits
-
-
 def _corpus_params(*, num_utterances: int, seed: int, sample_rate: int, flite: bool = False) -> dict:
     params = {
         "format_version": FORMAT_VERSION,
@@ -482,6 +465,8 @@ def build_speech_corpus(
     if corpus_is_cached(out_dir, params, key="audio", count_key="num_utterances"):
         log.info("speech corpus in %s is up to date (%d utterances)", out_dir, num_utterances)
         return out_dir / "manifest.jsonl"
+    if num_utterances < 3:
+        raise ValueError(f"mmtok/data/speech.py: need at least 3 utterances (train/valid/test), got {num_utterances}")
     splits = assign_splits(num_utterances, seed=seed)
     width = max(5, len(str(num_utterances - 1)))
     texts = generate_sentences(num_utterances, seed=seed)

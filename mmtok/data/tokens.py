@@ -1,12 +1,15 @@
 """A corpus tokenized once and cached on disk, and the datasets generators train on.
 
-``mmtok tokenize MODEL MANIFEST OUT`` runs a tokenizer over every item of a manifest and writes::
+``mmtok tokenize MODEL MANIFEST OUT`` runs a tokenizer over every item of a manifest (audio or
+images, whichever the tokenizer reads) and writes::
 
-    OUT/tokens.safetensors   codes int32 [Q, total frames] (all items end to end) and offsets [N + 1]
-    OUT/manifest.jsonl       the source manifest's entries (text, phonemes, speaker, split ...) in order
-    OUT/info.json            tokenizer id, codebook sizes, frame and sample rate, source manifest, count
+    OUT/tokens.safetensors   codes int32 [Q, total steps] (all items end to end) and offsets [N + 1]
+    OUT/manifest.jsonl       the source manifest's entries (conditions: text, phonemes, speaker, label,
+                             split ...) in order
+    OUT/info.json            tokenizer id, codebook sizes, modality, frame and sample rate or grid,
+                             source manifest, count
 
-so a generator's training never re-runs the codec. Everything is read without pickle.
+so a generator's training never re-runs the tokenizer. Everything is read without pickle.
 """
 
 from __future__ import annotations
@@ -21,44 +24,71 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from mmtok.data.audio import load_audio, read_manifest
+from mmtok.data.manifest import manifest_path, read_manifest
 
 TOKENS_NAME, INFO_NAME, MANIFEST_NAME = "tokens.safetensors", "info.json", "manifest.jsonl"
+CONDITION_FIELDS = ("text", "phonemes", "speaker", "label")  # carried from the manifest to the batches
+MEDIA_KEYS = {"audio": "audio", "image": "image"}  # the manifest key of each modality's files
 
 
-def _manifest_path(source: str | Path) -> Path:
-    path = Path(source)
-    return path / MANIFEST_NAME if path.is_dir() else path
+def read_media(path: str | Path, tokenizer) -> torch.Tensor:
+    """One media file as the tokenizer reads it, a batch of one: audio [1, 1, N] at its sample rate,
+    an image [1, C, H, W] in [0, 1] with its channels (a size other than its own is an error naming
+    the file)."""
+    if tokenizer.modality == "audio":
+        from mmtok.data.audio import load_audio
+
+        return load_audio(path, sample_rate=tokenizer.sample_rate)[None]
+    if tokenizer.modality == "image":
+        from mmtok.media import MediaFileError, read_image
+
+        image = read_image(path, channels=tokenizer.channels)
+        if tuple(image.shape[-2:]) != tuple(tokenizer.image_size):
+            raise MediaFileError(f"{path}: image is {image.shape[-2]}x{image.shape[-1]} (H x W), the tokenizer "
+                                 f"reads {tokenizer.image_size[0]}x{tokenizer.image_size[1]}")
+        return image[None]
+    raise ValueError(f"no reader for {tokenizer.modality!r} media")
 
 
 @torch.no_grad()
-def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *, progress: bool = True) -> Path:
-    """Encode every audio item of ``manifest`` (a file or a corpus folder) with the tokenizer Hub folder
-    ``tokenizer``, one whole item at a time; returns ``out_dir``. A folder that already holds the same
-    tokenizer's tokens of the same manifest is returned untouched."""
+def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *, progress: bool = True,
+                    batch_size: int = 64) -> Path:
+    """Encode every item of ``manifest`` (a file or a corpus folder) with the tokenizer Hub folder
+    ``tokenizer`` (audio one whole item at a time; images ``batch_size`` at a time); returns ``out_dir``.
+    A folder that already holds the same tokenizer's tokens of the same manifest is returned untouched."""
     from mmtok.hub import load_pretrained
 
-    manifest, out_dir = _manifest_path(manifest), Path(out_dir)
-    entries = read_manifest(manifest)
+    manifest, out_dir = manifest_path(manifest), Path(out_dir)
+    key = {"tokenizer": str(tokenizer), "manifest": str(manifest.resolve())}
     info_path = out_dir / INFO_NAME
-    key = {"tokenizer": str(tokenizer), "manifest": str(manifest.resolve()), "count": len(entries)}
+    model = None
     if info_path.is_file() and (out_dir / TOKENS_NAME).is_file():
         info = json.loads(info_path.read_text())
         if all(info.get(k) == v for k, v in key.items()):
-            return out_dir
+            entries = read_manifest(manifest, key=MEDIA_KEYS.get(info.get("modality", "audio")))
+            if info.get("count") == len(entries):
+                return out_dir
     model = load_pretrained(tokenizer).eval()
+    if model.modality not in MEDIA_KEYS:
+        raise ValueError(f"tokenize: {tokenizer} reads {model.modality!r} media, which the token cache does not hold")
+    entries = read_manifest(manifest, key=MEDIA_KEYS[model.modality])
+    step = 1 if model.modality == "audio" else batch_size
     pieces, offsets = [], [0]
-    for entry in tqdm(entries, desc=f"tokenize {manifest.parent.name}", unit="item", disable=not progress):
-        audio = load_audio(entry["audio"], sample_rate=model.sample_rate)[None]
-        codes = model.encode(audio).codes[0]
-        pieces.append(codes.to(torch.int32))
-        offsets.append(offsets[-1] + codes.shape[1])
+    with tqdm(total=len(entries), desc=f"tokenize {manifest.parent.name}", unit="item", disable=not progress) as bar:
+        for start in range(0, len(entries), step):
+            chunk = entries[start:start + step]
+            media = torch.cat([read_media(e[MEDIA_KEYS[model.modality]], model) for e in chunk])
+            for codes in model.encode(media).codes:  # [Q, T] per item
+                pieces.append(codes.to(torch.int32))
+                offsets.append(offsets[-1] + codes.shape[1])
+            bar.update(len(chunk))
     out_dir.mkdir(parents=True, exist_ok=True)
     save_file({"codes": torch.cat(pieces, dim=1).contiguous(), "offsets": torch.tensor(offsets)},
               str(out_dir / TOKENS_NAME))
     (out_dir / MANIFEST_NAME).write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
-    info = {**key, "codebook_sizes": list(model.codebook_sizes), "frame_rate": model.frame_rate,
-            "sample_rate": model.sample_rate}
+    info = {**key, "count": len(entries), "codebook_sizes": list(model.codebook_sizes), "modality": model.modality,
+            "frame_rate": model.frame_rate, "sample_rate": model.sample_rate,
+            "grid": None if model.grid is None else list(model.grid)}
     info_path.write_text(json.dumps(info, indent=2) + "\n")
     return out_dir
 
@@ -75,8 +105,7 @@ class TokenCorpus:
         self.info = json.loads((self.folder / INFO_NAME).read_text())
         tensors = load_file(str(self.folder / TOKENS_NAME))
         self._codes, self._offsets = tensors["codes"], tensors["offsets"]
-        self.entries = [json.loads(line) for line in (self.folder / MANIFEST_NAME).read_text().splitlines()
-                        if line.strip()]
+        self.entries = read_manifest(self.folder / MANIFEST_NAME)
         if len(self.entries) + 1 != len(self._offsets):
             raise ValueError(f"{self.folder}: {len(self.entries)} manifest entries for {len(self._offsets) - 1} "
                              "token sequences")
@@ -100,7 +129,10 @@ class TokenDataset(Dataset):
                  max_frames: int | None = None, seed: int = 0):
         self.corpus, self.indices, self.train = corpus, indices, train
         self.max_frames, self.seed = max_frames, seed
+        if prompt_seconds and not corpus.info.get("frame_rate"):
+            raise ValueError(f"{corpus.folder}: prompt_seconds needs tokens on a time axis (a frame rate)")
         self.prompt_frames = None if not prompt_seconds else round(prompt_seconds * corpus.info["frame_rate"])
+        self._draws = 0
         self.by_speaker: dict[str, list[int]] = {}
         for index in indices:
             self.by_speaker.setdefault(str(corpus.entries[index].get("speaker")), []).append(index)
@@ -121,11 +153,19 @@ class TokenDataset(Dataset):
         codes = self.corpus.codes(index)
         if self.max_frames is not None:
             codes = codes[:, : self.max_frames]
-        item = {"codes": codes, **{k: entry[k] for k in ("text", "phonemes", "speaker") if k in entry}}
+        item = {"codes": codes, **{k: entry[k] for k in CONDITION_FIELDS if k in entry}}
         if self.prompt_frames:
-            rng = random.Random() if self.train else random.Random(self.seed * 1_000_003 + index)
-            item["prompt"] = self._prompt(index, rng)
+            item["prompt"] = self._prompt(index, self._prompt_rng(index))
         return item
+
+    def _prompt_rng(self, index: int) -> random.Random:
+        """Evaluation: one fixed draw per item. Training: a new draw each time, reproducible from the
+        seed and torch's seed of this process (which Lightning's seed_everything and every DataLoader
+        worker of every epoch set)."""
+        if not self.train:
+            return random.Random(self.seed * 1_000_003 + index)
+        self._draws += 1
+        return random.Random(hash((self.seed, torch.initial_seed(), index, self._draws)))
 
 
 def _pad(sequences: list[torch.Tensor]) -> dict:
@@ -137,18 +177,19 @@ def _pad(sequences: list[torch.Tensor]) -> dict:
 
 
 def collate_tokens(items: list[dict]) -> dict:
-    """``codes`` [B, Q, T] zero-padded + ``lengths`` [B]; ``prompt`` likewise as a dict; text fields as lists."""
+    """``codes`` [B, Q, T] zero-padded + ``lengths`` [B]; ``prompt`` likewise as a dict; the condition
+    fields (text, phonemes, speaker, label) as lists."""
     batch = _pad([item["codes"] for item in items])
     if all("prompt" in item for item in items):
         batch["prompt"] = _pad([item["prompt"] for item in items])
-    for key in ("text", "phonemes", "speaker"):
+    for key in CONDITION_FIELDS:
         if all(key in item for item in items):
             batch[key] = [item[key] for item in items]
     return batch
 
 
 class TokenDataModule(L.LightningDataModule):
-    """Batches of cached tokens with their conditions (phonemes, speaker, voice prompt).
+    """Batches of cached tokens with their conditions (phonemes, speaker, voice prompt, caption, label).
 
     ``tokens`` is the cache folder. With ``tokenizer`` and ``data`` (a corpus folder or manifest) the
     cache is built there first when missing or stale (``prepare_data``), as ``mmtok tokenize`` would.

@@ -43,11 +43,11 @@ from mmtok.data.images import DIGIT_WORDS, digit_splits, load_digit_source, pass
 from mmtok.data.manifest import (
     ManifestDataModule,
     ManifestDataset,
+    assign_splits,
     corpus_is_cached,
     remove_stale_files,
     write_corpus_manifest,
 )
-from mmtok.data.speech import assign_splits
 from mmtok.media import VIDEO_SUFFIXES, VIDEO_WRITE_SUFFIXES, MediaFileError, read_video, write_video
 
 log = logging.getLogger(__name__)
@@ -169,7 +169,7 @@ def build_moving_digits(
 
     ``num_clips`` clips of ``frame_size`` x ``frame_size`` gray frames, ``min_frames..max_frames``
     frames long, with 1..``max_digits`` digits each, written as ``video_format`` (mp4, npz or gif;
-    mp4 at libx264 quality ``crf``). Splits are ~90/5/5 (:func:`mmtok.data.speech.assign_splits`).
+    mp4 at libx264 quality ``crf``). Splits are ~90/5/5 (:func:`mmtok.data.manifest.assign_splits`).
     A folder that already holds a build with the same parameters and all of its clips is returned
     untouched.
     """

@@ -6,9 +6,8 @@ heads; ``flatten`` gives every code its own step). The sampler sees the Q × S s
 of L positions; slots that hold no code (a pattern's empty slots, frames past an item's length)
 are given tokens there, never sampled. Every codebook's absorbing mask is its special id,
 ``codebook_sizes[q]``, which the backbone also sees in empty slots, so all codebooks must have one
-size. The length of an utterance is chosen before sampling: ``frames_per_phoneme``, measured on
-the training data, times the number of phonemes (as non-autoregressive TTS models such as E2 and
-F5-TTS do with the text length).
+size. The length of each item is given before sampling (a task chooses it: from the phoneme count
+for speech, the grid for images).
 """
 
 from __future__ import annotations
@@ -20,16 +19,14 @@ import torch
 from torch import nn
 
 from mmtok.codebook_transformer import CodebookTransformer
-from mmtok.conditioning import Conditioner, build_condition
+from mmtok.conditioning import Prefix
 from mmtok.diffusion.masked import mask_tokens, masked_diffusion_loss, sample_times
-from mmtok.diffusion.samplers import ancestral_sample, first_hitting_sample, maskgit_sample
+from mmtok.diffusion.samplers import SAMPLERS
 from mmtok.diffusion.schedules import build_schedule
 from mmtok.generators import TokenGenerator
-from mmtok.hub import WEIGHTS_NAME, HubMixin, resolve_file
-from mmtok.patterns import EMPTY, build_pattern, pattern_spec
+from mmtok.hub import WEIGHTS_NAME, resolve_file
+from mmtok.patterns import EMPTY
 from mmtok.tokens import Tokens
-
-SAMPLERS = ("fhs", "ancestral", "maskgit")
 
 
 class TimeEmbedding(nn.Module):
@@ -46,37 +43,33 @@ class TimeEmbedding(nn.Module):
         return self.mlp(torch.cat([angles.sin(), angles.cos()], dim=-1))[:, None]
 
 
-class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
+class MaskedDiffusionGenerator(TokenGenerator):
     """Bidirectional transformer that predicts clean codes at masked positions, given conditions.
 
-    Args: as :class:`~mmtok.ar.model.ARGenerator` (tokenizer, codebook_sizes, conditions, width),
-    plus ``schedule`` (``"log_linear"`` or ``"cosine"``), ``time_conditioning`` (False: the
-    time-agnostic model, which Zheng et al. show loses nothing), ``frames_per_phoneme`` and
-    ``positions`` (as the AR generator's: ``"aligned"`` gives each step its frame's index) and
-    ``pattern`` (a name or ``{"class_path", "init_args"}``, :func:`~mmtok.patterns.build_pattern`).
+    Arguments: :class:`~mmtok.generators.TokenGenerator`'s (a step sits at the coordinate of its
+    latest code's frame), plus ``schedule`` (``"log_linear"`` or ``"cosine"``) and
+    ``time_conditioning`` (False: the time-agnostic model, which Zheng et al. show loses nothing).
+    Samplers: :data:`mmtok.diffusion.samplers.SAMPLERS`.
     """
 
-    def __init__(self, *, tokenizer: str, codebook_sizes: Sequence[int], conditions: Sequence[dict] = (),
-                 schedule: str = "log_linear", time_conditioning: bool = False, dim: int = 256,
-                 num_layers: int = 6, num_heads: int = 4, ff_mult: float = 8 / 3, dropout: float = 0.1,
-                 frames_per_phoneme: float = 5.0, max_frames: int = 500, positions: str = "sequential",
-                 pattern: str | dict = "parallel"):
-        super().__init__()
-        if positions not in ("sequential", "aligned"):
-            raise ValueError(f"positions must be 'sequential' or 'aligned', got {positions!r}")
-        self.aligned = positions == "aligned"
-        if len(set(codebook_sizes)) != 1:
-            raise ValueError(f"masked diffusion needs codebooks of one size (one mask id), got {list(codebook_sizes)}")
-        self.tokenizer_id = tokenizer
+    samplers = tuple(SAMPLERS)
+
+    def __init__(self, *, tokenizer: str, backbone: CodebookTransformer | dict, pattern: str | dict = "parallel",
+                 conditions: Sequence[dict] = (), positions: str = "sequential", grid: Sequence[int] | None = None,
+                 frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None,
+                 schedule: str = "log_linear", time_conditioning: bool = False):
+        super().__init__(tokenizer=tokenizer, backbone=backbone, pattern=pattern, conditions=conditions,
+                         positions=positions, grid=grid, frame_rate=frame_rate, sample_rate=sample_rate, task=task)
+        if len(set(self.codebook_sizes)) != 1:
+            raise ValueError(f"masked diffusion needs codebooks of one size (one mask id), got {self.codebook_sizes}")
+        if self.backbone.end_token:
+            raise ValueError("a masked diffusion backbone has no end token (the length is given first)")
         self.schedule = build_schedule(schedule)
-        self.backbone = CodebookTransformer(codebook_sizes=codebook_sizes, dim=dim, num_layers=num_layers,
-                                            num_heads=num_heads, ff_mult=ff_mult, dropout=dropout)
-        self.conditioner = Conditioner([build_condition(spec, dim=dim) for spec in conditions])
-        self.time_embedding = TimeEmbedding(dim) if time_conditioning else None
-        self.frames_per_phoneme, self.max_frames = frames_per_phoneme, max_frames
-        self.pattern = build_pattern(pattern)
-        self._hub_mixin_config = {**(self._hub_mixin_config or {}), "conditions": self.conditioner.specs(),
-                                  "pattern": pattern_spec(self.pattern)}
+        self.time_embedding = TimeEmbedding(self.backbone.dim) if time_conditioning else None
+
+    @property
+    def stops_by_itself(self) -> bool:
+        return False
 
     def adapt_from_autoregressive(self, source: str) -> list[str]:
         """Start from an AR generator's weights (a Hub folder of :class:`~mmtok.ar.model.ARGenerator`
@@ -98,8 +91,9 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
         if config.get("mmtok_class", "").rsplit(".", 1)[-1] != "ARGenerator":
             raise ValueError(f"adapt_from {source}: an ARGenerator Hub folder is needed, found "
                              f"{config.get('mmtok_class')!r}")
-        if list(config.get("codebook_sizes", []))[: self.num_codebooks] != self.codebook_sizes:
-            raise ValueError(f"adapt_from {source}: its codebook sizes {config.get('codebook_sizes')} do not start "
+        sizes = config.get("backbone", {}).get("init_args", {}).get("codebook_sizes", [])
+        if list(sizes)[: self.num_codebooks] != self.codebook_sizes:
+            raise ValueError(f"adapt_from {source}: its codebook sizes {sizes} do not start "
                              f"with this generator's {self.codebook_sizes}")
         weights = load_file(str(resolve_file(source, WEIGHTS_NAME)))
         state, untouched = self.state_dict(), []
@@ -119,23 +113,15 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
     def mask_id(self) -> int:
         return self.codebook_sizes[0]
 
-    def num_frames(self, phonemes: Sequence[str]) -> torch.Tensor:
-        """Frames to generate per utterance: ``frames_per_phoneme`` × phoneme count, capped."""
-        counts = torch.tensor([len(p.split()) for p in phonemes], dtype=torch.float)
-        return (counts * self.frames_per_phoneme).round().long().clamp(1, self.max_frames)
-
     # -- the denoiser ---------------------------------------------------------------------------
-    def _prefix(self, conditions: dict, batch_size: int, t: torch.Tensor, *, null: bool = False):
+    def _prefix(self, conditions: dict, batch_size: int, t: torch.Tensor, *, null: bool = False) -> Prefix | None:
+        prefix = self.prefix(conditions, batch_size=batch_size, null=null)
+        if self.time_embedding is None:
+            return prefix
         device = self.backbone.heads[0].weight.device
-        prefix, valid, positions = self.conditioner(conditions, batch_size=batch_size, device=device, null=null)
-        if self.time_embedding is not None:  # one more prefix vector, just before step 0
-            time = self.time_embedding(t.to(device))
-            ones = torch.ones(batch_size, 1, dtype=torch.bool, device=device)
-            before = torch.full((batch_size, 1), -1.0, device=device)
-            prefix = time if prefix is None else torch.cat([prefix, time], dim=1)
-            valid = ones if valid is None else torch.cat([valid, ones], dim=1)
-            positions = before if positions is None else torch.cat([positions, before], dim=1)
-        return prefix, valid, positions
+        time = Prefix(self.time_embedding(t.to(device)), torch.ones(batch_size, 1, dtype=torch.bool, device=device),
+                      torch.full((batch_size, 1), -1.0, device=device))  # one more vector, just before step 0
+        return time if prefix is None else prefix.then(time)
 
     def slots(self, lengths: torch.Tensor, num_frames: int) -> tuple[torch.Tensor, torch.Tensor]:
         """(frame of each step [S], the slots that hold a code of each item [B, Q, S]) for items of
@@ -159,14 +145,12 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
                                             null=null)
         if on_frames is not None:  # each step takes its frame's embedding
             on_frames = on_frames[:, step_frames.clamp(min=0)] * (step_frames >= 0)[None, :, None]
-        prefix, valid, prefix_positions = self._prefix(conditions, steps.shape[0], t, null=null)
-        positions = None
-        if self.aligned and prefix_positions is not None:
-            positions = torch.cat([prefix_positions, step_frames.float().expand(steps.shape[0], -1)], dim=1)
-        return self.backbone.hidden(steps, prefix=prefix, prefix_valid=valid, steps_valid=real.any(1), causal=False,
+        prefix = self._prefix(conditions, steps.shape[0], t, null=null)
+        positions = self.full_positions(prefix, self.coordinates(step_frames), steps.shape[0])
+        return self.backbone.hidden(steps, prefix=prefix, steps_valid=real.any(1), causal=False,
                                     positions=positions, step_embeddings=on_frames)
 
-    def loss(self, batch: dict, *, generator: torch.Generator | None = None,
+    def loss(self, batch: dict, *, rng: torch.Generator | None = None,
              t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The MDLM NELBO on ``batch["codes"]`` [B, Q', T] (first Q codebooks) with ``lengths``, at
         times drawn per item, or at the given ``t`` [B] (evaluation at one noise level)."""
@@ -178,8 +162,8 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
         clean, _ = self.pattern.build(codes, fill=self.mask_id)
         _, real = self.slots(lengths, num_frames)
         if t is None:
-            t = sample_times(codes.shape[0], generator=generator, device=codes.device)
-        noisy, masked = mask_tokens(clean, t, self.schedule, mask_id=self.mask_id, valid=real, generator=generator)
+            t = sample_times(codes.shape[0], generator=rng, device=codes.device)
+        noisy, masked = mask_tokens(clean, t, self.schedule, mask_id=self.mask_id, valid=real, generator=rng)
         noisy = noisy.masked_fill(~real, self.mask_id)
         logits = self.logits(noisy, t, batch, lengths=lengths, num_frames=num_frames)
         loss = masked_diffusion_loss(logits, clean.masked_fill(~real, 0), masked, t, self.schedule, valid=real)
@@ -206,32 +190,32 @@ class MaskedDiffusionGenerator(TokenGenerator, nn.Module, HubMixin):
         return make(False), make(True)
 
     @torch.no_grad()
-    def generate(self, conditions: dict, *, lengths: torch.Tensor, sampler: str = "fhs", num_steps: int | None = None,
-                 steps_per_token: float = 1.0, cfg_scale: float = 1.0, generator: torch.Generator | None = None,
-                 **sampling) -> tuple[Tokens, dict]:
-        """Codes of ``lengths`` frames per item by ``sampler``: fhs; ancestral with ``num_steps``, by
-        default ``steps_per_token`` × L for the L = Q · T tokens of the longest item; maskgit with
-        ``num_steps`` (default 16). Returns (Tokens, sampler statistics)."""
-        if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {SAMPLERS}, got {sampler!r}")
+    def generate(self, conditions: dict, *, lengths: torch.Tensor, rng: torch.Generator | None = None,
+                 sampler: str | None = None, steps: int | None = None, steps_per_token: float = 1.0,
+                 cfg_scale: float = 1.0, **sampling) -> Tokens:
+        """Codes of ``lengths`` frames per item by ``sampler`` (default ``fhs``); ``steps`` for the
+        ancestral sampler (default ``steps_per_token`` × L for the L = Q · T tokens of the longest
+        item) and MaskGIT (default 16). The sampler's statistics (denoiser calls, categorical draws)
+        are kept in :attr:`last_stats`."""
+        sampler = self.check_sampler(sampler)
+        if steps is not None and steps < 1:
+            raise ValueError(f"steps must be ≥ 1, got {steps}")
         device = self.backbone.heads[0].weight.device
         lengths = lengths.to(device)
         num_frames = int(lengths.max())
         _, real = self.slots(lengths, num_frames)
         initial = torch.where(real, self.mask_id, 0)  # slots without a code are given, never sampled
         denoiser, unconditional = self.denoisers(conditions, lengths)
-        options = dict(mask_id=self.mask_id, unconditional=unconditional if cfg_scale != 1.0 else None,
-                       cfg_scale=cfg_scale, generator=generator, **sampling)
         flat = initial.flatten(1)
-        if sampler == "fhs":
-            tokens, stats = first_hitting_sample(denoiser, flat, schedule=self.schedule, **options)
-        elif sampler == "ancestral":
-            steps = num_steps or max(1, round(steps_per_token * flat.shape[1]))
-            tokens, stats = ancestral_sample(denoiser, flat, num_steps=steps,
-                                             schedule=self.schedule, time_agnostic=self.time_embedding is None,
-                                             **options)
-        else:
-            tokens, stats = maskgit_sample(denoiser, flat, num_steps=num_steps or 16, schedule=self.schedule,
-                                           **options)
+        options = dict(mask_id=self.mask_id, unconditional=unconditional if cfg_scale != 1.0 else None,
+                       cfg_scale=cfg_scale, generator=rng, **sampling)
+        if sampler == "ancestral":
+            options.update(num_steps=steps or max(1, round(steps_per_token * flat.shape[1])),
+                           time_agnostic=self.time_embedding is None)
+        elif sampler == "maskgit":
+            options.update(num_steps=steps or 16)
+        elif steps is not None:
+            raise ValueError("steps: the first-hitting sampler takes one denoiser call per token")
+        tokens, self.last_stats = SAMPLERS[sampler](denoiser, flat, schedule=self.schedule, **options)
         codes = self.pattern.revert(tokens.reshape(initial.shape).masked_fill(~real, 0), num_frames)
-        return Tokens(codes=codes, lengths=lengths), stats
+        return self.tokens(codes, lengths)

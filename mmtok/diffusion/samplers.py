@@ -227,3 +227,7 @@ def maskgit_masked_count(total: torch.Tensor, currently_masked: torch.Tensor, ra
         return torch.zeros_like(total)
     count = torch.floor(math.cos(math.pi / 2 * ratio) * total.double()).long()
     return torch.minimum(count, (currently_masked - 1).clamp(min=0))
+
+
+SAMPLERS = {"fhs": first_hitting_sample, "ancestral": ancestral_sample, "maskgit": maskgit_sample}
+"""The masked diffusion samplers by name: what the CLI, recipes and training modules choose from."""

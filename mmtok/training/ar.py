@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 from mmtok.ar.model import ARGenerator
-from mmtok.tokens import Tokens
 from mmtok.training.generators import GeneratorModule
 
 
 class ARModule(GeneratorModule):
     """Next-step cross-entropy over the pattern's valid slots (and the end token), per codebook
     logged (:meth:`ARGenerator.loss`). Examples at validation run until their end token, or twice
-    the real utterance's length. Options: :class:`~mmtok.training.generators.GeneratorModule`."""
+    the real item's length. Options: :class:`~mmtok.training.generators.GeneratorModule`."""
 
     def __init__(self, *, generator: ARGenerator, init_from: str | None = None, lr: float = 5e-4,
                  weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 300,
@@ -18,8 +17,3 @@ class ARModule(GeneratorModule):
         super().__init__(generator=generator, init_from=init_from, lr=lr, weight_decay=weight_decay, betas=betas,
                          warmup_steps=warmup_steps, num_generated_examples=num_generated_examples,
                          temperature=temperature, top_k=top_k)
-
-    def generate_examples(self, batch: dict) -> Tokens:
-        return self.generator.generate(batch, batch_size=batch["codes"].shape[0],
-                                       max_frames=int(batch["lengths"].max() * 2),
-                                       temperature=self.hparams.temperature, top_k=self.hparams.top_k)

@@ -13,7 +13,7 @@ def record_model(checkpoint: dict, model: HubMixin, *, prefix: str, trainer: L.T
     """Store the model's class, constructor arguments and state-dict prefix, and the run's recipe."""
     checkpoint["mmtok"] = {
         "model_class": class_name(type(model)),
-        "model_config": dict(model._hub_mixin_config or {}),
+        "model_config": model.hub_config,
         "model_prefix": prefix,
         "recipe": recipe_text(trainer),
     }

@@ -2,16 +2,30 @@
 
 from __future__ import annotations
 
-from abc import ABC, abstractmethod
-
 import lightning as L
 import torch
 
 from mmtok.hub import WEIGHTS_NAME, load_weights_strict, resolve_file
+from mmtok.tasks import build_task
 from mmtok.tokens import Tokens
 from mmtok.training.checkpoint import record_model
 from mmtok.training.media import log_generated_audio
 from mmtok.training.optim import warmup_cosine
+
+
+def log_generated_examples(module: L.LightningModule, modality: str, generated: list[torch.Tensor],
+                           references: list[torch.Tensor], *, sample_rate: int | None) -> None:
+    """The writer of a modality for generated items next to real ones (each [C, ...] as decoded):
+    audio as wavs and spectrograms, images as one png grid (real row over generated row)."""
+    if modality == "audio":
+        log_generated_audio(module, generated, references, sample_rate=sample_rate)
+    elif modality == "image":
+        from mmtok.training.media import log_image_examples
+
+        log_image_examples(module, torch.stack(references), [torch.stack(generated)], names=["generated"],
+                           count=len(generated), name="generated")
+    else:
+        raise ValueError(f"no example writer for {modality!r} media")
 
 
 def take(batch: dict, count: int) -> dict:
@@ -24,27 +38,34 @@ def take(batch: dict, count: int) -> dict:
     return {key: first(value) for key, value in batch.items()}
 
 
-class GeneratorModule(L.LightningModule, ABC):
+class GeneratorModule(L.LightningModule):
     """Trains ``generator`` on its own ``loss(batch)``; subclasses name the generator type (for
-    LightningCLI) and how examples are generated at validation (``generate_examples``).
+    LightningCLI). Examples are generated at validation from the first items' conditions, with
+    ``sampler`` (one of the generator's, default its first), ``temperature`` and ``top_k``.
 
     The tokenizer (the generator's ``tokenizer`` Hub folder) is loaded frozen: it is checked against
     the backbone's vocabulary at construction, and decodes the examples generated at validation. It
     is not part of the checkpoint. Training batches carry cached codes (:mod:`mmtok.data.tokens`).
     AdamW with linear warm-up and cosine decay over the run's ``max_steps``. ``init_from`` (a Hub
     folder or repo id) starts from released weights, for fine-tuning; its config must build the same
-    generator (a mismatch names every differing tensor).
+    generator (a mismatch names every differing tensor). When training starts, the generator records
+    the tokens' facts (grid, frame rate) from the tokenizer, and its task measures what it needs on
+    the token cache (:meth:`mmtok.tasks.Task.measure`).
     """
 
     def __init__(self, *, generator, init_from: str | None = None, lr: float = 5e-4,
                  weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 300,
-                 num_generated_examples: int = 2, temperature: float = 1.0, top_k: int | None = None):
+                 num_generated_examples: int = 2, temperature: float = 1.0, top_k: int | None = None,
+                 sampler: str | None = None):
         super().__init__()
+        self.sampler = generator.check_sampler(sampler)
         self.save_hyperparameters(ignore=["generator"])
         if init_from is not None:
             load_weights_strict(generator, resolve_file(init_from, WEIGHTS_NAME))
         self.generator = generator
-        self._tokenizer = [generator.load_tokenizer().requires_grad_(False)]  # a list: not a submodule
+        tokenizer = generator.load_tokenizer().requires_grad_(False)
+        generator.record_token_facts(tokenizer)
+        self._tokenizer = [tokenizer]  # a list: not a submodule
 
     @property
     def tokenizer(self):
@@ -52,8 +73,13 @@ class GeneratorModule(L.LightningModule, ABC):
 
     def setup(self, stage: str) -> None:
         corpus = getattr(self.trainer.datamodule, "corpus", None) if self.trainer.datamodule else None
-        if corpus is not None:
-            self.generator.check_tokenizer(corpus.info["codebook_sizes"], name=f"of the token cache {corpus.folder}")
+        if corpus is None:
+            return
+        self.generator.check_tokenizer(corpus.info["codebook_sizes"], name=f"of the token cache {corpus.folder}")
+        if stage == "fit" and self.generator.task is not None:  # e.g. a length model measured on the data
+            task = build_task(self.generator.task)
+            task.measure(corpus)
+            self.generator.record_task(task.spec())
 
     def configure_optimizers(self):
         hp = self.hparams
@@ -85,22 +111,22 @@ class GeneratorModule(L.LightningModule, ABC):
 
     @torch.no_grad()
     def _log_examples(self, batch: dict) -> None:
-        """Generate from the first items' conditions and write them next to their real utterances."""
-        count = batch["codes"].shape[0]
+        """Generate from the first items' conditions at their real lengths and write the results next to
+        the real items, with the writer of the tokenizer's modality."""
         tokens = self.generate_examples(batch)
         tokenizer = self.tokenizer.to(self.device)
-        real = Tokens(codes=batch["codes"][:, : self.generator.num_codebooks], lengths=batch["lengths"])
-        hop = tokenizer.sample_rate / tokenizer.frame_rate
-        audios, references = [], []
-        for i in range(count):
-            audios.append(tokenizer.decode(tokens[i])[0, :, : round(int(tokens.lengths[i]) * hop)])
-            references.append(tokenizer.decode(real[i])[0])
-        self.log("val/generated_frames", tokens.lengths.float().mean(), batch_size=count)
-        log_generated_audio(self, audios, references, sample_rate=tokenizer.sample_rate)
+        real = self.generator.tokens(batch["codes"][:, : self.generator.num_codebooks], batch["lengths"])
+        generated = [tokenizer.decode(tokens[i])[0] for i in range(tokens.batch_size)]
+        references = [tokenizer.decode(real[i])[0] for i in range(tokens.batch_size)]
+        self.log("val/generated_frames", tokens.lengths.float().mean(), batch_size=tokens.batch_size)
+        log_generated_examples(self, tokenizer.modality, generated, references, sample_rate=tokenizer.sample_rate)
 
-    @abstractmethod
     def generate_examples(self, batch: dict) -> Tokens:
-        """Tokens generated from the conditions of a batch of real examples."""
+        """Tokens generated from the conditions of a batch of real examples, at their lengths (the
+        most, for a generator that stops by itself: twice them), with the module's sampler options."""
+        lengths = batch["lengths"] * (2 if self.generator.stops_by_itself else 1)
+        return self.generator.generate(batch, lengths=lengths, sampler=self.sampler,
+                                       temperature=self.hparams.temperature, top_k=self.hparams.top_k)
 
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_model(checkpoint, self.generator, prefix="generator.", trainer=self.trainer)

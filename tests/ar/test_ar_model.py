@@ -32,10 +32,10 @@ def test_teacher_forcing_targets_codes_then_end_and_masks_padding():
     assert inputs[1].tolist() == [[5, 0, 5], [5, 2, 5]]
 
 
-def tiny_generator(folder, **overrides) -> ARGenerator:
+def tiny_generator(folder, codebook_sizes=(32, 32), **overrides) -> ARGenerator:
     torch.manual_seed(0)
-    options = dict(tokenizer=str(folder), codebook_sizes=[32, 32], pattern="delay", dim=32, num_layers=2,
-                   num_heads=2, dropout=0.0, max_frames=12,
+    backbone = CodebookTransformer(codebook_sizes=codebook_sizes, dim=32, num_layers=2, num_heads=2, end_token=True)
+    options = dict(tokenizer=str(folder), backbone=backbone, pattern="delay",
                    conditions=[{"type": "class", "key": "speaker", "classes": ["a", "b"]}])
     return ARGenerator(**{**options, **overrides})
 
@@ -54,11 +54,14 @@ def test_a_class_condition_steers_generation_to_its_own_sequence_and_length(posi
         loss.backward()
         optimizer.step()
     assert float(loss) < 0.05 * first_loss and logs["accuracy"] == 1.0
-    tokens = generator.eval().generate({"speaker": ["b", "a"]}, batch_size=2, temperature=0)
+    twelve = torch.tensor([12, 12])
+    tokens = generator.eval().generate({"speaker": ["b", "a"]}, lengths=twelve, temperature=0)
     assert tokens.lengths.tolist() == [2, 5]
     assert torch.equal(tokens[0].codes[0], codes[1, :, :2]) and torch.equal(tokens[1].codes[0], codes[0])
-    guided = generator.generate({"speaker": ["b", "a"]}, batch_size=2, temperature=0, cfg_scale=1.5)
+    guided = generator.generate({"speaker": ["b", "a"]}, lengths=twelve, temperature=0, cfg_scale=1.5)
     assert guided.lengths.tolist() == [2, 5]
+    capped = generator.generate({"speaker": ["b", "a"]}, lengths=torch.tensor([12, 3]), temperature=0)
+    assert capped.lengths.tolist() == [2, 3] and torch.equal(capped[1].codes[0], codes[0, :, :3])
 
 
 def test_a_tokenizer_that_does_not_fit_the_vocabulary_fails_with_both_numbers(tiny_codec_folder):
@@ -82,10 +85,13 @@ def test_hub_round_trip_keeps_resolved_conditions_and_generates_the_same(tiny_co
     config = json.loads((tmp_path / "gen" / "config.json").read_text())
     assert isinstance(config["conditions"][0]["phonemes"], list), "the inventory itself, not the corpus path"
     assert config["pattern"]["class_path"] == "mmtok.patterns.DelayPattern"
+    assert config["backbone"] == {"class_path": "mmtok.codebook_transformer.CodebookTransformer",
+                                  "init_args": generator.backbone.init_args}
     loaded = load_pretrained(tmp_path / "gen")
     speaker = generator.conditioner.conditions[1].classes[0]
     conditions = {"phonemes": ["ð ə", "k æ t"], "speaker": [speaker, speaker]}
-    first = generator.generate(conditions, batch_size=2, generator=torch.Generator().manual_seed(0))
-    second = loaded.generate(conditions, batch_size=2, generator=torch.Generator().manual_seed(0))
+    lengths = torch.tensor([12, 12])
+    first = generator.generate(conditions, lengths=lengths, rng=torch.Generator().manual_seed(0))
+    second = loaded.generate(conditions, lengths=lengths, rng=torch.Generator().manual_seed(0))
     assert torch.equal(first.codes, second.codes) and torch.equal(first.lengths, second.lengths)
     assert loaded.load_tokenizer().codebook_sizes[:2] == [32, 32]

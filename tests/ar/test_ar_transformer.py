@@ -8,6 +8,7 @@ import torch.nn.functional as F
 
 from mmtok.ar.sampling import generate
 from mmtok.codebook_transformer import CodebookTransformer
+from mmtok.conditioning import Prefix
 from mmtok.patterns import CoarseFirstPattern, DelayPattern, FlattenPattern, ParallelPattern
 
 
@@ -16,10 +17,16 @@ def tiny(sizes=(5, 7), **overrides) -> CodebookTransformer:
     return CodebookTransformer(codebook_sizes=sizes, **{**dict(dim=32, num_layers=2, num_heads=4), **overrides}).eval()
 
 
+def prefix_of(embeddings: torch.Tensor, valid: torch.Tensor | None = None) -> Prefix:
+    """A prefix of raw embeddings [B, P, D] (all valid unless ``valid``), at positions 0."""
+    valid = torch.ones(embeddings.shape[:2], dtype=torch.bool) if valid is None else valid
+    return Prefix(embeddings, valid, torch.zeros(embeddings.shape[:2]))
+
+
 def test_cached_step_by_step_logits_equal_the_full_forward():
     model = tiny()
     steps, _ = DelayPattern().build(torch.randint(0, 5, (2, 2, 6)), fill=model.special_ids)
-    prefix = torch.randn(2, 3, 32)
+    prefix = prefix_of(torch.randn(2, 3, 32))
     with torch.no_grad():
         full = model(model.shift_right(steps), prefix=prefix)
         inputs = model.shift_right(steps)
@@ -52,16 +59,16 @@ def test_a_tiny_model_memorises_codes_and_greedy_generation_reproduces_them(patt
 def test_a_fixed_generator_gives_identical_samples():
     model = tiny()
     first, _ = generate(model, DelayPattern(), num_frames=5, batch_size=3,
-                        generator=torch.Generator().manual_seed(3), top_k=4, top_p=0.9)
+                        rng=torch.Generator().manual_seed(3), top_k=4, top_p=0.9)
     second, _ = generate(model, DelayPattern(), num_frames=5, batch_size=3,
-                         generator=torch.Generator().manual_seed(3), top_k=4, top_p=0.9)
+                         rng=torch.Generator().manual_seed(3), top_k=4, top_p=0.9)
     assert torch.equal(first, second) and first.shape == (3, 2, 5)
     assert (first[:, 0] < 5).all() and (first[:, 1] < 7).all(), "no special id in generated codes"
 
 
 def test_guidance_scale_one_is_conditional_and_zero_is_unconditional_generation():
     model = tiny()
-    condition, null = torch.randn(2, 3, 32), torch.randn(2, 3, 32)
+    condition, null = prefix_of(torch.randn(2, 3, 32)), prefix_of(torch.randn(2, 3, 32))
     options = dict(num_frames=6, temperature=0)
     conditional, _ = generate(model, DelayPattern(), prefix=condition, **options)
     unconditional, _ = generate(model, DelayPattern(), prefix=null, **options)
@@ -70,7 +77,7 @@ def test_guidance_scale_one_is_conditional_and_zero_is_unconditional_generation(
         guided, _ = generate(model, DelayPattern(), prefix=condition, null_prefix=null, cfg_scale=scale, **options)
         assert torch.equal(guided, expected)
     with pytest.raises(ValueError, match="null_prefix needs a prefix of the same shape"):
-        generate(model, DelayPattern(), prefix=condition, null_prefix=null[:1], **options)
+        generate(model, DelayPattern(), prefix=condition, null_prefix=prefix_of(torch.randn(1, 3, 32)), **options)
 
 
 def test_bad_arguments_are_named():
@@ -83,11 +90,11 @@ def test_bad_arguments_are_named():
 def test_items_with_prompts_of_different_lengths_generate_as_they_would_alone():
     model = tiny()
     long_prompt, short_prompt = torch.randn(1, 5, 32), torch.randn(1, 2, 32)
-    alone = [generate(model, DelayPattern(), num_frames=6, temperature=0, prefix=p)[0]
+    alone = [generate(model, DelayPattern(), num_frames=6, temperature=0, prefix=prefix_of(p))[0]
              for p in (long_prompt, short_prompt)]
     padded = torch.cat([long_prompt, torch.cat([torch.zeros(1, 3, 32), short_prompt], dim=1)])
     valid = torch.tensor([[True] * 5, [False] * 3 + [True] * 2])
-    batched, _ = generate(model, DelayPattern(), num_frames=6, temperature=0, prefix=padded, prefix_valid=valid)
+    batched, _ = generate(model, DelayPattern(), num_frames=6, temperature=0, prefix=prefix_of(padded, valid))
     assert torch.equal(batched, torch.cat(alone))
 
 
@@ -98,7 +105,7 @@ def end_token_model(pattern, codes_per_item):
 
     model = tiny(end_token=True).train()
     torch.manual_seed(1)
-    prefixes = torch.randn(len(codes_per_item), 1, 32)
+    prefixes = prefix_of(torch.randn(len(codes_per_item), 1, 32))
     lengths = torch.tensor([c.shape[1] for c in codes_per_item])
     codes = torch.zeros(len(codes_per_item), 2, int(lengths.max()), dtype=torch.long)
     for i, c in enumerate(codes_per_item):
@@ -135,7 +142,7 @@ def test_bidirectional_outputs_ignore_padded_steps():
     model = tiny()
     steps = torch.randint(0, 5, (1, 2, 4))
     padded = torch.cat([steps, torch.zeros(1, 2, 3, dtype=torch.long)], dim=2)
-    prefix = torch.randn(1, 2, 32)
+    prefix = prefix_of(torch.randn(1, 2, 32))
     with torch.no_grad():
         alone = model(steps, prefix=prefix, causal=False)
         masked = model(padded, prefix=prefix, steps_valid=torch.tensor([[True] * 4 + [False] * 3]), causal=False)

@@ -7,7 +7,8 @@ import json
 import pytest
 
 from conftest import REPO
-from mmtok.data.audio import load_audio, read_manifest
+from mmtok.data.audio import load_audio
+from mmtok.data.manifest import read_manifest
 from mmtok.hub import load_pretrained
 from mmtok.metrics import codec_metrics
 
@@ -32,7 +33,7 @@ def test_the_release_is_a_small_self_describing_hub_folder(shipped):
 
 def test_reconstruction_improves_with_every_added_quantizer(shipped, tiny_corpus):
     """Quantizer dropout trained one model for all bitrates: each doubling of codebooks lowers the error."""
-    entries = read_manifest(tiny_corpus / "manifest.jsonl")[:6]
+    entries = read_manifest(tiny_corpus / "manifest.jsonl", key="audio")[:6]
     totals = {n: {"mel_distance": 0.0, "stft_distance": 0.0} for n in (1, 2, 4, 8)}
     for entry in entries:
         audio = load_audio(entry["audio"], sample_rate=16000)[None]

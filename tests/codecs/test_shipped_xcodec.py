@@ -10,7 +10,8 @@ from safetensors.torch import load_file
 
 from conftest import REPO
 from mmtok.codecs.xcodec import XCodec
-from mmtok.data.audio import load_audio, read_manifest
+from mmtok.data.audio import load_audio
+from mmtok.data.manifest import read_manifest
 from mmtok.hub import load_pretrained
 from mmtok.metrics import error_rate
 
@@ -20,7 +21,7 @@ RECOGNIZER = REPO / "checkpoints" / "phoneme-recognizer"
 
 @pytest.fixture(scope="module")
 def utterances(tiny_corpus):
-    entries = read_manifest(tiny_corpus / "manifest.jsonl")[:12]
+    entries = read_manifest(tiny_corpus / "manifest.jsonl", key="audio")[:12]
     return [(load_audio(e["audio"], sample_rate=16000)[None], e["phonemes"].split()) for e in entries]
 
 

@@ -5,19 +5,24 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtok.conditioning import (AudioPromptCondition, ClassCondition, Conditioner, PhonemeCondition,
-                                TextEncoderCondition, build_condition, left_pack, pad_left)
+from mmtok.conditioning import (AudioPromptCondition, ClassCondition, Conditioner, PhonemeCondition, Prefix,
+                                TextEncoderCondition, build_condition)
 
 
-def test_left_pack_moves_valid_positions_to_the_end_in_order_and_drops_unused_columns():
+def test_left_packing_moves_valid_positions_to_the_end_in_order_and_drops_unused_columns():
     x = torch.arange(8.0).reshape(2, 4, 1)
     valid = torch.tensor([[True, False, True, False], [False, False, True, False]])
-    packed, packed_valid, packed_index = left_pack(x, valid, torch.arange(8.0).reshape(2, 4))
-    assert packed_valid.tolist() == [[True, True], [False, True]]
-    assert packed[0, :, 0].tolist() == [0.0, 2.0] and packed[1, 1, 0] == 6.0
-    assert packed_index.tolist() == [[0.0, 2.0], [7.0, 6.0]], "other tensors are packed alike"
-    padded, padded_valid, _ = pad_left(packed, packed_valid, packed_index, 4)
-    assert padded_valid.tolist() == [[False, False, True, True], [False, False, False, True]]
+    packed = Prefix(x, valid, torch.arange(8.0).reshape(2, 4)).left_packed()
+    assert packed.valid.tolist() == [[True, True], [False, True]]
+    assert packed.embeddings[0, :, 0].tolist() == [0.0, 2.0] and packed.embeddings[1, 1, 0] == 6.0
+    assert packed.positions.tolist() == [[0.0, 2.0], [7.0, 6.0]], "positions are packed alike"
+    padded = packed.padded_left(4)
+    assert padded.valid.tolist() == [[False, False, True, True], [False, False, False, True]]
+    assert padded.embeddings.shape == (2, 4, 1) and padded.positions[:, :2].eq(0).all()
+    with pytest.raises(ValueError, match="cannot pad a prefix of 2 positions to 1"):
+        packed.padded_left(1)
+    with pytest.raises(ValueError, match="valid and positions of shape"):
+        Prefix(x, valid[:, :3], torch.zeros(2, 4))
 
 
 def conditioner(dim=8, **dropouts):
@@ -37,7 +42,8 @@ def batch():
 
 def test_the_prefix_is_each_items_embeddings_in_condition_order_left_padded():
     model = conditioner()
-    prefix, valid, positions = model(batch(), batch_size=2, device=torch.device("cpu"))
+    packed = model(batch(), batch_size=2, device=torch.device("cpu"))
+    prefix, valid, positions = packed.embeddings, packed.valid, packed.positions
     assert positions[0, -6:].tolist() == [0.0, 1.0, -1.0, -3.0, -2.0, -1.0], "phonemes from 0, the rest before 0"
     assert valid.sum(1).tolist() == [2 + 1 + 3, 1 + 1 + 1]
     phonemes, speakers, prompt = model.conditions
@@ -49,12 +55,13 @@ def test_the_prefix_is_each_items_embeddings_in_condition_order_left_padded():
 
 def test_the_null_condition_is_one_learned_vector_per_condition_and_dropout_one_gives_it():
     model = conditioner()
-    null, null_valid, _ = model({}, batch_size=2, device=torch.device("cpu"), null=True)
+    empty = model({}, batch_size=2, device=torch.device("cpu"), null=True)
+    null, null_valid = empty.embeddings, empty.valid
     assert null.shape == (2, 3, 8) and null_valid.all()
     torch.testing.assert_close(null[0], torch.stack([c.null for c in model.conditions]))
     dropped = conditioner(phonemes=1.0, speaker=1.0, prompt=1.0).train()
-    prefix, valid, _ = dropped(batch(), batch_size=2, device=torch.device("cpu"))
-    torch.testing.assert_close(prefix[valid].reshape(2, 3, 8), null)
+    dropped_prefix = dropped(batch(), batch_size=2, device=torch.device("cpu"))
+    torch.testing.assert_close(dropped_prefix.embeddings[dropped_prefix.valid].reshape(2, 3, 8), null)
 
 
 def test_phonemes_placed_on_frames_share_each_utterances_frames_equally_and_leave_the_prefix():
@@ -62,8 +69,8 @@ def test_phonemes_placed_on_frames_share_each_utterances_frames_equally_and_leav
     phonemes = PhonemeCondition(dim=4, phonemes=["a", "b", "k"], placement="frames")
     model = Conditioner([phonemes, ClassCondition(dim=4, key="speaker", classes=["x", "y"])]).eval()
     values = {"phonemes": ["a b k", "k a"], "speaker": ["y", "x"]}
-    prefix, valid, _ = model(values, batch_size=2, device=torch.device("cpu"))
-    assert prefix.shape[1] == 1 and valid.all(), "only the speaker is a prefix"
+    prefix = model(values, batch_size=2, device=torch.device("cpu"))
+    assert prefix.length == 1 and prefix.valid.all(), "only the speaker is a prefix"
     frames = model.frames(values, lengths=torch.tensor([6, 5]), num_frames=6, device=torch.device("cpu"))
     table = phonemes.embedding.weight
     # 3 phonemes over 6 frames: two frames each; 2 over 5: frames 0-2 speak "k" (⌊t·2/5⌋ = 0 for t < 3)

@@ -14,10 +14,10 @@ from mmtok.data.audio import (
     AudioDataset,
     AudioFileError,
     collate_audio,
-    hash_splits,
+    assign_splits,
     load_audio,
-    read_manifest,
 )
+from mmtok.data.manifest import read_manifest
 
 
 def _sine(freq: float, *, seconds: float, sample_rate: int, amplitude: float = 0.5) -> np.ndarray:
@@ -128,7 +128,7 @@ def _manifest(folder: Path, lines: list[str]) -> Path:
 def test_read_manifest_resolves_paths(tmp_path):
     absolute = _write(tmp_path / "elsewhere" / "b.wav", np.zeros(10, dtype=np.float32))
     lines = [json.dumps({"audio": "wavs/a.wav", "text": "hi"}), "", json.dumps({"audio": str(absolute)})]
-    entries = read_manifest(_manifest(tmp_path, lines))
+    entries = read_manifest(_manifest(tmp_path, lines), key="audio")
     assert entries == [
         {"audio": str((tmp_path / "wavs" / "a.wav").resolve()), "text": "hi"},
         {"audio": str(absolute.resolve())},
@@ -148,7 +148,7 @@ def test_manifest_errors_name_file_and_line(tmp_path, bad_line, message):
     good = json.dumps({"audio": "wavs/a.wav"})
     path = _manifest(tmp_path, [good, good, bad_line])
     with pytest.raises(ValueError, match=message) as caught:
-        read_manifest(path)
+        read_manifest(path, key="audio")
     assert f"{path}:3:" in str(caught.value)
 
 
@@ -231,7 +231,7 @@ def test_datamodule_on_a_plain_folder(tmp_path):
             for s in ("train", "valid", "test")}
     assert sorted(sum(seen.values(), [])) == sorted(names)
     assert all(seen.values())
-    expected = dict(zip(sorted(names), hash_splits(sorted(names))))
+    expected = dict(zip(sorted(names), assign_splits(sorted(names))))
     assert all(expected[name] == split for split, group in seen.items() for name in group)
 
     batch = next(iter(dm.train_dataloader()))
@@ -241,15 +241,15 @@ def test_datamodule_on_a_plain_folder(tmp_path):
     assert "text" not in batch
 
 
-def test_hash_splits_are_stable_and_complete():
+def test_assign_splits_are_stable_and_complete():
     names = [f"f{i}.wav" for i in range(2000)]
-    splits = hash_splits(names)
-    assert splits == hash_splits(names)
+    splits = assign_splits(names)
+    assert splits == assign_splits(names)
     assert 0.03 < splits.count("valid") / 2000 < 0.07 and 0.03 < splits.count("test") / 2000 < 0.07
-    assert hash_splits(names[:1500]) == splits[:1500]  # adding files does not move the others
-    assert hash_splits(["only.wav"]) == ["train"]
-    assert sorted(hash_splits(["a.wav", "b.wav"])) == ["train", "valid"]
-    assert sorted(hash_splits(["a.wav", "b.wav", "c.wav"])) == ["test", "train", "valid"]
+    assert assign_splits(names[:1500]) == splits[:1500]  # adding files does not move the others
+    assert assign_splits(["only.wav"]) == ["train"]
+    assert sorted(assign_splits(["a.wav", "b.wav"])) == ["train", "valid"]
+    assert sorted(assign_splits(["a.wav", "b.wav", "c.wav"])) == ["test", "train", "valid"]
 
 
 def test_datamodule_missing_path_is_named(tmp_path):

@@ -7,7 +7,7 @@ import pytest
 from mmtok.data.manifest import (
     assign_missing_splits,
     corpus_is_cached,
-    hash_splits,
+    assign_splits,
     load_entries,
     read_media_manifest,
     split_datasets,
@@ -66,20 +66,20 @@ def test_missing_manifest_is_named(tmp_path):
         read_media_manifest(tmp_path / "nothing.jsonl", key="clip")
 
 
-def test_hash_splits_values():
-    assert hash_splits([]) == []
-    assert hash_splits(["only"]) == ["train"]
+def test_assign_splits_values():
+    assert assign_splits([]) == []
+    assert assign_splits(["only"]) == ["train"]
     names = [f"n{i}" for i in range(400)]
-    splits = hash_splits(names)
+    splits = assign_splits(names)
     assert set(splits) == {"train", "valid", "test"}
-    assert hash_splits(names[:300]) == splits[:300]  # stable: adding names does not move others
-    assert hash_splits(["x"] * 3, valid_fraction=0.0, test_fraction=0.0) == ["valid", "test", "train"]
+    assert assign_splits(names[:300]) == splits[:300]  # stable: adding names does not move others
+    assert assign_splits(["x"] * 3, valid_fraction=0.0, test_fraction=0.0) == ["valid", "test", "train"]
 
 
 def test_missing_splits_come_from_the_relative_path(tmp_path):
     entries = [{"f": str(tmp_path / "a" / f"{i}.bin")} for i in range(20)] + [{"f": "/x/y.bin", "split": "test"}]
     assign_missing_splits(entries, key="f", root=tmp_path)
-    expected = hash_splits([f"a/{i}.bin" for i in range(20)])
+    expected = assign_splits([f"a/{i}.bin" for i in range(20)])
     assert [e["split"] for e in entries] == expected + ["test"]
 
 

@@ -9,10 +9,10 @@ import soundfile as sf
 import torch
 
 from mmtok.data import speech, tools
+from mmtok.data.manifest import assign_splits
 from mmtok.data.speech import (
     SPEAKERS,
     assign_speakers,
-    assign_splits,
     build_speech_corpus,
     clean_phonemes,
     espeak_executable,
@@ -81,14 +81,14 @@ def test_speaker_assignment_is_balanced():
     assert max(counts) - min(counts) <= 1
 
 
-def test_splits_are_about_90_5_5():
+def test_splits_are_about_90_5_5(tmp_path):
     splits = assign_splits(200, seed=0)
     assert [splits.count(name) for name in ("train", "valid", "test")] == [180, 10, 10]
     for num in (3, 4, 12):
         small = assign_splits(num, seed=5)
         assert set(small) == {"train", "valid", "test"} and small.count("train") >= num - 2
-    with pytest.raises(ValueError, match="at least 3"):
-        assign_splits(2, seed=0)
+    with pytest.raises(ValueError, match="at least 3 utterances"):
+        build_speech_corpus(tmp_path, num_utterances=2)
 
 
 def test_manifest_contents(corpus):

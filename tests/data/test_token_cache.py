@@ -5,14 +5,15 @@ from __future__ import annotations
 import pytest
 import torch
 
-from mmtok.data.audio import load_audio, read_manifest
+from mmtok.data.audio import load_audio
+from mmtok.data.manifest import read_manifest
 from mmtok.data.tokens import TokenCorpus, TokenDataModule, collate_tokens, tokenize_corpus
 from mmtok.hub import load_pretrained
 
 
 def test_the_cache_holds_exactly_each_items_codes(tiny_tokens, tiny_corpus, tiny_codec_folder):
     corpus = TokenCorpus(tiny_tokens)
-    entries = read_manifest(tiny_corpus / "manifest.jsonl")
+    entries = read_manifest(tiny_corpus / "manifest.jsonl", key="audio")
     codec = load_pretrained(tiny_codec_folder)
     assert len(corpus) == len(entries) and corpus.info["codebook_sizes"] == [32] * 4
     for index in (0, len(entries) - 1):

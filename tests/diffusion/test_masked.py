@@ -10,6 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from mmtok.diffusion.masked import mask_tokens, masked_diffusion_loss, sample_times
+from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.diffusion.model import MaskedDiffusionGenerator
 from mmtok.diffusion.schedules import CosineSchedule, LogLinearSchedule, build_schedule
 
@@ -52,9 +53,10 @@ def test_the_loss_is_the_weighted_masked_cross_entropy_per_valid_token():
     torch.testing.assert_close(masked_diffusion_loss(logits, targets, masked, t, LogLinearSchedule()), expected)
 
 
-def tiny_mdm(folder, **overrides) -> MaskedDiffusionGenerator:
+def tiny_mdm(folder, codebook_sizes=(32, 32), **overrides) -> MaskedDiffusionGenerator:
     torch.manual_seed(0)
-    options = dict(tokenizer=str(folder), codebook_sizes=[32, 32], dim=32, num_layers=2, num_heads=2, dropout=0.0,
+    backbone = CodebookTransformer(codebook_sizes=codebook_sizes, dim=32, num_layers=2, num_heads=2)
+    options = dict(tokenizer=str(folder), backbone=backbone,
                    conditions=[{"type": "class", "key": "speaker", "classes": ["a", "b"]}])
     return MaskedDiffusionGenerator(**{**options, **overrides})
 
@@ -69,12 +71,13 @@ def test_a_tiny_model_learns_a_token_set_and_every_sampler_generates_it(sampler,
     batch = {"codes": codes.repeat(8, 1, 1), "lengths": torch.tensor([5, 2]).repeat(8), "speaker": ["a", "b"] * 8}
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     for step in range(300):
-        loss, _ = model.loss(batch, generator=torch.Generator().manual_seed(step))
+        loss, _ = model.loss(batch, rng=torch.Generator().manual_seed(step))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
-    tokens, stats = model.eval().generate({"speaker": ["b", "a"]}, lengths=torch.tensor([2, 5]), sampler=sampler,
-                                          temperature=0.5, generator=torch.Generator().manual_seed(0))
+    tokens = model.eval().generate({"speaker": ["b", "a"]}, lengths=torch.tensor([2, 5]), sampler=sampler,
+                                   temperature=0.5, rng=torch.Generator().manual_seed(0))
+    stats = model.last_stats
     assert torch.equal(tokens[0].codes[0], codes[1, :, :2]) and torch.equal(tokens[1].codes[0], codes[0])
     assert (tokens.codes != model.mask_id).all(), "the absorbing token never appears in outputs"
     if sampler == "fhs":
@@ -98,8 +101,8 @@ def test_adapting_from_an_ar_generator_copies_every_shared_tensor_and_drops_the_
 
     torch.manual_seed(1)
     speaker = {"type": "class", "key": "speaker", "classes": ["a", "b"]}
-    ar = ARGenerator(tokenizer=str(tiny_codec_folder), codebook_sizes=[32, 32], pattern="delay", dim=32,
-                     num_layers=2, num_heads=2, end_token=True,
+    backbone = CodebookTransformer(codebook_sizes=[32, 32], dim=32, num_layers=2, num_heads=2, end_token=True)
+    ar = ARGenerator(tokenizer=str(tiny_codec_folder), backbone=backbone, pattern="delay",
                      conditions=[speaker, {"type": "phonemes", "phonemes": ["x", "y"]}])
     ar.save_pretrained(tmp_path / "ar")
     model = tiny_mdm(tiny_codec_folder, time_conditioning=True,
@@ -128,8 +131,11 @@ def test_the_generator_needs_one_codebook_size_and_a_fitting_tokenizer(tiny_code
     model = tiny_mdm(tiny_codec_folder, time_conditioning=True, positions="aligned", pattern="delay").eval()
     model.save_pretrained(tmp_path / "mdm")
     loaded = load_pretrained(tmp_path / "mdm")
-    options = dict(lengths=torch.tensor([3]), sampler="maskgit", num_steps=2)
-    first, _ = model.generate({"speaker": ["a"]}, generator=torch.Generator().manual_seed(0), **options)
-    second, _ = loaded.generate({"speaker": ["a"]}, generator=torch.Generator().manual_seed(0), **options)
+    options = dict(lengths=torch.tensor([3]), sampler="maskgit", steps=2)
+    first = model.generate({"speaker": ["a"]}, rng=torch.Generator().manual_seed(0), **options)
+    second = loaded.generate({"speaker": ["a"]}, rng=torch.Generator().manual_seed(0), **options)
     assert torch.equal(first.codes, second.codes) and type(loaded.pattern).__name__ == "DelayPattern"
-    assert model.num_frames(["a b c", "a"]).tolist() == [15, 5]
+    with pytest.raises(ValueError, match="steps must be ≥ 1"):
+        model.generate({"speaker": ["a"]}, lengths=torch.tensor([3]), sampler="maskgit", steps=0)
+    with pytest.raises(ValueError, match="samples with fhs, ancestral, maskgit"):
+        model.generate({"speaker": ["a"]}, lengths=torch.tensor([3]), sampler="autoregressive")

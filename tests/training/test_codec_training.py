@@ -17,7 +17,8 @@ from conftest import tiny_codec_args
 from mmtok.cli import main
 from mmtok.codecs.discriminators import MultiPeriodDiscriminator
 from mmtok.codecs.rvq import RVQCodec
-from mmtok.data.audio import load_audio, read_manifest
+from mmtok.data.audio import load_audio
+from mmtok.data.manifest import read_manifest
 from mmtok.export import export_checkpoint, load_model_from_checkpoint
 from mmtok.hub import load_pretrained, round_to_half
 from mmtok.tokens import Tokens
@@ -76,7 +77,7 @@ def test_export_gives_a_hub_folder_with_measured_metrics(trained_run, tiny_corpu
     assert "## Measured metrics" in card and "mel_distance" in card and "```yaml" in card
     from_ckpt, _ = load_model_from_checkpoint(ckpt)
     from_hub = load_pretrained(folder)
-    audio = load_audio(read_manifest(tiny_corpus / "manifest.jsonl")[0]["audio"], sample_rate=16000)[None]
+    audio = load_audio(read_manifest(tiny_corpus / "manifest.jsonl", key="audio")[0]["audio"], sample_rate=16000)[None]
     assert torch.equal(from_ckpt.encode(audio).codes, from_hub.encode(audio).codes)
     assert torch.equal(from_ckpt.decode(from_ckpt.encode(audio)), from_hub.decode(from_hub.encode(audio)))
 
@@ -93,7 +94,7 @@ def test_half_export_stores_float16_and_loads_the_measured_weights(trained_run, 
     round_to_half(rounded)
     loaded = load_pretrained(half)
     assert all(p.dtype == torch.float32 for p in loaded.parameters())
-    audio = load_audio(read_manifest(tiny_corpus / "manifest.jsonl")[0]["audio"], sample_rate=16000)[None]
+    audio = load_audio(read_manifest(tiny_corpus / "manifest.jsonl", key="audio")[0]["audio"], sample_rate=16000)[None]
     tokens = rounded.encode(audio)
     assert torch.equal(loaded.encode(audio).codes, tokens.codes)
     assert torch.equal(loaded.decode(tokens), rounded.decode(tokens))

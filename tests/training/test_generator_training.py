@@ -24,21 +24,25 @@ def tiny_ar_folder(corpus: Path, codec: Path, folder: Path) -> Path:
     """A tiny AR TTS generator with the tiny recipes' width (for the MDM recipe's ``adapt_from``)."""
     from mmtok.ar.model import ARGenerator
 
-    ARGenerator(tokenizer=str(codec), codebook_sizes=[32, 32], pattern="delay", end_token=True, dim=32, num_layers=2,
-                num_heads=2, conditions=tiny_conditions(corpus)).save_pretrained(folder)
+    from mmtok.codebook_transformer import CodebookTransformer
+
+    backbone = CodebookTransformer(codebook_sizes=[32, 32], end_token=True, dim=32, num_layers=2, num_heads=2)
+    ARGenerator(tokenizer=str(codec), backbone=backbone, pattern="delay",
+                conditions=tiny_conditions(corpus)).save_pretrained(folder)
     return folder
 
 
 def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir: Path, *, max_steps: int,
                   adapt_from: Path | None = None):
     generator = "--model.init_args.generator.init_args."
+    backbone = generator + "backbone.init_args."
     condition_specs = json.dumps(tiny_conditions(corpus, "frames" if adapt_from else "prefix"))
     adapt = ["--model.init_args.adapt_from", str(adapt_from)] if adapt_from else []
     return [
         "fit", "-c", str(recipe),
-        generator + "tokenizer", str(codec), generator + "codebook_sizes", "[32, 32]",
-        generator + "conditions", condition_specs, generator + "dim", "32", generator + "num_layers", "2",
-        generator + "num_heads", "2", generator + "max_frames", "40",
+        generator + "tokenizer", str(codec), backbone + "codebook_sizes", "[32, 32]",
+        generator + "conditions", condition_specs, backbone + "dim", "32", backbone + "num_layers", "2",
+        backbone + "num_heads", "2",
         "--model.init_args.lr", "0.003", "--model.init_args.warmup_steps", "5",
         "--model.init_args.num_generated_examples", "1",
         "--data.init_args.tokens", str(tokens), "--data.init_args.tokenizer", str(codec),
@@ -68,13 +72,17 @@ def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_co
 
     main(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "hub")])
     card = (tmp_path / "hub" / "README.md").read_text()
-    assert "mmtok generate" in card and ("DelayPattern" in card or "time-agnostic" in card)
+    assert "mmtok generate" in card and "TextToSpeech" in card
+    config = json.loads((tmp_path / "hub" / "config.json").read_text())
+    assert (config["frame_rate"], config["sample_rate"], config["grid"]) == (50.0, 16000, None), "the tokens' facts"
     if recipe.startswith("mdm"):
         from mmtok.data.tokens import TokenCorpus
-        from mmtok.training.diffusion import frames_per_phoneme
+        from mmtok.tasks.tts import TextToSpeech
 
-        measured = json.loads((tmp_path / "hub" / "config.json").read_text())["frames_per_phoneme"]
-        assert measured == pytest.approx(frames_per_phoneme(TokenCorpus(tmp_path / "tokens"))) and measured != 5.0
+        measured = config["task"]["init_args"]["frames_per_phoneme"]
+        task = TextToSpeech()
+        task.measure(TokenCorpus(tmp_path / "tokens"))
+        assert measured == pytest.approx(task.frames_per_phoneme) and measured != 5.0
     prompt = next((tiny_corpus / "wavs").glob("*.wav"))
     sampler = ["--sampler", "maskgit", "--steps", "4"] if recipe.startswith("mdm") else []
     main(["generate", str(tmp_path / "hub"), "--text", "The cat sat.", "--text", "A dog ran home.",
@@ -91,8 +99,11 @@ def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_co
 
 def test_generate_names_a_condition_the_model_does_not_have(tiny_codec_folder, tmp_path):
     from mmtok.ar.model import ARGenerator
+    from mmtok.codebook_transformer import CodebookTransformer
 
-    ARGenerator(tokenizer=str(tiny_codec_folder), codebook_sizes=[32], dim=16, num_layers=1, num_heads=2,
+    backbone = CodebookTransformer(codebook_sizes=[32], dim=16, num_layers=1, num_heads=2)
+    ARGenerator(tokenizer=str(tiny_codec_folder), backbone=backbone,
+                task={"class_path": "mmtok.tasks.tts.TextToSpeech"},
                 conditions=[{"type": "phonemes", "phonemes": ["k", "æ", "t", "ð", "ə", "s"]}]).save_pretrained(
         tmp_path / "gen")
     with pytest.raises(ValueError, match="no 'speaker' condition"):

@@ -1,0 +1,224 @@
+"""Text-to-speech with a generator over an audio tokenizer: text -> phonemes (espeak-ng, as the
+corpus was labelled) -> codes -> waveform, and its intelligibility.
+
+The length of an utterance: a generator that stops by itself (an AR model with an end token) gets
+``max_seconds``; one that needs the length first (masked diffusion) gets ``frames_per_phoneme`` ×
+the phoneme count, measured on the training data (as non-autoregressive TTS models such as E2 and
+F5-TTS do with the text length).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import time
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+import torchaudio
+
+from mmtok.tasks.base import Task
+from mmtok.tokens import Tokens
+
+
+class TextToSpeech(Task):
+    """Sentences in a corpus voice (``--speaker``) or a prompted one (``--prompt voice.wav``)."""
+
+    def __init__(self, *, frames_per_phoneme: float = 5.0, max_seconds: float = 10.0):
+        super().__init__(frames_per_phoneme=frames_per_phoneme, max_seconds=max_seconds)
+        self.frames_per_phoneme, self.max_seconds = frames_per_phoneme, max_seconds
+
+    def measure(self, corpus) -> None:
+        """Frames per phoneme over the train split of a token cache: the length model of NAR TTS."""
+        frames = phonemes = 0
+        for index, entry in enumerate(corpus.entries):
+            if entry.get("split", "train") == "train" and entry.get("phonemes"):
+                frames += corpus.codes(index).shape[1]
+                phonemes += len(entry["phonemes"].split())
+        if not phonemes:
+            raise ValueError(f"{corpus.folder}: no train utterances with phonemes to measure frames per phoneme")
+        self.frames_per_phoneme = self.init_args["frames_per_phoneme"] = frames / phonemes
+
+    def lengths(self, generator, phonemes: Sequence[str], *, frame_rate: float,
+                max_seconds: float | None = None) -> torch.Tensor:
+        """Frames to generate per utterance (at most, for a generator that stops by itself)."""
+        limit = round((max_seconds or self.max_seconds) * frame_rate)
+        if generator.stops_by_itself:
+            return torch.full((len(phonemes),), limit)
+        counts = torch.tensor([len(p.split()) for p in phonemes], dtype=torch.float)
+        return (counts * self.frames_per_phoneme).round().long().clamp(1, limit)
+
+    @staticmethod
+    def add_arguments(parser: argparse.ArgumentParser) -> None:
+        parser.add_argument("--text", action="append", default=[], help="a sentence to speak (repeatable)")
+        parser.add_argument("--text-file", help="a file with one sentence per line")
+        parser.add_argument("--prompt", help="a wav of the voice to imitate (its first --prompt-seconds are used)")
+        parser.add_argument("--prompt-seconds", type=float, default=3.0)
+        parser.add_argument("--speaker", help="a corpus speaker id (the speaker condition), e.g. us-f3")
+        parser.add_argument("--voice", help="espeak-ng voice used to phonemize the text (default: the speaker's, "
+                                            "or en-us)")
+        parser.add_argument("--max-seconds", type=float, default=None, help="the longest utterance")
+
+    def run(self, generator, tokenizer, args, *, out, rng, sampling) -> list[Path]:
+        from mmtok.data.audio import load_audio
+        from mmtok.data.speech import phonemize
+        from mmtok.media import write_spectrogram_png, write_wav
+
+        texts = list(args.text)
+        if args.text_file:
+            texts += [line.strip() for line in Path(args.text_file).read_text().splitlines() if line.strip()]
+        if not texts:
+            raise ValueError("give --text (repeatable) or --text-file")
+        prompt = load_audio(args.prompt, sample_rate=tokenizer.sample_rate) if args.prompt else None
+        voice = args.voice or args.speaker or "en-us"
+        phonemes = [phonemize(text, voice=voice) for text in texts]
+        started = time.perf_counter()
+        audio, tokens = synthesize(generator, tokenizer, phonemes, task=self,
+                                   speakers=[args.speaker] * len(texts) if args.speaker else None,
+                                   prompts=[prompt] * len(texts) if prompt is not None else None,
+                                   prompt_seconds=args.prompt_seconds, max_seconds=args.max_seconds, rng=rng,
+                                   **sampling)
+        seconds = time.perf_counter() - started
+        lines, files = [], []
+        for i, (text, wave) in enumerate(zip(texts, audio)):
+            path = out / f"{i:02d}_{_slug(text)}.wav"
+            files += [write_wav(path, wave, sample_rate=tokenizer.sample_rate),
+                      write_spectrogram_png(path.with_suffix(".png"), wave, sample_rate=tokenizer.sample_rate,
+                                            title=text)]
+            lines.append({"audio": path.name, "text": text, "phonemes": phonemes[i], "speaker": args.speaker,
+                          "sampler": generator.check_sampler(sampling.get("sampler")), "prompt": args.prompt,
+                          "seconds": round(wave.shape[-1] / tokenizer.sample_rate, 3),
+                          "frames": int(tokens.lengths[i]), "generation_s": round(seconds, 2)})
+            print(f"{path}\t{lines[-1]['seconds']:.2f} s\t{text}")
+        if prompt is not None:  # what the voice was taken from, to listen to next to the results
+            files.append(write_wav(out / "prompt.wav", prompt[:, : round(args.prompt_seconds * tokenizer.sample_rate)],
+                                   sample_rate=tokenizer.sample_rate))
+        (out / "generated.jsonl").write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+        print(f"generated {len(texts)} utterance(s) in {seconds:.1f} s (the batch together)")
+        return files + [out / "generated.jsonl"]
+
+
+def _slug(text: str, width: int = 40) -> str:
+    return "".join(c if c.isalnum() else "_" for c in text.lower())[:width].strip("_") or "utterance"
+
+
+def pad_audio(audios: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms [1, N_i] -> (zero-padded [B, 1, N], lengths [B])."""
+    lengths = torch.tensor([a.shape[-1] for a in audios])
+    batch = torch.zeros(len(audios), 1, int(lengths.max()))
+    for row, audio in enumerate(audios):
+        batch[row, :, : audio.shape[-1]] = audio
+    return batch, lengths
+
+
+@torch.no_grad()
+def encode_prompts(model, tokenizer, audios: Sequence[torch.Tensor], *, seconds: float = 3.0) -> dict:
+    """The voice-prompt field for a batch: each waveform's first ``seconds`` (``[1, N]`` at the
+    tokenizer's rate) encoded, the first ``model.num_codebooks`` codebooks kept, padded."""
+    samples = round(seconds * tokenizer.sample_rate)
+    device = next(tokenizer.parameters()).device
+    codes = [tokenizer.encode(audio[None, :, :samples].to(device)).codes[0, : model.num_codebooks] for audio in audios]
+    lengths = torch.tensor([c.shape[1] for c in codes], device=device)
+    padded = torch.zeros(len(codes), model.num_codebooks, int(lengths.max()), dtype=torch.long, device=device)
+    for row, c in enumerate(codes):
+        padded[row, :, : c.shape[1]] = c
+    return {"codes": padded, "lengths": lengths}
+
+
+def speech_conditions(model, tokenizer, phonemes: Sequence[str], *,
+                      speakers: Sequence[str] | None = None, prompts: Sequence[torch.Tensor] | None = None,
+                      prompt_seconds: float = 3.0) -> dict:
+    """The batch of conditions for ``len(phonemes)`` utterances: phonemes, optionally one speaker
+    label and one voice prompt (a waveform) per utterance. A field the generator has no condition
+    for is an error, not silently ignored."""
+    keys = model.conditioner.keys
+    for name, value in (("phonemes", phonemes), ("speaker", speakers), ("prompt", prompts)):
+        if value is not None and name not in keys:
+            raise ValueError(f"this generator has no '{name}' condition (it has {keys})")
+        if value is not None and len(value) != len(phonemes):
+            raise ValueError(f"{len(value)} {name} values for {len(phonemes)} utterances")
+    conditions: dict = {"phonemes": list(phonemes)}
+    if speakers is not None:
+        conditions["speaker"] = list(speakers)
+    if prompts is not None:
+        conditions["prompt"] = encode_prompts(model, tokenizer, prompts, seconds=prompt_seconds)
+    return conditions
+
+
+@torch.no_grad()
+def synthesize(model, tokenizer, phonemes: Sequence[str], *, task: TextToSpeech | None = None,
+               speakers: Sequence[str] | None = None, prompts: Sequence[torch.Tensor] | None = None,
+               prompt_seconds: float = 3.0, max_seconds: float | None = None, rng: torch.Generator | None = None,
+               **sampling) -> tuple[list[torch.Tensor], Tokens]:
+    """Waveforms ``[1, N_i]`` and the generated tokens for a batch of phoneme strings. ``task``: the
+    generator's own (its frames per phoneme) by default; ``sampling``: sampler, steps, temperature,
+    top_k, top_p, cfg_scale."""
+    from mmtok.tasks import build_task
+
+    task = task or build_task(model.task)
+    conditions = speech_conditions(model, tokenizer, phonemes, speakers=speakers, prompts=prompts,
+                                   prompt_seconds=prompt_seconds)
+    lengths = task.lengths(model, phonemes, frame_rate=tokenizer.frame_rate, max_seconds=max_seconds)
+    tokens = model.generate(conditions, lengths=lengths, rng=rng, **sampling)
+    audio = [tokenizer.decode(tokens[i])[0].cpu() for i in range(len(phonemes))]
+    return audio, tokens
+
+
+MODES = ("speaker", "prompt")
+
+
+@torch.no_grad()
+def evaluate_tts(model, tokenizer, judge, data: str | Path, *, mode: str = "speaker",
+                 split: str = "test", max_items: int | None = 100, batch_size: int = 16,
+                 prompt_seconds: float = 3.0, max_seconds: float | None = None, seed: int = 0,
+                 **sampling) -> dict:
+    """Speak the phonemes of a corpus split and score the speech with a phoneme recognizer.
+
+    ``mode="speaker"``: each utterance in its corpus voice (the speaker label). ``"prompt"``: in the
+    voice of a ``prompt_seconds`` prompt cut from *another* utterance of the same speaker in the split
+    (no label). Returns PER against the corpus phonemes, the ratio of generated to real durations,
+    the fraction of utterances that ended before the length limit (None for a generator that does
+    not stop by itself), and the generation time.
+    """
+    from mmtok.data.audio import load_audio
+    from mmtok.data.manifest import read_manifest
+    from mmtok.metrics import error_rate
+    from mmtok.tasks import build_task
+
+    if mode not in MODES:
+        raise ValueError(f"mode must be one of {MODES}, got {mode!r}")
+    task = build_task(model.task)
+    limit = round((max_seconds or task.max_seconds) * tokenizer.frame_rate)
+    entries = [e for e in read_manifest(data, key="audio") if e.get("split") == split][:max_items]
+    if not entries or any("phonemes" not in e for e in entries):
+        raise ValueError(f"{data}: the {split} split needs utterances with 'phonemes'")
+    rng = torch.Generator().manual_seed(seed)
+    references, hypotheses, ratios, ended, seconds = [], [], [], 0, 0.0
+    for start in range(0, len(entries), batch_size):
+        chunk = entries[start:start + batch_size]
+        options = {"speakers": [e["speaker"] for e in chunk]} if mode == "speaker" else {
+            "prompts": [load_audio(_other_utterance(entries, e)["audio"], sample_rate=tokenizer.sample_rate)
+                        for e in chunk]}
+        started = time.perf_counter()
+        audio, tokens = synthesize(model, tokenizer, [e["phonemes"] for e in chunk], task=task,
+                                   prompt_seconds=prompt_seconds, max_seconds=max_seconds, rng=rng, **options,
+                                   **sampling)
+        seconds += time.perf_counter() - started
+        ended += int((tokens.lengths < limit).sum())
+        batch, lengths = pad_audio(audio)
+        if tokenizer.sample_rate != judge.sample_rate:
+            batch = torchaudio.functional.resample(batch, tokenizer.sample_rate, judge.sample_rate)
+            lengths = lengths * judge.sample_rate // tokenizer.sample_rate
+        hypotheses += [h.split() for h in judge.eval().transcribe(batch, lengths)]
+        references += [e["phonemes"].split() for e in chunk]
+        ratios += [a.shape[-1] / tokenizer.sample_rate / e["duration"] for a, e in zip(audio, chunk)]
+    return {"mode": mode, "per": error_rate(references, hypotheses), "duration_ratio": sum(ratios) / len(ratios),
+            "ended": ended / len(entries) if model.stops_by_itself else None,  # a fixed length ends nothing
+            "utterances": len(entries), "generation_s": seconds}
+
+
+def _other_utterance(entries: list[dict], entry: dict) -> dict:
+    """The next utterance after ``entry`` (cyclically) by the same speaker, or itself if it is alone."""
+    same = [e for e in entries if e["speaker"] == entry["speaker"]]
+    return same[(same.index(entry) + 1) % len(same)]
