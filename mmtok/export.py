@@ -15,6 +15,7 @@ from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
 from mmtok.codecs.base import Tokenizer
 from mmtok.generators import TokenGenerator
 from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class, round_to_half
+from mmtok.judges.digits import DigitClassifier, evaluate_classifier
 
 
 def load_model_from_checkpoint(checkpoint: str | Path) -> tuple[HubMixin, dict]:
@@ -82,7 +83,24 @@ def _generator_card(generator: TokenGenerator, data: str | None, split: str, max
     return card
 
 
-CARD_BUILDERS = {Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card, TokenGenerator: _generator_card}
+def _classifier_card(classifier: DigitClassifier, data: str | None, split: str, max_items: int | None,
+                     judge: str | None) -> dict:
+    card = {"description": (
+        f"A CNN digit classifier trained with mmtok ({classifier.num_classes} classes, {classifier.channels} "
+        f"channel(s)): the judge of generated and reconstructed digits, the {classifier.feature_dim}-d feature "
+        "network of the Fréchet distance (`mmtok.metrics.frechet_distance`) and the perceptual loss network "
+        "(`feature_maps`)."),
+        "usage": ("`python bench/digit_judge.py MODEL --data data/digits` (accuracy, Fréchet distance floors); in "
+                  "Python, `model.classify(images)` on FloatTensor [B, C, H, W] in [0, 1], white digits on black")}
+    if data is not None:
+        scored = evaluate_classifier(classifier, data, split=split, max_items=max_items)
+        card["metrics"] = [{"accuracy": scored["accuracy"], "images": scored["images"]}]
+        card["metrics_note"] = f"Accuracy on the `{split}` split of `{data}`."
+    return card
+
+
+CARD_BUILDERS = {Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card, TokenGenerator: _generator_card,
+                 DigitClassifier: _classifier_card}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,
