@@ -40,6 +40,8 @@ def load_model_from_checkpoint(checkpoint: str | Path) -> tuple[HubMixin, dict]:
 def _codec_card(codec: Tokenizer, data: str | None, split: str, max_items: int | None, judge: str | None) -> dict:
     from mmtok.codecs.evaluate import evaluate_codec
 
+    if codec.modality == "image":
+        return _image_tokenizer_card(codec, data, split, max_items, judge)
     card = {"description": (
         f"A `{type(codec).__name__}` trained with mmtok: {codec.num_codebooks} codebooks of "
         f"{codec.codebook_sizes[0]} codes at {codec.frame_rate:g} frames/s ({codec.sample_rate} Hz audio); "
@@ -51,6 +53,29 @@ def _codec_card(codec: Tokenizer, data: str | None, split: str, max_items: int |
                                 "utterances; mel and STFT distances: lower is better; SI-SDR in dB"
                                 + (f"; per: phoneme error rate of the reconstructions by `{judge}`" if judge else "")
                                 + ").")
+    return card
+
+
+def _image_tokenizer_card(tokenizer: Tokenizer, data: str | None, split: str, max_items: int | None,
+                          judge: str | None) -> dict:
+    from mmtok.codecs.vq_image import evaluate_image_tokenizer
+
+    (height, width), (h, w) = tokenizer.image_size, tokenizer.grid
+    card = {"description": (
+        f"A `{type(tokenizer).__name__}` trained with mmtok: {height}x{width} images ({tokenizer.channels} "
+        f"channel(s)) -> a token grid of {h}x{w} in raster order, {tokenizer.num_codebooks} residual "
+        f"codebook(s) of {tokenizer.codebook_sizes[0]} codes; any first n codebooks decode."),
+        "usage": ("none yet for images (`mmtok encode`/`decode` read audio); in Python, "
+                  "`tokens = model.encode(images)` (FloatTensor [B, C, H, W] in [0, 1] -> codes [B, Q, h·w], "
+                  "grid (h, w)) and `model.decode(tokens)`")}
+    if data is not None:
+        classifier = load_pretrained(judge) if judge else None
+        card["metrics"] = evaluate_image_tokenizer(tokenizer, data, split=split, max_items=max_items,
+                                                   judge=classifier)
+        card["metrics_note"] = (f"Reconstructions of the `{split}` split of `{data}` from the first n codebooks "
+                                "(L1 and MSE of pixels in [0, 1]; PSNR in dB; usage: fraction of codebook n's "
+                                "codes used, perplexity: exp of their entropy"
+                                + (f"; judge_accuracy: `{judge}`'s accuracy on them" if judge else "") + ").")
     return card
 
 

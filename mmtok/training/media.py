@@ -8,7 +8,7 @@ import lightning as L
 import torch
 from lightning.pytorch.loggers import WandbLogger
 
-from mmtok.media import spectrogram_figure, write_spectrogram_png, write_wav
+from mmtok.media import image_grid, spectrogram_figure, write_png_grid, write_spectrogram_png, write_wav
 
 
 def media_dir(module: L.LightningModule) -> Path:
@@ -62,3 +62,21 @@ def log_generated_audio(module: L.LightningModule, audios: list[torch.Tensor], r
         if wandb_logger is not None:
             _log_to_wandb(wandb_logger, f"val_media/{i}_generated", audio, sample_rate=sample_rate,
                           reference=reference, step=module.global_step)
+
+
+def log_image_examples(module: L.LightningModule, images: torch.Tensor, reconstructions: list[torch.Tensor], *,
+                       names: list[str], count: int, name: str = "reconstructions") -> Path:
+    """Write one png grid, the first ``count`` originals in the top row and under them one row per entry
+    of ``reconstructions`` (so each column is an image and its reconstructions), to the run's media
+    folder as ``<name>.png``, and log it to wandb when it is a logger. Returns the png's path.
+
+    images, reconstructions[i]: FloatTensor [B, C, H, W] in [0, 1]; names[i] names row i + 1.
+    """
+    count = min(count, images.shape[0])
+    rows = torch.cat([images[:count], *(r[:count] for r in reconstructions)]).detach().float().cpu()
+    path = write_png_grid(media_dir(module) / f"{name}.png", rows, nrow=count)
+    wandb_logger = next((lg for lg in module.loggers if isinstance(lg, WandbLogger)), None)
+    if wandb_logger is not None:
+        wandb_logger.log_image(key=f"val_media/{name}", images=[image_grid(rows, nrow=count)],
+                               caption=["rows: original, " + ", ".join(names)], step=module.global_step)
+    return path

@@ -1,0 +1,232 @@
+"""Training of a VQGAN-style image tokenizer (Esser et al. 2021) as a LightningModule with manual optimization.
+
+Generator loss: ``λ_1 |x − x̂|₁ + λ_2 ‖x − x̂‖² + λ_p · perceptual(x̂, x) + λ_commit · quantizer loss
++ λ_adv · w · hinge_G(D(x̂))``; ``w`` is VQGAN's adaptive weight (eq. 7), the ratio of the gradient
+norms of the reconstruction and adversarial terms at the decoder's last layer, or 1 with
+``adaptive_adv_weight: false``. The perceptual distance (:class:`~mmtok.codecs.vq_image.PerceptualLoss`)
+reads the feature maps of the frozen network in the Hub folder ``perceptual_network`` (the digit
+classifier trained by mmtok). The optional discriminator (a PatchGAN, injected by ``class_path``)
+is trained with the hinge loss from ``adversarial_start_step`` generator steps on, after the
+tokenizer has learnt from the reconstruction losses alone.
+
+Validation logs L1, MSE and PSNR of the reconstructions from the first n codebooks for each n in
+``eval_quantizers``, the codebook usage and perplexity of each level, and writes a png grid of
+originals over reconstructions to ``<default_root_dir>/media/step_<N>/`` (and to wandb).
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import lightning as L
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mmtok.codecs.base import Tokenizer
+from mmtok.codecs.vq_image import PerceptualLoss
+from mmtok.hub import WEIGHTS_NAME, load_weights_strict, resolve_file
+from mmtok.losses import hinge_discriminator_loss, hinge_generator_loss
+from mmtok.metrics.image import codebook_usage, psnr
+from mmtok.training.checkpoint import record_model
+from mmtok.training.media import log_image_examples
+
+
+class ImageTokenizerModule(L.LightningModule):
+    """Trains an image tokenizer whose ``forward(images)`` returns an
+    :class:`~mmtok.codecs.vq_image.ImageTokenizerOutput` (and that has a ``last_layer`` for the adaptive
+    GAN weight). ``init_from`` (a Hub folder or repo id) starts from released weights.
+
+    Learning rate: linear warm-up over ``warmup_steps`` generator steps, then constant, or with
+    ``lr_decay_steps`` a cosine decay to ``min_lr_ratio · lr`` at that many steps.
+    """
+
+    def __init__(
+        self,
+        *,
+        tokenizer: Tokenizer,
+        init_from: str | None = None,
+        discriminator: nn.Module | None = None,
+        perceptual_network: str | None = None,
+        lambda_l1: float = 1.0,
+        lambda_l2: float = 0.0,
+        lambda_perceptual: float = 1.0,
+        lambda_commit: float = 1.0,
+        lambda_adv: float = 0.1,
+        adaptive_adv_weight: bool = True,
+        adversarial_start_step: int = 0,
+        lr: float = 2e-4,
+        betas: tuple[float, float] = (0.5, 0.9),
+        weight_decay: float = 0.0,
+        warmup_steps: int = 0,
+        lr_decay_steps: int | None = None,
+        min_lr_ratio: float = 0.1,
+        grad_clip: float = 1.0,
+        eval_quantizers: Sequence[int] | None = None,
+        num_logged_examples: int = 8,
+    ):
+        super().__init__()
+        self.automatic_optimization = False
+        self.save_hyperparameters(ignore=["tokenizer", "discriminator"])
+        if init_from is not None:
+            load_weights_strict(tokenizer, resolve_file(init_from, WEIGHTS_NAME))
+        self.tokenizer = tokenizer
+        self.discriminator = discriminator
+        self.perceptual = PerceptualLoss.from_pretrained(perceptual_network) if perceptual_network else None
+        quantizers = list(eval_quantizers) if eval_quantizers else [tokenizer.num_codebooks]
+        bad = [n for n in quantizers if not 1 <= n <= tokenizer.num_codebooks]
+        if bad:
+            raise ValueError(f"eval_quantizers {bad} outside 1..{tokenizer.num_codebooks} (the tokenizer's codebooks)")
+        self.eval_quantizers = quantizers
+        self._val_codes: list[torch.Tensor] = []  # [B, Q, h·w] per validation batch, for codebook usage
+        # Generator steps taken, kept in checkpoints so that resuming keeps the adversarial and lr schedules.
+        self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
+
+    # -- set-up --------------------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        if hasattr(self.tokenizer, "enable_distributed_sync"):
+            self.tokenizer.enable_distributed_sync()
+
+    def _lr_factor(self, step: int) -> float:
+        hp = self.hparams
+        if step < hp.warmup_steps:
+            return (step + 1) / hp.warmup_steps
+        if hp.lr_decay_steps is None:
+            return 1.0
+        progress = min(1.0, (step - hp.warmup_steps) / max(1, hp.lr_decay_steps - hp.warmup_steps))
+        return hp.min_lr_ratio + (1 - hp.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+    def configure_optimizers(self):
+        hp = self.hparams
+
+        def adam(parameters):
+            optimizer = torch.optim.AdamW(parameters, lr=hp.lr, betas=tuple(hp.betas), weight_decay=hp.weight_decay)
+            # the step is read from the generator_steps buffer, so a resumed run continues the schedule
+            return optimizer, torch.optim.lr_scheduler.LambdaLR(
+                optimizer, lambda _: self._lr_factor(int(self.generator_steps)))
+
+        opt_g, sched_g = adam(self.tokenizer.parameters())
+        if self.discriminator is None:
+            return [opt_g], [sched_g]
+        opt_d, sched_d = adam(self.discriminator.parameters())
+        return [opt_g, opt_d], [sched_g, sched_d]
+
+    # -- training ------------------------------------------------------------------------------
+    def _optimizer_step(self, optimizer, loss: torch.Tensor) -> None:
+        optimizer.zero_grad(set_to_none=True)
+        self.manual_backward(loss)
+        self.clip_gradients(optimizer, gradient_clip_val=self.hparams.grad_clip, gradient_clip_algorithm="norm")
+        optimizer.step()
+
+    def _discriminator_step(self, images: torch.Tensor, reconstruction: torch.Tensor, optimizer) -> torch.Tensor:
+        self.toggle_optimizer(optimizer)  # the tokenizer's parameters take no gradient here
+        loss = hinge_discriminator_loss([self.discriminator(images)], [self.discriminator(reconstruction.detach())])
+        self._optimizer_step(optimizer, loss)
+        self.untoggle_optimizer(optimizer)
+        return loss.detach()
+
+    def _reconstruction_loss(self, images: torch.Tensor, reconstruction: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        hp = self.hparams
+        l1, mse = F.l1_loss(reconstruction, images), F.mse_loss(reconstruction, images)
+        loss = hp.lambda_l1 * l1 + hp.lambda_l2 * mse
+        logs = {"l1": l1.detach(), "mse": mse.detach()}
+        if self.perceptual is not None and hp.lambda_perceptual > 0:
+            perceptual = self.perceptual(reconstruction, images)
+            loss = loss + hp.lambda_perceptual * perceptual
+            logs["perceptual"] = perceptual.detach()
+        return loss, logs
+
+    def _adversarial_weight(self, reconstruction_loss: torch.Tensor, adversarial_loss: torch.Tensor) -> torch.Tensor:
+        """VQGAN eq. 7: ‖∇_L rec‖ / (‖∇_L adv‖ + 1e-4) at the decoder's last layer L, clamped to [0, 1e4]."""
+        if not self.hparams.adaptive_adv_weight:
+            return adversarial_loss.new_ones(())
+        last = self.tokenizer.last_layer
+        rec_grad = torch.autograd.grad(reconstruction_loss, last, retain_graph=True)[0]
+        adv_grad = torch.autograd.grad(adversarial_loss, last, retain_graph=True)[0]
+        return (rec_grad.norm() / (adv_grad.norm() + 1e-4)).clamp(0.0, 1e4).detach()
+
+    def training_step(self, batch: dict | None, batch_idx: int) -> None:
+        if batch is None:  # every file of the batch was skipped as unreadable
+            return
+        optimizers, schedulers = self.optimizers(), self.lr_schedulers()
+        optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
+        schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
+        images = batch["image"]  # [B, C, H, W] in [0, 1]
+        out = self.tokenizer(images)
+        adversarial = (self.discriminator is not None
+                       and int(self.generator_steps) >= self.hparams.adversarial_start_step)
+        logs = {"d_loss": self._discriminator_step(images, out.images, optimizers[1])} if adversarial else {}
+
+        self.toggle_optimizer(optimizers[0])  # the discriminator's parameters take no gradient here
+        reconstruction, rec_logs = self._reconstruction_loss(images, out.images)
+        loss = reconstruction + self.hparams.lambda_commit * out.quantizer_loss
+        logs.update(rec_logs, quantizer_loss=out.quantizer_loss.detach())
+        if adversarial:
+            adv = hinge_generator_loss([self.discriminator(out.images)])
+            weight = self._adversarial_weight(reconstruction, adv)
+            loss = loss + self.hparams.lambda_adv * weight * adv
+            logs.update(adv_loss=adv.detach(), adv_weight=weight)
+        logs["g_loss"] = loss.detach()
+        self._optimizer_step(optimizers[0], loss)
+        self.untoggle_optimizer(optimizers[0])
+        self.generator_steps += 1
+        for scheduler in schedulers[: 2 if adversarial else 1]:
+            scheduler.step()
+
+        size = images.shape[0]
+        logs["lr"] = optimizers[0].param_groups[0]["lr"]
+        self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=size)
+        self.log("l1", logs["l1"], prog_bar=True, batch_size=size, logger=False)
+        skipped = getattr(self.trainer.datamodule, "num_skipped", 0) if self.trainer.datamodule else 0
+        if skipped:
+            self.log("data/skipped_files", float(skipped), batch_size=size)
+
+    # -- evaluation ----------------------------------------------------------------------------
+    def on_validation_epoch_start(self) -> None:
+        self._val_codes = []
+
+    def _evaluate(self, batch: dict | None, batch_idx: int, stage: str) -> None:
+        if batch is None:
+            return
+        images = batch["image"]
+        tokens = self.tokenizer.encode(images)  # codes [B, Q, h·w]
+        size, full = images.shape[0], self.tokenizer.num_codebooks
+        if stage == "val":
+            self._val_codes.append(tokens.codes)
+        reconstructions = []
+        for n in self.eval_quantizers:
+            reconstruction = self.tokenizer.decode(tokens, num_quantizers=n)  # [B, C, H, W] in [0, 1]
+            reconstructions.append(reconstruction)
+            metrics = {"l1": F.l1_loss(reconstruction, images), "mse": F.mse_loss(reconstruction, images),
+                       "psnr": psnr(images, reconstruction).mean()}
+            if self.perceptual is not None:
+                metrics["perceptual"] = self.perceptual(reconstruction, images)
+            self.log_dict({f"{stage}/{k}@{n}q": v for k, v in metrics.items()}, batch_size=size, sync_dist=True)
+            if n == full:
+                self.log_dict({f"{stage}/{k}": v for k, v in metrics.items() if k in ("l1", "psnr")},
+                              batch_size=size, sync_dist=True, prog_bar=True)
+        if batch_idx == 0 and stage == "val" and self.trainer.is_global_zero:
+            log_image_examples(self, images, reconstructions, names=[f"{n}q" for n in self.eval_quantizers],
+                               count=self.hparams.num_logged_examples)
+
+    def on_validation_epoch_end(self) -> None:
+        if not self._val_codes:
+            return
+        codes = torch.cat(self._val_codes)  # [N, Q, h·w]
+        if self.trainer.world_size > 1:
+            codes = self.all_gather(codes).flatten(0, 1)
+        for q, size in enumerate(self.tokenizer.codebook_sizes):
+            usage = codebook_usage(codes[:, q], size)
+            self.log_dict({f"val/usage@q{q}": usage["usage"], f"val/perplexity@q{q}": usage["perplexity"]})
+        self._val_codes = []
+
+    def validation_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "val")
+
+    def test_step(self, batch: dict, batch_idx: int) -> None:
+        self._evaluate(batch, batch_idx, "test")
+
+    # -- checkpoints ---------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict) -> None:
+        record_model(checkpoint, self.tokenizer, prefix="tokenizer.", trainer=self.trainer)
