@@ -8,8 +8,11 @@ other sub-commands are plain tools around Hub folders and media files.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
+
+from mmtok.errors import DataError, MissingFileError, MmtokError, UsageError
 
 LIGHTNING_COMMANDS = ("fit", "validate", "test", "predict")
 
@@ -103,7 +106,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         from mmtok.codecs.evaluate import evaluate_codec
 
         if judge is not None and not isinstance(judge, PhonemeRecognizer):
-            raise SystemExit(f"--judge {args.judge}: expected a phoneme recognizer, got a {type(judge).__name__}")
+            raise UsageError(f"--judge {args.judge}: a {type(judge).__name__}, expected a phoneme recognizer")
         rows = evaluate_codec(model, args.data, split=args.split, max_items=args.max_items,
                               quantizers=args.quantizers, examples_dir=args.out, num_examples=args.examples,
                               judge=judge)
@@ -120,8 +123,8 @@ def _evaluate_generator(generator, judge, args: argparse.Namespace) -> list[dict
     from mmtok.tasks import build_task
 
     if judge is None:
-        raise SystemExit(f"mmtok evaluate: {args.model} is a generator; give --judge (the model that reads its "
-                         "outputs: a phoneme recognizer for speech, a digit classifier for digits)")
+        raise UsageError(f"--judge: missing; {args.model} is a generator, so give the model that reads its outputs "
+                         "(a phoneme recognizer for speech, a digit classifier for digits)")
     tokenizer = generator.load_tokenizer(args.tokenizer, near=args.model)
     task = build_task(generator.task, source=f"{args.model}/config.json")
     return task.evaluate(generator, tokenizer, judge, args.data, samples_per_request=args.samples,
@@ -139,7 +142,7 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
     recognizer = load_pretrained(args.model)
     source = Path(args.input)
     if not source.exists():
-        raise SystemExit(f"mmtok: input {source} does not exist")
+        raise MissingFileError(f"{source}: no such file or folder")
     files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     lines = []
     for path in files:
@@ -156,12 +159,12 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
 def _pairs(source: Path, target: Path, in_suffixes: tuple[str, ...], out_suffix: str):
     """(input file, output file) pairs for a file or a folder (searched recursively)."""
     if not source.exists():
-        raise SystemExit(f"mmtok: input {source} does not exist")
+        raise MissingFileError(f"{source}: no such file or folder")
     if source.is_file():
         return [(source, target / (source.stem + out_suffix) if target.is_dir() else target)]
     files = sorted(p for p in source.rglob("*") if p.suffix.lower() in in_suffixes)
     if not files:
-        raise SystemExit(f"mmtok: no {'/'.join(in_suffixes)} files under {source}")
+        raise DataError(f"{source}: no {'/'.join(in_suffixes)} files in this folder")
     return [(p, target / p.relative_to(source).with_suffix(out_suffix)) for p in files]
 
 
@@ -223,7 +226,7 @@ def _generator_and_task(model: str):
 
     generator = load_pretrained(model)
     if not isinstance(generator, TokenGenerator):
-        raise SystemExit(f"mmtok generate: {model} holds a {type(generator).__name__}, not a generator")
+        raise UsageError(f"{model}: holds a {type(generator).__name__}, expected a generator")
     return generator, build_task(generator.task, source=f"{model}/config.json")
 
 
@@ -233,7 +236,7 @@ def cmd_generate(args: argparse.Namespace) -> None:
     generator, task = args.loaded
     tokenizer = generator.load_tokenizer(args.tokenizer, near=args.model)
     if args.steps is not None and args.steps < 1:
-        raise SystemExit(f"mmtok generate: --steps must be ≥ 1, got {args.steps}")
+        raise UsageError(f"--steps {args.steps}: must be ≥ 1")
     sampling = {"sampler": generator.check_sampler(args.sampler), "steps": args.steps,
                 "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
     out = Path(args.out)
@@ -358,7 +361,33 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> None:
+    """The ``mmtok`` command. An error is one line on stderr, ``mmtok <command>: <message>``, and exit
+    status 2 for a bad argument, 1 for anything else (:mod:`mmtok.errors`); ``--debug`` anywhere on
+    the command line, or ``MMTOK_DEBUG=1``, raises it with its traceback instead."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in argv or os.environ.get("MMTOK_DEBUG", "") not in ("", "0")
+    argv = [arg for arg in argv if arg != "--debug"]
+    try:
+        dispatch(argv)
+    except (SystemExit, KeyboardInterrupt):
+        raise
+    except Exception as error:  # noqa: BLE001 (every error becomes one line unless --debug)
+        if debug:
+            raise
+        print(f"mmtok {argv[0] if argv else ''}: {one_line(error)}", file=sys.stderr)
+        raise SystemExit(getattr(error, "exit_code", 1)) from None
+
+
+def one_line(error: BaseException) -> str:
+    """The error's message on one line; an error mmtok did not anticipate also says how to see more."""
+    message = "; ".join(line.strip() for line in str(error).splitlines() if line.strip()) or type(error).__name__
+    if isinstance(error, (MmtokError, OSError)):
+        return message
+    return f"{message} ({type(error).__name__}; run with --debug for the traceback)"
+
+
+def dispatch(argv: list[str]) -> None:
+    """Run one command; errors propagate (see :func:`main`)."""
     if argv and argv[0] in LIGHTNING_COMMANDS:
         run_lightning_cli(argv)
         return

@@ -29,6 +29,8 @@ from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from PIL import Image
 
+from mmtok.errors import DataError
+
 AudioLike = torch.Tensor | np.ndarray
 
 
@@ -192,7 +194,7 @@ VIDEO_WRITE_SUFFIXES = (".mp4", ".gif", ".npz")
 _MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
-class MediaFileError(ValueError):
+class MediaFileError(DataError):
     """An image or video file that cannot be used; the message starts with the file's path.
 
     Raised for a missing file, one that cannot be decoded (truncated, corrupt, not media), a

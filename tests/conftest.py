@@ -114,3 +114,17 @@ def tiny_codec_args(corpus: Path, run_dir: Path, *, max_steps: int, adversarial_
         "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
         "--trainer.logger.init_args.save_dir", str(run_dir), "--trainer.logger.init_args.name", "csv",
     ]
+
+
+def cli_error(argv: list[str], capsys) -> tuple[int, str]:
+    """Run ``mmtok argv`` expecting it to fail: (exit status, its one line on stderr), checking that
+    the error is one line and no traceback."""
+    from mmtok.cli import main
+
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as exit_info:
+        main(argv)
+    err = capsys.readouterr().err
+    lines = [line for line in err.strip().splitlines() if line.startswith("mmtok ")]
+    assert len(lines) == 1 and "Traceback" not in err, err  # progress bars of loaders may precede it
+    return exit_info.value.code, lines[0]

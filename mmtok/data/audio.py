@@ -27,17 +27,18 @@ from mmtok.data.manifest import (  # noqa: F401  (SPLITS, assign_splits: re-expo
     SPLITS,
     ManifestDataModule,
     ManifestDataset,
-    find_media_files,
     assign_splits,
+    find_media_files,
     read_media_manifest,
 )
 from mmtok.data.speech import build_speech_corpus
+from mmtok.errors import DataError
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
 _PASS_THROUGH = ("text", "phonemes", "speaker", "path")
 
 
-class AudioFileError(ValueError):
+class AudioFileError(DataError):
     """An audio file that cannot be used: undecodable, truncated, empty, or holding NaN/Inf."""
 
 

@@ -37,6 +37,7 @@ from tqdm import tqdm
 
 from mmtok.data.manifest import assign_splits, corpus_is_cached, remove_stale_files, write_corpus_manifest
 from mmtok.data.tools import debian_tool
+from mmtok.errors import UsageError
 from mmtok.media import write_wav
 
 log = logging.getLogger(__name__)
@@ -358,8 +359,9 @@ def phonemize(text: str, *, voice: str = "en-us", executable: str | None = None)
     done = subprocess.run([executable or espeak_executable(), *arguments, "-q", "--ipa", "--sep= ", text],
                           capture_output=True, check=False)
     if done.returncode != 0:
-        raise RuntimeError(f"espeak-ng could not phonemize {text!r} with voice {voice!r}: "
-                           f"{done.stderr.decode(errors='replace').strip()}")
+        raise UsageError(f"voice {voice!r}: espeak-ng cannot speak {text!r} with it "
+                         f"({done.stderr.decode(errors='replace').strip()}), expected an espeak-ng voice "
+                         f"(`espeak-ng --voices`) or a corpus speaker ({', '.join(s.id for s in SPEAKERS)})")
     return clean_phonemes(done.stdout.decode("utf-8"))
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 
 import torch
 
+from mmtok.errors import DataError, UsageError
 from mmtok.tasks.base import Task
 
 
@@ -56,11 +57,12 @@ class ImageTask(Task):
         from mmtok.media import write_png, write_png_grid
 
         if args.num_samples < 1:
-            raise ValueError(f"--num-samples must be ≥ 1, got {args.num_samples}")
+            raise UsageError(f"--num-samples {args.num_samples}: must be ≥ 1")
         if args.batch_size < 1:
-            raise ValueError(f"--batch-size must be ≥ 1, got {args.batch_size}")
+            raise UsageError(f"--batch-size {args.batch_size}: must be ≥ 1")
         if self.key not in generator.conditioner.keys:
-            raise ValueError(f"this generator has no {self.key!r} condition (it has {generator.conditioner.keys})")
+            raise UsageError(f"{generator.tokenizer_id}: this generator has no {self.key!r} condition (it has "
+                             f"{generator.conditioner.keys})")
         requests = self.requests(generator, args)
         values = [value for _, value in requests for _ in range(args.num_samples)]
         images = generate_images(generator, tokenizer, {self.key: values}, rng=rng, batch_size=args.batch_size,
@@ -136,7 +138,7 @@ class ClassToImage(ImageTask):
         classes = list(args.classes) or list(condition.classes)
         unknown = [c for c in classes if c not in condition.classes]
         if unknown:
-            raise ValueError(f"--class {', '.join(unknown)}: not a class of this generator "
+            raise UsageError(f"--class {', '.join(unknown)}: not a class of this generator "
                              f"(known: {', '.join(condition.classes)})")
         return [(f"class{name}", name) for name in classes]
 
@@ -159,9 +161,10 @@ class CaptionToImage(ImageTask):
         ImageTask.add_sample_arguments(parser)
 
     def requests(self, generator, args) -> list[tuple[str, object]]:
-        texts = [text for text in args.text if text.strip()]
-        if len(texts) != len(args.text) or not texts:
-            raise ValueError("--text: give one or more non-empty captions")
+        empty = next((text for text in args.text if not text.strip()), None)
+        if empty is not None or not args.text:
+            raise UsageError(f"--text{'' if empty is None else ' ' + repr(empty)}: give one or more non-empty captions")
+        texts = list(args.text)
         return [(f"text{i}", text) for i, text in enumerate(texts)]
 
     def evaluation_requests(self, generator, data, count):
@@ -174,6 +177,6 @@ class CaptionToImage(ImageTask):
             if entry.get("split") == "test" and entry.get(self.key):
                 captions.setdefault(int(entry["label"]), []).append(entry[self.key])
         if not captions:
-            raise ValueError(f"{data}: no test images with a {self.key!r} caption and a label")
+            raise DataError(f"{data}: no test images with a {self.key!r} caption and a label")
         pairs = [(texts[i % len(texts)], label) for label, texts in sorted(captions.items()) for i in range(count)]
         return [text for text, _ in pairs], [label for _, label in pairs]

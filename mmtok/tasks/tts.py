@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 import torchaudio
 
+from mmtok.errors import DataError, UsageError
 from mmtok.tasks.base import Task
 from mmtok.tokens import Tokens
 
@@ -61,18 +62,9 @@ class TextToSpeech(Task):
         parser.add_argument("--max-seconds", type=float, default=None, help="the longest utterance")
 
     def run(self, generator, tokenizer, args, *, out, rng, sampling) -> list[Path]:
-        from mmtok.data.audio import load_audio
-        from mmtok.data.speech import phonemize
         from mmtok.media import write_spectrogram_png, write_wav
 
-        texts = list(args.text)
-        if args.text_file:
-            texts += [line.strip() for line in Path(args.text_file).read_text().splitlines() if line.strip()]
-        if not texts:
-            raise ValueError("give --text (repeatable) or --text-file")
-        prompt = load_audio(args.prompt, sample_rate=tokenizer.sample_rate) if args.prompt else None
-        voice = args.voice or args.speaker or "en-us"
-        phonemes = [phonemize(text, voice=voice) for text in texts]
+        texts, phonemes, prompt = self._request(generator, tokenizer, args)
         started = time.perf_counter()
         audio, tokens = synthesize(generator, tokenizer, phonemes, task=self,
                                    speakers=[args.speaker] * len(texts) if args.speaker else None,
@@ -106,6 +98,42 @@ class TextToSpeech(Task):
         sampling = {k: v for k, v in sampling.items() if v is not None}
         return [evaluate_tts(generator, tokenizer, judge, data, mode=mode, max_items=max_items, seed=seed, **sampling)
                 for mode in MODES]
+
+    @staticmethod
+    def _request(generator, tokenizer, args) -> tuple[list[str], list[str], torch.Tensor | None]:
+        """(sentences, their phonemes, the prompt waveform or None), or the error naming the flag at fault."""
+        from mmtok.data.audio import load_audio
+        from mmtok.data.speech import phonemize
+
+        texts = list(args.text)
+        if args.text_file:
+            texts += [line.strip() for line in Path(args.text_file).read_text().splitlines() if line.strip()]
+        if not texts:
+            raise UsageError("--text: missing, expected a sentence (repeatable) or --text-file")
+        empty = next((text for text in texts if not text.strip()), None)
+        if empty is not None:
+            raise UsageError(f"--text {empty!r}: empty, expected a sentence")
+        conditions = {c.key: c for c in generator.conditioner.conditions}
+        for flag, key, value in (("--speaker", "speaker", args.speaker), ("--prompt", "prompt", args.prompt)):
+            if value is not None and key not in conditions:
+                raise UsageError(f"{flag} {value}: this generator has no '{key}' condition (it has "
+                                 f"{', '.join(conditions)})")
+        if args.speaker is not None and args.speaker not in conditions["speaker"].classes:
+            raise UsageError(f"--speaker {args.speaker}: not a speaker of this generator "
+                             f"(known: {', '.join(conditions['speaker'].classes)})")
+        voice = args.voice or args.speaker or "en-us"
+        phonemes = [phonemize(text, voice=voice) for text in texts]
+        silent = next((text for text, p in zip(texts, phonemes) if not p.strip()), None)
+        if silent is not None:
+            raise UsageError(f"--text {silent!r}: espeak-ng ({voice}) speaks no phonemes for it, expected words")
+        prompt = None
+        if args.prompt:
+            prompt = load_audio(args.prompt, sample_rate=tokenizer.sample_rate)
+            hop = round(tokenizer.sample_rate / tokenizer.frame_rate)
+            if prompt.shape[-1] < hop:
+                raise DataError(f"{args.prompt}: {prompt.shape[-1]} samples, shorter than one frame ({hop} samples "
+                                f"at {tokenizer.sample_rate} Hz), expected a few seconds of the voice")
+        return texts, phonemes, prompt
 
 
 def _slug(text: str, width: int = 40) -> str:
@@ -144,7 +172,7 @@ def speech_conditions(model, tokenizer, phonemes: Sequence[str], *,
     keys = model.conditioner.keys
     for name, value in (("phonemes", phonemes), ("speaker", speakers), ("prompt", prompts)):
         if value is not None and name not in keys:
-            raise ValueError(f"this generator has no '{name}' condition (it has {keys})")
+            raise UsageError(f"{name}: this generator has no '{name}' condition (it has {keys})")
         if value is not None and len(value) != len(phonemes):
             raise ValueError(f"{len(value)} {name} values for {len(phonemes)} utterances")
     conditions: dict = {"phonemes": list(phonemes)}

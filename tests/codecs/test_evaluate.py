@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from mmtok.asr import PhonemeRecognizer, phoneme_inventory
+from conftest import cli_error
 from mmtok.cli import main
 from mmtok.codecs.evaluate import evaluate_codec
 from mmtok.codecs.rvq import RVQCodec
@@ -46,5 +47,7 @@ def test_evaluate_command_with_a_judge(codec_and_judge, tiny_corpus, tmp_path, c
           "--judge", str(tmp_path / "judge")])
     header = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("| quantizers"))
     assert "per" in [cell.strip() for cell in header.split("|")]
-    with pytest.raises(SystemExit, match="expected a phoneme recognizer"):
-        main(["evaluate", str(tmp_path / "codec"), str(tiny_corpus), "--judge", str(tmp_path / "codec")])
+    code, line = cli_error(["evaluate", str(tmp_path / "codec"), str(tiny_corpus), "--judge", str(tmp_path / "codec")],
+                           capsys)
+    assert code == 2 and line == (f"mmtok evaluate: --judge {tmp_path / 'codec'}: a RVQCodec, expected a phoneme "
+                                  "recognizer")
