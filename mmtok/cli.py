@@ -68,6 +68,9 @@ DATA_BUILDERS = {"speech": _data_speech, "digits": _data_digits, "moving-digits"
 
 
 def cmd_data(args: argparse.Namespace) -> None:
+    out = Path(args.out)
+    if out.exists() and not out.is_dir():
+        raise UsageError(f"--out {out}: is a file, expected a folder (new, or holding a corpus to update)")
     manifest = DATA_BUILDERS[args.name](args)
     print(f"{args.name} corpus: {manifest}")
 
@@ -137,6 +140,7 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
     import json
 
     from mmtok.data.audio import AUDIO_SUFFIXES, load_audio
+    from mmtok.files import process_files, write_text_atomic
     from mmtok.hub import load_pretrained
 
     recognizer = load_pretrained(args.model)
@@ -145,14 +149,18 @@ def cmd_transcribe(args: argparse.Namespace) -> None:
         raise MissingFileError(f"{source}: no such file or folder")
     files = [source] if source.is_file() else sorted(p for p in source.rglob("*") if p.suffix.lower() in AUDIO_SUFFIXES)
     lines = []
-    for path in files:
-        audio = load_audio(path, sample_rate=recognizer.sample_rate)[None]
-        phonemes = recognizer.transcribe(audio)[0]
+
+    def transcribe(path: Path, _) -> None:
+        phonemes = recognizer.transcribe(load_audio(path, sample_rate=recognizer.sample_rate)[None])[0]
         lines.append({"audio": str(path), "phonemes": phonemes})
         print(f"{path}\t{phonemes}")
-    if args.out:
-        Path(args.out).write_text("".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
-        print(f"wrote {len(lines)} transcripts to {Path(args.out).resolve()}")
+
+    try:
+        process_files([(path, None) for path in files], transcribe, desc="transcribe", fail_fast=args.fail_fast)
+    finally:  # the good transcripts are kept whatever failed
+        if args.out:
+            write_text_atomic(args.out, "".join(json.dumps(line, ensure_ascii=False) + "\n" for line in lines))
+            print(f"wrote {len(lines)} transcripts to {Path(args.out).resolve()}")
 
 
 # -- encode / decode ----------------------------------------------------------------------------
@@ -169,45 +177,49 @@ def _pairs(source: Path, target: Path, in_suffixes: tuple[str, ...], out_suffix:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from mmtok.codecs.chunked import encode_chunked
     from mmtok.data.media_files import MEDIA_SUFFIXES, read_media
+    from mmtok.files import process_files
     from mmtok.hub import load_pretrained
 
     tokenizer = load_pretrained(args.model)
     pairs = _pairs(Path(args.input), Path(args.output), MEDIA_SUFFIXES[tokenizer.modality], ".safetensors")
-    for source, target in tqdm(pairs, desc="encode", unit="file", disable=len(pairs) == 1):
+
+    def encode(source: Path, target: Path) -> None:
         media = read_media(source, tokenizer)
         if tokenizer.frame_rate is not None:  # a time axis: in chunks, with the receptive field as context
             tokens = encode_chunked(tokenizer, media, chunk_seconds=args.chunk_seconds,
                                     num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
         else:
             tokens = tokenizer.encode(media, num_quantizers=args.num_quantizers)
-        target.parent.mkdir(parents=True, exist_ok=True)
         tokens.save(target)
-    print(f"wrote {len(pairs)} token file(s) to {Path(args.output).resolve()}")
+
+    written = process_files(pairs, encode, desc="encode", overwrite=args.overwrite, fail_fast=args.fail_fast)
+    print(f"wrote {written} token file(s) to {Path(args.output).resolve()}")
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
-    from tqdm import tqdm
-
     from mmtok.codecs.chunked import decode_chunked
     from mmtok.data.media_files import WRITE_SUFFIXES, write_media
+    from mmtok.files import process_files
     from mmtok.hub import load_pretrained
     from mmtok.tokens import Tokens
 
     tokenizer = load_pretrained(args.model)
     pairs = _pairs(Path(args.input), Path(args.output), (".safetensors",), WRITE_SUFFIXES[tokenizer.modality])
-    for source, target in tqdm(pairs, desc="decode", unit="file", disable=len(pairs) == 1):
+
+    def decode(source: Path, target: Path) -> None:
         tokens = Tokens.load(source)
+        tokenizer.check_tokens(tokens, source=str(source))
         if tokenizer.frame_rate is not None:
             media = decode_chunked(tokenizer, tokens, chunk_seconds=args.chunk_seconds,
                                    num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
         else:
             media = tokenizer.decode(tokens, num_quantizers=args.num_quantizers)
         write_media(target, media[0], tokenizer, spectrogram=args.spectrogram)
-    print(f"wrote {len(pairs)} file(s) to {Path(args.output).resolve()}")
+
+    written = process_files(pairs, decode, desc="decode", overwrite=args.overwrite, fail_fast=args.fail_fast)
+    print(f"wrote {written} file(s) to {Path(args.output).resolve()}")
 
 
 # -- generators -------------------------------------------------------------------------------
@@ -244,6 +256,12 @@ def cmd_generate(args: argparse.Namespace) -> None:
     files = task.run(generator, tokenizer, args, out=out, rng=torch.Generator().manual_seed(args.seed),
                      sampling=sampling)
     print(f"wrote {len(files)} file(s) to {out.resolve()}")
+
+
+def add_folder_arguments(parser: argparse.ArgumentParser) -> None:
+    """A folder run goes on past a bad file and skips the outputs that exist (:func:`mmtok.files.process_files`)."""
+    parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
+    parser.add_argument("--fail-fast", action="store_true", help="stop at the first bad file")
 
 
 def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
@@ -332,6 +350,7 @@ def build_parser() -> argparse.ArgumentParser:
     transcribe.add_argument("model", help="phoneme recognizer Hub folder or repo id")
     transcribe.add_argument("input")
     transcribe.add_argument("--out", help="also write the transcripts as JSON lines to this file")
+    transcribe.add_argument("--fail-fast", action="store_true", help="stop at the first bad file")
     transcribe.set_defaults(func=cmd_transcribe)
 
     for name, func, what in (("encode", cmd_encode, "audio or image file/folder -> token .safetensors"),
@@ -342,6 +361,7 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("output")
         p.add_argument("--num-quantizers", type=int, default=None, help="keep the first N codebooks")
         p.add_argument("--chunk-seconds", type=float, default=30.0, help="bounded-memory chunk length")
+        add_folder_arguments(p)
         if name == "decode":
             p.add_argument("--spectrogram", action="store_true", help="audio: also write a spectrogram png")
         p.set_defaults(func=func)

@@ -7,12 +7,15 @@ arguments under ``checkpoint["mmtok"]`` (:func:`mmtok.training.checkpoint.record
 
 from __future__ import annotations
 
+import pickle
+import re
 from pathlib import Path
 
 import torch
 
 from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
 from mmtok.codecs.base import Tokenizer
+from mmtok.errors import DataError, MissingFileError
 from mmtok.generators import TokenGenerator
 from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class, round_to_half
 from mmtok.judges.digits import DigitClassifier, evaluate_classifier
@@ -22,14 +25,19 @@ def load_model_from_checkpoint(checkpoint: str | Path) -> tuple[HubMixin, dict]:
     """Rebuild the model a training checkpoint holds; returns (model in eval mode, checkpoint dict)."""
     path = Path(checkpoint)
     if not path.is_file():
-        raise FileNotFoundError(f"{path}: no such checkpoint")
+        raise MissingFileError(f"{path}: no such checkpoint")
     try:
         ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as error:  # unpickling errors come in many types
-        raise ValueError(f"{path}: not a loadable Lightning checkpoint ({error})") from error
+    except pickle.UnpicklingError as error:  # what weights_only refuses: an object that is not a tensor
+        refused = re.search(r"GLOBAL (\S+)", str(error))
+        refused = f"a {refused.group(1)}" if refused else "an object that is not a tensor"
+        raise DataError(f"{path}: holds a pickled object ({refused}), which mmtok does not load; expected a "
+                        "checkpoint of tensors written by an mmtok training module") from error
+    except Exception as error:  # a truncated or foreign file
+        raise DataError(f"{path}: not a readable checkpoint ({str(error).splitlines()[0]})") from error
     info = ckpt.get("mmtok") if isinstance(ckpt, dict) else None
     if not info:
-        raise ValueError(f"{path}: no 'mmtok' entry; was it written by an mmtok training module?")
+        raise DataError(f"{path}: no 'mmtok' entry; expected a checkpoint written by an mmtok training module")
     model = model_class(info["model_class"], source=str(path))(**info["model_config"])
     prefix = info["model_prefix"]
     state = {k[len(prefix):]: v for k, v in ckpt["state_dict"].items() if k.startswith(prefix)}
@@ -65,9 +73,9 @@ def _image_tokenizer_card(tokenizer: Tokenizer, data: str | None, split: str, ma
         f"A `{type(tokenizer).__name__}` trained with mmtok: {height}x{width} images ({tokenizer.channels} "
         f"channel(s)) -> a token grid of {h}x{w} in raster order, {tokenizer.num_codebooks} residual "
         f"codebook(s) of {tokenizer.codebook_sizes[0]} codes; any first n codebooks decode."),
-        "usage": ("none yet for images (`mmtok encode`/`decode` read audio); in Python, "
-                  "`tokens = model.encode(images)` (FloatTensor [B, C, H, W] in [0, 1] -> codes [B, Q, h·w], "
-                  "grid (h, w)) and `model.decode(tokens)`")}
+        "usage": ("`mmtok encode MODEL image.png tokens.safetensors` and `mmtok decode MODEL tokens.safetensors "
+                  "image.png` (files or folders); in Python `model.encode(images)` takes FloatTensor [B, C, H, W] in "
+                  "[0, 1] and gives codes [B, Q, h·w] on the grid (h, w)")}
     if data is not None:
         classifier = load_pretrained(judge) if judge else None
         card["metrics"] = evaluate_image_tokenizer(tokenizer, data, split=split, max_items=max_items,

@@ -30,6 +30,7 @@ from matplotlib.figure import Figure
 from PIL import Image
 
 from mmtok.errors import DataError
+from mmtok.files import atomic_path, write_text_atomic
 
 AudioLike = torch.Tensor | np.ndarray
 
@@ -52,10 +53,9 @@ def write_wav(path: str | Path, audio: AudioLike, *, sample_rate: int) -> Path:
     if sample_rate <= 0:
         raise ValueError(f"mmtok/media.py write_wav: sample_rate must be > 0, got {sample_rate}")
     channels = _as_channels(audio).clamp(-1.0, 1.0)  # [C, N]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    sf.write(str(path), channels.T.numpy(), int(sample_rate), subtype="PCM_16", format="WAV")
-    return path
+    with atomic_path(path) as temporary:
+        sf.write(str(temporary), channels.T.numpy(), int(sample_rate), subtype="PCM_16", format="WAV")
+    return Path(path)
 
 
 def mel_spectrogram_db(
@@ -138,10 +138,9 @@ def write_spectrogram_png(
     """Writes :func:`spectrogram_figure` to a png at ``path`` (parents created); returns the path."""
     fig = spectrogram_figure(audio, sample_rate=sample_rate, title=title, reference=reference,
                              reference_title=reference_title)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=dpi)
-    return path
+    with atomic_path(path) as temporary:
+        fig.savefig(temporary, dpi=dpi, format="png")
+    return Path(path)
 
 
 def _cell(value: Any) -> str:
@@ -179,9 +178,7 @@ def markdown_table(rows: list[dict]) -> str:
 def write_table(path: str | Path, rows: list[dict]) -> str:
     """Writes ``rows`` as a Markdown table to ``path`` (parents created) and returns the Markdown."""
     text = markdown_table(rows)
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(text, encoding="utf-8")
+    write_text_atomic(path, text)
     return text
 
 
@@ -240,10 +237,9 @@ def write_png(path: str | Path, image: PixelLike, *, value_range: tuple[float, f
     Parents are created; returns the path. The same pixels always give the same bytes.
     """
     pixels = _image_hwc(image, value_range=value_range)  # [H, W, C]
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(path, format="PNG")
-    return path
+    with atomic_path(path) as temporary:
+        Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels).save(temporary, format="PNG")
+    return Path(path)
 
 
 def image_grid(
@@ -399,12 +395,19 @@ def write_video(
     if suffix == ".mp4" and (height % 2 or width % 2):
         raise ValueError(f"mmtok/media.py write_video: {path}: mp4 (yuv420p) needs an even frame size, "
                          f"got {height}x{width} (H x W); crop or pad it, or write .gif/.npz")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if suffix == ".npz":
-        np.savez_compressed(path, frames=frames, fps=np.float64(fps))
-        return path
+    with atomic_path(path) as temporary:
+        if suffix == ".npz":
+            np.savez_compressed(temporary, frames=frames, fps=np.float64(fps))
+        else:
+            _encode_video(temporary, frames, fps=fps, crf=crf, suffix=suffix)
+    return path
+
+
+def _encode_video(path: Path, frames: np.ndarray, *, fps: float, crf: int, suffix: str) -> None:
+    """frames uint8 [T, H, W, C] -> an mp4 (H.264) or gif at ``path``."""
+    height, width, channels = frames.shape[1:]
     rate = Fraction(fps).limit_denominator(1001)
-    with av.open(str(path), mode="w") as container:
+    with av.open(str(path), mode="w", format="mp4" if suffix == ".mp4" else "gif") as container:
         if suffix == ".mp4":
             stream = container.add_stream("libx264", rate=rate)
             stream.pix_fmt = "yuv420p"
@@ -427,7 +430,6 @@ def write_video(
         for picture, pixel_format in pictures:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(picture, format=pixel_format)))
         container.mux(stream.encode(None))
-    return path
 
 
 def _read_npz_video(path: Path) -> tuple[np.ndarray, float]:

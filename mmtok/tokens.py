@@ -82,11 +82,14 @@ class Tokens:
 
     def save(self, path: str | Path) -> None:
         """Write to a ``.safetensors`` file (no pickle)."""
+        from mmtok.files import atomic_path
+
         tensors = {"codes": self.codes.contiguous().cpu()}
         for name in ("lengths", "media_lengths"):
             if getattr(self, name) is not None:
                 tensors[name] = getattr(self, name).contiguous().cpu()
-        save_file(tensors, str(path), metadata=self._metadata())
+        with atomic_path(path) as temporary:  # a half-written file never carries the final name
+            save_file(tensors, str(temporary), metadata=self._metadata())
 
     @classmethod
     def load(cls, path: str | Path) -> Tokens:

@@ -6,6 +6,7 @@ A generator only ever sees :class:`~mmtok.tokens.Tokens` and the facts exposed h
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
 
@@ -89,3 +90,34 @@ class Tokenizer(nn.Module, HubMixin, ABC):
         """How far outputs depend on inputs along the token steps; None: on the whole input (such a
         tokenizer is only ever run on whole inputs)."""
         return None
+
+    dropped_code: int | None = None  # a code meaning "this codebook is not used here" (RVQ: -1), if any
+
+    def check_tokens(self, tokens: Tokens, *, source: str = "tokens", allow_empty: bool = False) -> None:
+        """Raise :class:`~mmtok.errors.DataError` naming ``source`` unless this tokenizer can decode
+        ``tokens``: at most its codebooks, each code within its codebook (or :attr:`dropped_code`), at
+        least one step (unless ``allow_empty``: a generated item may end at once), and the grid, frame
+        rate and sample rate it produces."""
+        from mmtok.errors import DataError
+
+        if tokens.num_codebooks > self.num_codebooks:
+            raise DataError(f"{source}: {tokens.num_codebooks} codebooks, this tokenizer has {self.num_codebooks}")
+        if tokens.num_steps == 0 and not allow_empty:
+            raise DataError(f"{source}: no steps, expected at least one")
+        for q in range(tokens.num_codebooks):
+            codes, size = tokens.codes[:, q], self.codebook_sizes[q]
+            bad = (codes < 0) | (codes >= size)
+            if self.dropped_code is not None:
+                bad &= codes != self.dropped_code
+            if bool(bad.any()):
+                allowed = f"0..{size - 1}" + ("" if self.dropped_code is None else f" or {self.dropped_code}")
+                raise DataError(f"{source}: codebook {q} holds {int(codes[bad][0])}, expected {allowed} "
+                                f"(codebook sizes {self.codebook_sizes})")
+        for fact in ("grid", "frame_rate", "sample_rate"):
+            theirs, ours = getattr(tokens, fact), getattr(self, fact)
+            if theirs is not None and ours is not None and (tuple(theirs) if fact == "grid" else theirs) != (
+                    tuple(ours) if fact == "grid" else ours):
+                raise DataError(f"{source}: tokens of {fact} {theirs}, this tokenizer's is {ours}")
+        if self.grid is not None and tokens.num_steps != math.prod(self.grid):
+            raise DataError(f"{source}: {tokens.num_steps} steps, this tokenizer's {self.grid} grid has "
+                            f"{math.prod(self.grid)}")

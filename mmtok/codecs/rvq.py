@@ -60,7 +60,10 @@ class RVQCodec(Tokenizer):
 
     Every quantizer setting is explicit because vector-quantize-pytorch's defaults (EMA decay 0.8,
     rotation trick on, no dead-code expiry) are not the ones EnCodec and X-Codec were trained with.
+    A code of -1 (a dropped quantizer) contributes nothing when decoding.
     """
+
+    dropped_code = -1
 
     def __init__(
         self,
@@ -245,8 +248,7 @@ class RVQCodec(Tokenizer):
         """Tokens -> audio [B, 1, N]; N is the encoded length when known, else T · hop_length.
         Samples past an item's ``media_lengths`` are zero. ``num_quantizers`` uses only the first
         codebooks of ``tokens`` (a lower bitrate)."""
-        if tokens.sample_rate is not None and tokens.sample_rate != self.sample_rate:
-            raise ValueError(f"tokens are for {tokens.sample_rate} Hz, this codec is {self.sample_rate} Hz")
+        self.check_tokens(tokens, allow_empty=True)
         codes = tokens.codes[:, : self._check_num_quantizers(num_quantizers)]
         audio = self.decoder(self.dequantize(codes))
         if tokens.media_lengths is None:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import json
 import random
+import sys
 from pathlib import Path
 
 import lightning as L
@@ -26,6 +27,7 @@ from tqdm import tqdm
 
 from mmtok.data.manifest import manifest_path, read_manifest
 from mmtok.data.media_files import MEDIA_KEYS, read_media
+from mmtok.errors import DataError
 
 TOKENS_NAME, INFO_NAME, MANIFEST_NAME = "tokens.safetensors", "info.json", "manifest.jsonl"
 CONDITION_FIELDS = ("text", "phonemes", "speaker", "label")  # carried from the manifest to the batches
@@ -42,36 +44,60 @@ def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *
     manifest, out_dir = manifest_path(manifest), Path(out_dir)
     key = {"tokenizer": str(tokenizer), "manifest": str(manifest.resolve())}
     info_path = out_dir / INFO_NAME
-    model = None
     if info_path.is_file() and (out_dir / TOKENS_NAME).is_file():
         info = json.loads(info_path.read_text())
         if all(info.get(k) == v for k, v in key.items()):
             entries = read_manifest(manifest, key=MEDIA_KEYS.get(info.get("modality", "audio")))
             if info.get("count") == len(entries):
+                if info.get("written", len(entries)) != len(entries):
+                    print(f"tokenize: the cache in {out_dir} holds {info['written']} of the {len(entries)} items "
+                          "(the others could not be read)", file=sys.stderr)
                 return out_dir
     model = load_pretrained(tokenizer).eval()
     if model.modality not in MEDIA_KEYS:
-        raise ValueError(f"tokenize: {tokenizer} reads {model.modality!r} media, which the token cache does not hold")
-    entries = read_manifest(manifest, key=MEDIA_KEYS[model.modality])
+        raise DataError(f"{tokenizer}: reads {model.modality!r} media, which the token cache does not hold")
+    media_key = MEDIA_KEYS[model.modality]
+    entries = read_manifest(manifest, key=media_key)
     step = 1 if model.modality == "audio" else batch_size
-    pieces, offsets = [], [0]
+    pieces, offsets, kept, failures = [], [0], [], []
     with tqdm(total=len(entries), desc=f"tokenize {manifest.parent.name}", unit="item", disable=not progress) as bar:
         for start in range(0, len(entries), step):
-            chunk = entries[start:start + step]
-            media = torch.cat([read_media(e[MEDIA_KEYS[model.modality]], model) for e in chunk])
-            for codes in model.encode(media).codes:  # [Q, T] per item
-                pieces.append(codes.to(torch.int32))
-                offsets.append(offsets[-1] + codes.shape[1])
-            bar.update(len(chunk))
-    out_dir.mkdir(parents=True, exist_ok=True)
-    save_file({"codes": torch.cat(pieces, dim=1).contiguous(), "offsets": torch.tensor(offsets)},
-              str(out_dir / TOKENS_NAME))
-    (out_dir / MANIFEST_NAME).write_text("".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
-    info = {**key, "count": len(entries), "codebook_sizes": list(model.codebook_sizes), "modality": model.modality,
+            chunk, media = [], []
+            for entry in entries[start:start + step]:
+                try:
+                    media.append(read_media(entry[media_key], model))
+                    chunk.append(entry)
+                except (DataError, OSError, ValueError) as error:  # goes on past a bad file
+                    failures.append((entry[media_key], " ".join(str(error).split())))
+            if chunk:
+                for codes in model.encode(torch.cat(media)).codes:  # [Q, T] per item
+                    pieces.append(codes.to(torch.int32))
+                    offsets.append(offsets[-1] + codes.shape[1])
+                kept += chunk
+            bar.update(step)
+    if not kept:
+        raise DataError(f"{manifest}: none of its {len(entries)} items could be read")
+    _write_cache(out_dir, pieces, offsets, kept, {**key, "count": len(entries), "written": len(kept)}, model)
+    if failures:
+        for path, reason in failures:
+            print(f"  failed: {reason if reason.startswith(str(path)) else f'{path}: {reason}'}", file=sys.stderr)
+        raise DataError(f"{len(failures)} of {len(entries)} item(s) of {manifest} could not be read (listed above); "
+                        f"the cache in {out_dir} holds the other {len(kept)}")
+    return out_dir
+
+
+def _write_cache(out_dir: Path, pieces: list[torch.Tensor], offsets: list[int], entries: list[dict], key: dict,
+                 model) -> None:
+    """The three files of a token cache, each written atomically, info.json (the cache key) last."""
+    from mmtok.files import atomic_path, write_text_atomic
+
+    with atomic_path(out_dir / TOKENS_NAME) as temporary:
+        save_file({"codes": torch.cat(pieces, dim=1).contiguous(), "offsets": torch.tensor(offsets)}, str(temporary))
+    write_text_atomic(out_dir / MANIFEST_NAME, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+    info = {**key, "codebook_sizes": list(model.codebook_sizes), "modality": model.modality,
             "frame_rate": model.frame_rate, "sample_rate": model.sample_rate,
             "grid": None if model.grid is None else list(model.grid)}
-    info_path.write_text(json.dumps(info, indent=2) + "\n")
-    return out_dir
+    write_text_atomic(out_dir / INFO_NAME, json.dumps(info, indent=2) + "\n")
 
 
 class TokenCorpus:

@@ -116,7 +116,7 @@ def test_decode_of_one_item_restores_its_length(codec):
 
 def test_decode_rejects_other_sample_rate(codec):
     tokens = Tokens(codes=torch.zeros(1, 4, 2, dtype=torch.long), sample_rate=24000)
-    with pytest.raises(ValueError, match="24000 Hz, this codec is 16000 Hz"):
+    with pytest.raises(ValueError, match="tokens of sample_rate 24000, this tokenizer's is 16000"):
         codec.decode(tokens)
 
 
@@ -302,3 +302,20 @@ def test_encode_and_eval_forward_of_an_untrained_codec_change_no_buffer_and_trai
     latent = _latent(model, train)
     # k-means on the training latents: every codeword lies within the span of those latents
     assert float(first.norm(dim=-1).max()) <= float(latent.norm(dim=1).max()) + 1e-4
+
+
+@pytest.mark.parametrize("codes, expected", [
+    (torch.full((1, 4, 3), 32), r"codebook 0 holds 32, expected 0\.\.31 or -1 \(codebook sizes \[32, 32, 32, 32\]\)"),
+    (torch.full((1, 4, 3), -3), r"codebook 0 holds -3, expected 0\.\.31 or -1"),
+    (torch.zeros(1, 6, 3, dtype=torch.long), "6 codebooks, this tokenizer has 4"),
+    (torch.zeros(1, 4, 0, dtype=torch.long), "no steps, expected at least one"),
+])
+def test_tokens_the_codec_cannot_read_are_named(codec, codes, expected):
+    with pytest.raises(ValueError, match=expected):
+        codec.check_tokens(Tokens(codes=codes))
+    if codes.shape[2]:  # decoding checks them too (an empty generated item decodes to no audio)
+        with pytest.raises(ValueError, match=expected):
+            codec.decode(Tokens(codes=codes))
+    dropped = torch.zeros(1, 4, 3, dtype=torch.long)
+    dropped[:, 2:] = -1
+    codec.check_tokens(Tokens(codes=dropped))  # -1 is this codec's "dropped quantizer"
