@@ -178,7 +178,7 @@ def _pairs(source: Path, target: Path, in_suffixes: tuple[str, ...], out_suffix:
 
 def cmd_encode(args: argparse.Namespace) -> None:
     from mmtok.codecs.chunked import encode_chunked
-    from mmtok.data.media_files import MEDIA_SUFFIXES, read_media
+    from mmtok.data.media_files import MEDIA_SUFFIXES, open_media, read_media
     from mmtok.files import process_files
     from mmtok.hub import load_pretrained
 
@@ -186,12 +186,11 @@ def cmd_encode(args: argparse.Namespace) -> None:
     pairs = _pairs(Path(args.input), Path(args.output), MEDIA_SUFFIXES[tokenizer.modality], ".safetensors")
 
     def encode(source: Path, target: Path) -> None:
-        media = read_media(source, tokenizer)
-        if tokenizer.frame_rate is not None:  # a time axis: in chunks, with the receptive field as context
-            tokens = encode_chunked(tokenizer, media, chunk_seconds=args.chunk_seconds,
+        if tokenizer.frame_rate is not None:  # a time axis: read and coded in chunks, the receptive field as context
+            tokens = encode_chunked(tokenizer, open_media(source, tokenizer), chunk_seconds=args.chunk_seconds,
                                     num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
         else:
-            tokens = tokenizer.encode(media, num_quantizers=args.num_quantizers)
+            tokens = tokenizer.encode(read_media(source, tokenizer), num_quantizers=args.num_quantizers)
         tokens.save(target)
 
     written = process_files(pairs, encode, desc="encode", overwrite=args.overwrite, fail_fast=args.fail_fast)
@@ -199,10 +198,11 @@ def cmd_encode(args: argparse.Namespace) -> None:
 
 
 def cmd_decode(args: argparse.Namespace) -> None:
-    from mmtok.codecs.chunked import decode_chunked
+    from mmtok.codecs.chunked import decode_chunks
     from mmtok.data.media_files import WRITE_SUFFIXES, write_media
     from mmtok.files import process_files
     from mmtok.hub import load_pretrained
+    from mmtok.media import write_spectrogram_png, write_wav_blocks
     from mmtok.tokens import Tokens
 
     tokenizer = load_pretrained(args.model)
@@ -211,12 +211,18 @@ def cmd_decode(args: argparse.Namespace) -> None:
     def decode(source: Path, target: Path) -> None:
         tokens = Tokens.load(source)
         tokenizer.check_tokens(tokens, source=str(source))
-        if tokenizer.frame_rate is not None:
-            media = decode_chunked(tokenizer, tokens, chunk_seconds=args.chunk_seconds,
-                                   num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
-        else:
+        if tokenizer.frame_rate is None:
             media = tokenizer.decode(tokens, num_quantizers=args.num_quantizers)
-        write_media(target, media[0], tokenizer, spectrogram=args.spectrogram)
+            write_media(target, media[0], tokenizer)
+            return
+        chunks = decode_chunks(tokenizer, tokens, chunk_seconds=args.chunk_seconds,
+                               num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
+        write_wav_blocks(target, (chunk[0] for chunk in chunks), sample_rate=tokenizer.sample_rate)
+        if args.spectrogram:
+            from mmtok.data.audio import load_audio
+
+            write_spectrogram_png(target.with_suffix(".png"), load_audio(target, sample_rate=tokenizer.sample_rate),
+                                  sample_rate=tokenizer.sample_rate, title=target.name)
 
     written = process_files(pairs, decode, desc="decode", overwrite=args.overwrite, fail_fast=args.fail_fast)
     print(f"wrote {written} file(s) to {Path(args.output).resolve()}")

@@ -58,6 +58,19 @@ def write_wav(path: str | Path, audio: AudioLike, *, sample_rate: int) -> Path:
     return Path(path)
 
 
+def write_wav_blocks(path: str | Path, blocks, *, sample_rate: int, channels: int = 1) -> Path:
+    """Writes audio given block by block (an iterable of [C, n] tensors or arrays) as 16-bit PCM, so
+    that memory holds one block, not the file; atomically, like :func:`write_wav`."""
+    if sample_rate <= 0:
+        raise ValueError(f"mmtok/media.py write_wav_blocks: sample_rate must be > 0, got {sample_rate}")
+    with atomic_path(path) as temporary:
+        with sf.SoundFile(str(temporary), mode="w", samplerate=int(sample_rate), channels=channels,
+                          subtype="PCM_16", format="WAV") as handle:
+            for block in blocks:
+                handle.write(_as_channels(block).clamp(-1.0, 1.0).T.numpy())
+    return Path(path)
+
+
 def mel_spectrogram_db(
     audio: AudioLike,
     *,

@@ -11,6 +11,8 @@ depend on the whole input (``receptive_field`` None) is run on the whole signal 
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
+from typing import Protocol
 
 import torch
 from tqdm import tqdm
@@ -50,39 +52,67 @@ def _hop(tokenizer: Tokenizer) -> int:
 
 
 @torch.no_grad()
-def encode_chunked(tokenizer: Tokenizer, audio: torch.Tensor, *, chunk_seconds: float = 30.0,
+def encode_chunked(tokenizer: Tokenizer, audio: torch.Tensor | AudioSource, *, chunk_seconds: float = 30.0,
                    context_seconds: float | None = None, num_quantizers: int | None = None,
                    progress: bool = False) -> Tokens:
-    """audio: FloatTensor [1, 1, N] -> Tokens with codes [1, Q, ceil(N / hop)]. ``context_seconds``
-    overrides the tokenizer's receptive field (less than it gives other codes near chunk edges)."""
-    if audio.dim() != 3 or audio.shape[:2] != (1, 1):
-        raise ValueError(f"encode_chunked takes one signal [1, 1, N], got {tuple(audio.shape)}")
+    """audio: FloatTensor [1, 1, N], or a source read block by block (``len`` and ``read(start, stop)
+    -> [1, n]``, e.g. :class:`mmtok.data.audio.AudioReader`, so that memory does not grow with the
+    file) -> Tokens with codes [1, Q, ceil(N / hop)]. ``context_seconds`` overrides the tokenizer's
+    receptive field (less than it gives other codes near chunk edges)."""
+    if isinstance(audio, torch.Tensor):
+        if audio.dim() != 3 or audio.shape[:2] != (1, 1):
+            raise ValueError(f"encode_chunked takes one signal [1, 1, N], got {tuple(audio.shape)}")
+        audio = TensorSource(audio)
     hop, frame_rate = _hop(tokenizer), tokenizer.frame_rate
-    total = math.ceil(audio.shape[-1] / hop)
+    num_samples = len(audio)
+    total = math.ceil(num_samples / hop)
     pieces = []
     spans = _plan(tokenizer, total, chunk_seconds, context_seconds, "encode")
     for start, end, lo, hi in tqdm(spans, desc="encode", unit="chunk", disable=not progress):
-        codes = tokenizer.encode(audio[..., lo * hop: hi * hop], num_quantizers=num_quantizers).codes
+        window = audio.read(lo * hop, hi * hop)[None]  # [1, 1, n]
+        codes = tokenizer.encode(window, num_quantizers=num_quantizers).codes
         pieces.append(codes[..., start - lo: end - lo])
     return Tokens(codes=torch.cat(pieces, dim=-1), frame_rate=frame_rate, sample_rate=tokenizer.sample_rate,
-                  media_lengths=torch.tensor([audio.shape[-1]], device=audio.device))
+                  media_lengths=torch.tensor([num_samples]))
+
+
+class AudioSource(Protocol):
+    def __len__(self) -> int: ...
+
+    def read(self, start: int, stop: int) -> torch.Tensor: ...
+
+
+class TensorSource:
+    """A signal in memory [1, 1, N] as an :class:`AudioSource`."""
+
+    def __init__(self, audio: torch.Tensor):
+        self.audio = audio
+
+    def __len__(self) -> int:
+        return self.audio.shape[-1]
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        return self.audio[0, :, start:stop]
 
 
 @torch.no_grad()
-def decode_chunked(tokenizer: Tokenizer, tokens: Tokens, *, chunk_seconds: float = 30.0,
-                   context_seconds: float | None = None, num_quantizers: int | None = None,
-                   progress: bool = False) -> torch.Tensor:
-    """Tokens of one item [1, Q, T] -> audio FloatTensor [1, 1, N] (N from ``media_lengths`` when known)."""
+def decode_chunks(tokenizer: Tokenizer, tokens: Tokens, *, chunk_seconds: float = 30.0,
+                  context_seconds: float | None = None, num_quantizers: int | None = None,
+                  progress: bool = False) -> Iterator[torch.Tensor]:
+    """Tokens of one item [1, Q, T] -> the audio chunk by chunk, FloatTensors [1, 1, n] that end to end
+    are the whole signal (N samples, from ``media_lengths`` when known): what a streaming writer takes."""
     if tokens.batch_size != 1:
         raise ValueError(f"decode_chunked takes one item, got a batch of {tokens.batch_size}")
     hop, frame_rate = _hop(tokenizer), tokenizer.frame_rate
-    pieces = []
+    limit = None if tokens.media_lengths is None else int(tokens.media_lengths[0])
     spans = _plan(tokenizer, tokens.num_steps, chunk_seconds, context_seconds, "decode")
     for start, end, lo, hi in tqdm(spans, desc="decode", unit="chunk", disable=not progress):
         window = Tokens(codes=tokens.codes[..., lo:hi], frame_rate=frame_rate, sample_rate=tokens.sample_rate)
         audio = tokenizer.decode(window, num_quantizers=num_quantizers)
-        pieces.append(audio[..., (start - lo) * hop: (end - lo) * hop])
-    audio = torch.cat(pieces, dim=-1)
-    if tokens.media_lengths is not None:
-        audio = audio[..., : int(tokens.media_lengths[0])]
-    return audio
+        piece_end = (end - lo) * hop if limit is None else min((end - lo) * hop, limit - lo * hop)
+        yield audio[..., (start - lo) * hop: piece_end]
+
+
+def decode_chunked(tokenizer: Tokenizer, tokens: Tokens, **options) -> torch.Tensor:
+    """Tokens of one item [1, Q, T] -> audio FloatTensor [1, 1, N] (:func:`decode_chunks`, joined)."""
+    return torch.cat(list(decode_chunks(tokenizer, tokens, **options)), dim=-1)

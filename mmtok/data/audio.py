@@ -15,6 +15,7 @@ LongTensor [B] of valid samples, and ``text``/``phonemes``/``speaker``/``path`` 
 
 from __future__ import annotations
 
+import math
 import struct
 from pathlib import Path
 
@@ -87,6 +88,53 @@ def load_audio(path: str | Path, *, sample_rate: int) -> torch.Tensor:
     if rate != sample_rate:
         audio = torchaudio.functional.resample(audio, int(rate), int(sample_rate))
     return audio
+
+
+class AudioReader:
+    """An audio file read block by block, mono at ``sample_rate``: memory bounded by the block, not
+    the file. ``len(reader)`` is the file's length in samples at ``sample_rate``; ``reader.read(start,
+    stop)`` a FloatTensor [1, stop - start] (the same samples :func:`load_audio` gives there).
+
+    A file at another rate is resampled per block from a source window that starts on the phase grid
+    of the two rates and reaches ``margin`` samples past the block on each side, so the samples equal
+    whole-file resampling up to rounding."""
+
+    def __init__(self, path: str | Path, *, sample_rate: int, margin: int = 1024):
+        self.path, self.sample_rate, self.margin = Path(path), int(sample_rate), margin
+        try:
+            _check_wav_complete(self.path)
+            info = sf.info(str(self.path))
+        except (sf.SoundFileError, OSError) as error:
+            raise AudioFileError(f"{self.path}: cannot decode audio ({error})") from error
+        if info.frames == 0 or info.channels == 0:
+            raise AudioFileError(f"{self.path}: empty audio file (0 samples)")
+        self.source_rate, self.source_frames = int(info.samplerate), int(info.frames)
+        common = math.gcd(self.source_rate, self.sample_rate)
+        self.period = self.sample_rate // common  # target samples per whole number of source samples
+
+    def __len__(self) -> int:
+        return math.ceil(self.source_frames * self.sample_rate / self.source_rate)
+
+    def _source(self, start: int, stop: int) -> torch.Tensor:
+        """Source samples [start, stop) as mono [1, n]."""
+        try:
+            data = sf.read(str(self.path), start=start, stop=stop, dtype="float32", always_2d=True)[0]
+        except (sf.SoundFileError, OSError) as error:
+            raise AudioFileError(f"{self.path}: cannot decode audio ({error})") from error
+        if not np.isfinite(data).all():
+            raise AudioFileError(f"{self.path}: audio holds NaN or Inf values")
+        return torch.from_numpy(np.ascontiguousarray(data.T)).mean(dim=0, keepdim=True)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        stop = min(stop, len(self))
+        if self.source_rate == self.sample_rate:
+            return self._source(start, stop)
+        first = max(0, start - self.margin) // self.period * self.period  # on the phase grid
+        source_start = first * self.source_rate // self.sample_rate
+        source_stop = min(self.source_frames, math.ceil((stop + self.margin) * self.source_rate / self.sample_rate))
+        block = torchaudio.functional.resample(self._source(source_start, source_stop), self.source_rate,
+                                               self.sample_rate)
+        return block[:, start - first: stop - first]
 
 
 class AudioDataset(ManifestDataset):

@@ -43,16 +43,20 @@ def read_media(path: str | Path, tokenizer) -> torch.Tensor:
     return image[None]
 
 
-def write_media(path: str | Path, media: torch.Tensor, tokenizer, *, spectrogram: bool = False) -> list[Path]:
-    """Write one decoded item (audio [1, N], an image [C, H, W]); with ``spectrogram`` an audio file
-    also gets its spectrogram png. Returns the files written."""
-    from mmtok.media import write_png, write_spectrogram_png, write_wav
-
-    path = Path(path)
+def open_media(path: str | Path, tokenizer):
+    """What a chunked coder reads for a tokenizer on a time axis: an audio file as an
+    :class:`~mmtok.data.audio.AudioReader` (read block by block); other media as :func:`read_media`."""
     if _modality(tokenizer) == "audio":
-        files = [write_wav(path, media, sample_rate=tokenizer.sample_rate)]
-        if spectrogram:
-            files.append(write_spectrogram_png(path.with_suffix(".png"), media, sample_rate=tokenizer.sample_rate,
-                                               title=path.name))
-        return files
-    return [write_png(path, media.clamp(0, 1))]
+        from mmtok.data.audio import AudioReader
+
+        return AudioReader(path, sample_rate=tokenizer.sample_rate)
+    return read_media(path, tokenizer)
+
+
+def write_media(path: str | Path, media: torch.Tensor, tokenizer) -> Path:
+    """Write one decoded item: audio [1, N] as a wav, an image [C, H, W] as a png."""
+    from mmtok.media import write_png, write_wav
+
+    if _modality(tokenizer) == "audio":
+        return write_wav(path, media, sample_rate=tokenizer.sample_rate)
+    return write_png(path, media.clamp(0, 1))

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mmtok.codecs.chunked import decode_chunked, encode_chunked
+from mmtok.codecs.chunked import decode_chunked, decode_chunks, encode_chunked
 from mmtok.codecs.rvq import RVQCodec
 from mmtok.tokens import Tokens
 
@@ -179,3 +179,24 @@ def test_xcodec_with_a_windowed_hf_teacher_encodes_in_chunks_as_whole(hubert_fol
     # Less context than the teacher's window changes codes near the chunk edges.
     short = encode_chunked(codec, audio, chunk_seconds=1.7, context_seconds=0.2)
     assert min(_agreements(short.codes, whole.codes)) < 0.99
+
+
+def test_encoding_a_file_block_by_block_gives_the_codes_of_the_whole_signal_and_decoding_streams(codec, tmp_path):
+    from mmtok.data.audio import AudioReader, load_audio
+    from mmtok.media import write_wav_blocks
+
+    write_wav_blocks(tmp_path / "a.wav", [signal(N_LONG, seed=4)[0]], sample_rate=SR)
+    audio = load_audio(tmp_path / "a.wav", sample_rate=SR)[None]
+    whole = codec.encode(audio)
+    read = encode_chunked(codec, AudioReader(tmp_path / "a.wav", sample_rate=SR), chunk_seconds=0.5)
+    assert _agreement(read.codes, whole.codes) == 1.0 and read.media_lengths.tolist() == [N_LONG]
+    chunks = list(decode_chunks(codec, read, chunk_seconds=0.5))
+    assert len(chunks) == 7 and sum(c.shape[-1] for c in chunks) == N_LONG
+    write_wav_blocks(tmp_path / "b.wav", (c[0] for c in chunks), sample_rate=SR)
+    streamed = load_audio(tmp_path / "b.wav", sample_rate=SR)[None]
+    assert float((streamed - load_audio_like(codec.decode(whole))).abs().max()) < 2e-4  # 16-bit rounding
+
+
+def load_audio_like(audio: torch.Tensor) -> torch.Tensor:
+    """Audio as a 16-bit wav stores it."""
+    return torch.round(audio.clamp(-1, 1) * 32767) / 32767

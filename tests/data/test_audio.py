@@ -260,3 +260,19 @@ def test_datamodule_missing_path_is_named(tmp_path):
     dm = AudioDataModule(path=str(tmp_path / "empty"))
     with pytest.raises(FileNotFoundError, match="no audio files"):
         dm.setup()
+
+
+@pytest.mark.parametrize("rate", [16000, 22050, 44100, 8000])
+def test_an_audio_reader_gives_the_samples_of_whole_file_loading_block_by_block(rate, tmp_path):
+    from mmtok.data.audio import AudioReader
+
+    x = (np.random.default_rng(0).standard_normal(rate * 3 + 123) * 0.1).astype(np.float32)
+    sf.write(str(tmp_path / "a.wav"), x, rate, subtype="FLOAT")
+    whole = load_audio(tmp_path / "a.wav", sample_rate=16000)
+    reader = AudioReader(tmp_path / "a.wav", sample_rate=16000)
+    assert len(reader) == whole.shape[-1]
+    blocks = torch.cat([reader.read(start, start + 7001) for start in range(0, len(reader), 7001)], dim=-1)
+    torch.testing.assert_close(blocks, whole, atol=1e-6, rtol=0)
+    (tmp_path / "empty.wav").write_bytes(b"")
+    with pytest.raises(AudioFileError, match="empty.wav: cannot decode audio"):
+        AudioReader(tmp_path / "empty.wav", sample_rate=16000)
