@@ -29,6 +29,8 @@ from huggingface_hub import ModelHubMixin, hf_hub_download
 from safetensors import SafetensorError
 from safetensors.torch import load_file, save_file
 
+from mmtok.errors import DataError, MissingFileError, MmtokError
+
 WEIGHTS_NAME = "model.safetensors"
 CONFIG_NAME = "config.json"
 CARD_NAME = "README.md"
@@ -111,20 +113,20 @@ def resolve_file(model_id: str, filename: str, **download_kwargs) -> Path:
     if os.path.isdir(model_id):
         path = Path(model_id) / filename
         if not path.is_file():
-            raise FileNotFoundError(f"{model_id}: Hub folder has no {filename}")
+            raise MissingFileError(f"{model_id}: Hub folder has no {filename}")
         return path
     local = os.path.exists(model_id) or os.path.isabs(model_id) or model_id.startswith((".", "~"))
     if local or model_id.count("/") > 1:  # a repo id is "name" or "namespace/name"
-        raise FileNotFoundError(f"{model_id}: no such Hub folder (and not a Hub repo id)")
+        raise MissingFileError(f"{model_id}: no such Hub folder (and not a Hub repo id)")
     return Path(hf_hub_download(repo_id=model_id, filename=filename, **download_kwargs))
 
 
 def load_weights_strict(model: torch.nn.Module, path: Path) -> None:
-    """Load a safetensors file into ``model``; any key or shape mismatch raises a ValueError naming it."""
+    """Load a safetensors file into ``model``; any key or shape mismatch raises a DataError naming it."""
     try:
         state = load_file(str(path))
     except (SafetensorError, OSError) as error:
-        raise ValueError(f"{path}: not a readable safetensors file ({error})") from error
+        raise DataError(f"{path}: not a readable safetensors file ({error})") from error
     load_state_strict(model, state, source=f"{path.parent}: config.json does not fit {path.name}")
 
 
@@ -141,7 +143,7 @@ def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *,
     ]
     if problems:
         listed = "\n  ".join(problems[:20]) + (f"\n  ... and {len(problems) - 20} more" if len(problems) > 20 else "")
-        raise ValueError(f"{source}:\n  {listed}")
+        raise DataError(f"{source}:\n  {listed}")
     model.load_state_dict(state, strict=True)
 
 
@@ -150,16 +152,16 @@ def import_mmtok_class(name: str | None, *, base: type, source: str) -> type:
     its module and checked to subclass ``base``; ``source`` names where the name was read."""
     module_name, _, qualname = (name or "").rpartition(".")
     if not isinstance(name, str) or not module_name.startswith("mmtok.") or not qualname:
-        raise ValueError(f"{source}: class {name!r} is not an mmtok {base.__name__} "
-                         "(expected 'mmtok.<module>.<Class>')")
+        raise DataError(f"{source}: class {name!r} is not an mmtok {base.__name__} "
+                        "(expected 'mmtok.<module>.<Class>')")
     try:
         found: Any = importlib.import_module(module_name)
         for part in qualname.split("."):
             found = getattr(found, part)
     except (ImportError, AttributeError) as error:
-        raise ValueError(f"{source}: class {name!r} is not an mmtok {base.__name__} ({error})") from error
+        raise DataError(f"{source}: class {name!r} is not an mmtok {base.__name__} ({error})") from error
     if not (isinstance(found, type) and issubclass(found, base)):
-        raise ValueError(f"{source}: {name!r} is not a {base.__name__} class")
+        raise DataError(f"{source}: {name!r} is not a {base.__name__} class")
     return found
 
 
@@ -174,13 +176,13 @@ def build_from_spec(spec: Any, *, base: type, source: str) -> Any:
     if isinstance(spec, base):
         return spec
     if not isinstance(spec, dict) or "class_path" not in spec:
-        raise ValueError(f"{source}: expected a {base.__name__} or {{'class_path': ..., 'init_args': {{...}}}}, "
-                         f"got {spec!r}")
+        raise DataError(f"{source}: expected a {base.__name__} or {{'class_path': ..., 'init_args': {{...}}}}, "
+                        f"got {spec!r}")
     cls = import_mmtok_class(spec["class_path"], base=base, source=source)
     try:
         return cls(**spec.get("init_args", {}))
     except TypeError as error:
-        raise ValueError(f"{source}: {spec['class_path']}: {error}") from error
+        raise DataError(f"{source}: {spec['class_path']}: {error}") from error
 
 
 def load_pretrained(model_id: str | os.PathLike, **kwargs) -> HubMixin:
@@ -188,10 +190,19 @@ def load_pretrained(model_id: str | os.PathLike, **kwargs) -> HubMixin:
     model_id = str(model_id)
     config_path = resolve_file(model_id, CONFIG_NAME, **{k: kwargs[k] for k in ("revision", "token") if k in kwargs})
     try:
-        config = json.loads(Path(config_path).read_text())
-    except json.JSONDecodeError as error:
-        raise ValueError(f"{config_path}: not valid JSON ({error})") from error
-    return model_class(config.get("mmtok_class"), source=str(config_path)).from_pretrained(model_id, **kwargs)
+        config = json.loads(Path(config_path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise DataError(f"{config_path}: not valid JSON ({error})") from error
+    if not isinstance(config, dict):
+        raise DataError(f"{config_path}: expected a JSON object of constructor arguments, got {type(config).__name__}")
+    cls = model_class(config.get("mmtok_class"), source=str(config_path))
+    try:
+        return cls.from_pretrained(model_id, **kwargs)
+    except MmtokError:
+        raise
+    except Exception as error:  # a config that does not build the class: any error its constructor raises
+        first = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise DataError(f"{config_path}: does not build a {cls.__name__} ({first})") from error
 
 
 CODEC_USAGE = ("`mmtok encode MODEL input.wav tokens.safetensors` and "

@@ -93,26 +93,28 @@ class Tokens:
 
     @classmethod
     def load(cls, path: str | Path) -> Tokens:
-        """Read a file written by :meth:`save`."""
+        """Read a file written by :meth:`save`; anything else raises :class:`~mmtok.errors.DataError`
+        naming the file (a missing one :class:`~mmtok.errors.MissingFileError`)."""
         from safetensors import safe_open
+
+        from mmtok.errors import DataError, MissingFileError
 
         path = Path(path)
         if not path.is_file():
-            raise FileNotFoundError(f"{path}: no such tokens file")
+            raise MissingFileError(f"{path}: no such tokens file")
         try:
             with safe_open(str(path), framework="pt") as f:
                 meta = (f.metadata() or {}).get("mmtok_tokens")
             tensors = load_file(str(path))
         except Exception as error:  # safetensors raises several types for a bad header
-            raise ValueError(f"{path}: not a tokens .safetensors file ({error})") from error
+            raise DataError(f"{path}: not a tokens .safetensors file ({error})") from error
         if meta is None or "codes" not in tensors:
-            raise ValueError(f"{path}: not written by Tokens.save (no 'mmtok_tokens' metadata or 'codes')")
-        info = json.loads(meta)
-        return cls(
-            codes=tensors["codes"],
-            lengths=tensors.get("lengths"),
-            frame_rate=info.get("frame_rate"),
-            grid=tuple(info["grid"]) if info.get("grid") else None,
-            sample_rate=info.get("sample_rate"),
-            media_lengths=tensors.get("media_lengths"),
-        )
+            raise DataError(f"{path}: not written by Tokens.save (no 'mmtok_tokens' metadata or 'codes')")
+        try:
+            info = json.loads(meta)
+            grid = info.get("grid")
+            return cls(codes=tensors["codes"], lengths=tensors.get("lengths"), frame_rate=info.get("frame_rate"),
+                       grid=tuple(grid) if grid else None, sample_rate=info.get("sample_rate"),
+                       media_lengths=tensors.get("media_lengths"))
+        except Exception as error:  # metadata or tensors that do not make Tokens
+            raise DataError(f"{path}: not valid tokens ({error})") from error
