@@ -197,6 +197,7 @@ class VQImageTokenizer(Tokenizer):
     """
 
     modality = "image"
+    dropped_code = -1  # a dropped level (quantizer dropout) contributes nothing when decoding
 
     def __init__(
         self,
@@ -352,8 +353,7 @@ class VQImageTokenizer(Tokenizer):
     def decode(self, tokens: Tokens, *, num_quantizers: int | None = None) -> torch.Tensor:
         """Tokens (grid (h, w)) -> images [B, C, H, W] clamped to [0, 1]; ``num_quantizers`` (or tokens
         with fewer codebooks) decodes from the first levels only."""
-        if tokens.grid is not None and tuple(tokens.grid) != self.grid:
-            raise ValueError(f"tokens are on a {tokens.grid} grid, this tokenizer's is {self.grid}")
+        self.check_tokens(tokens)  # codebooks, code ranges, grid and its number of steps
         codes = tokens.codes[:, : self._check_num_quantizers(num_quantizers)]
         return self._pixels(self.dequantize(codes)).clamp(0.0, 1.0)
 

@@ -157,8 +157,14 @@ def test_invalid_inputs_and_arguments():
         model.encode(torch.rand(1, 1, 32, 32))
     with pytest.raises(ValueError, match="images have no lengths"):
         model.encode(torch.rand(1, 1, 16, 16), torch.tensor([3]))
-    with pytest.raises(ValueError, match=r"tokens are on a \(8, 8\) grid"):
+    with pytest.raises(ValueError, match=r"tokens of grid \(8, 8\), this tokenizer's is \(4, 4\)"):
         model.decode(Tokens(codes=torch.zeros(1, 3, 64, dtype=torch.long), grid=(8, 8)))
+    with pytest.raises(ValueError, match=r"64 steps, this tokenizer's \(4, 4\) grid has 16"):
+        model.decode(Tokens(codes=torch.zeros(1, 3, 64, dtype=torch.long)))
+    codes = torch.zeros(1, 3, 16, dtype=torch.long)
+    codes[0, 1, 5] = 16
+    with pytest.raises(ValueError, match=r"codebook 1 holds 16, expected 0\.\.15 or -1"):
+        model.decode(Tokens(codes=codes))
     with pytest.raises(ValueError, match="divisible by the downsampling factor 4"):
         tiny(image_size=18)
     with pytest.raises(ValueError, match="quantizer must be one of"):
