@@ -80,6 +80,7 @@ class ImageTokenizerModule(L.LightningModule):
             raise ValueError(f"eval_quantizers {bad} outside 1..{tokenizer.num_codebooks} (the tokenizer's codebooks)")
         self.eval_quantizers = quantizers
         self._val_codes: list[torch.Tensor] = []  # [B, Q, h·w] per validation batch, for codebook usage
+        self._examples: list[torch.Tensor] = []  # [k, 1 + len(eval_quantizers), C, H, W] per validation batch
         # Generator steps taken, kept in checkpoints so that resuming keeps the adversarial and lr schedules.
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
 
@@ -184,7 +185,7 @@ class ImageTokenizerModule(L.LightningModule):
 
     # -- evaluation ----------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
-        self._val_codes = []
+        self._val_codes, self._examples = [], []
 
     def _evaluate(self, batch: dict | None, batch_idx: int, stage: str) -> None:
         if batch is None:
@@ -206,11 +207,23 @@ class ImageTokenizerModule(L.LightningModule):
             if n == full:
                 self.log_dict({f"{stage}/{k}": v for k, v in metrics.items() if k in ("l1", "psnr")},
                               batch_size=size, sync_dist=True, prog_bar=True)
-        if batch_idx == 0 and stage == "val" and self.trainer.is_global_zero:
-            log_image_examples(self, images, reconstructions, names=[f"{n}q" for n in self.eval_quantizers],
-                               count=self.hparams.num_logged_examples)
+        if stage == "val":
+            self._keep_examples(images, reconstructions)
+
+    def _keep_examples(self, images: torch.Tensor, reconstructions: list[torch.Tensor]) -> None:
+        """Evenly spaced items of every validation batch, ``num_logged_examples`` in all, so that the grid
+        spans the validation set (a corpus sorted by class shows every class, not the first one)."""
+        batches = self.trainer.num_val_batches[0] if self.trainer.num_val_batches else 1
+        batches = int(batches) if math.isfinite(batches) and batches >= 1 else 1  # inf for an iterable loader
+        per_batch = math.ceil(self.hparams.num_logged_examples / batches)
+        index = torch.linspace(0, images.shape[0] - 1, min(per_batch, images.shape[0])).round().long()
+        self._examples.append(torch.stack([images[index], *(r[index] for r in reconstructions)], 1).cpu())
 
     def on_validation_epoch_end(self) -> None:
+        if self._examples and self.trainer.is_global_zero:
+            examples = torch.cat(self._examples)[: self.hparams.num_logged_examples]  # [k, 1 + n, C, H, W]
+            log_image_examples(self, examples[:, 0], list(examples[:, 1:].unbind(1)),
+                               names=[f"{n}q" for n in self.eval_quantizers], count=len(examples))
         if not self._val_codes:
             return
         codes = torch.cat(self._val_codes)  # [N, Q, h·w]
@@ -219,7 +232,7 @@ class ImageTokenizerModule(L.LightningModule):
         for q, size in enumerate(self.tokenizer.codebook_sizes):
             usage = codebook_usage(codes[:, q], size)
             self.log_dict({f"val/usage@q{q}": usage["usage"], f"val/perplexity@q{q}": usage["perplexity"]})
-        self._val_codes = []
+        self._val_codes, self._examples = [], []
 
     def validation_step(self, batch: dict, batch_idx: int) -> None:
         self._evaluate(batch, batch_idx, "val")
