@@ -366,7 +366,8 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("input")
         p.add_argument("output")
         p.add_argument("--num-quantizers", type=int, default=None, help="keep the first N codebooks")
-        p.add_argument("--chunk-seconds", type=float, default=30.0, help="bounded-memory chunk length")
+        p.add_argument("--chunk-seconds", type=float, default=10.0,
+                       help="audio: coded in chunks of this length (memory grows with it, not with the file)")
         add_folder_arguments(p)
         if name == "decode":
             p.add_argument("--spectrogram", action="store_true", help="audio: also write a spectrogram png")

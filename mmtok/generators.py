@@ -28,6 +28,7 @@ from torch import nn
 
 from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.conditioning import Conditioner, Prefix, build_condition
+from mmtok.errors import UsageError
 from mmtok.hub import HubMixin, build_from_spec
 from mmtok.patterns import build_pattern, pattern_spec
 from mmtok.tokens import Tokens
@@ -178,5 +179,5 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
         if sampler is None:
             return self.samplers[0]
         if sampler not in self.samplers:
-            raise ValueError(f"sampler {sampler!r}: a {type(self).__name__} samples with {', '.join(self.samplers)}")
+            raise UsageError(f"sampler {sampler!r}: a {type(self).__name__} samples with {', '.join(self.samplers)}")
         return sampler

@@ -1,5 +1,6 @@
-"""Writers shared by every command: wav files, mel spectrograms, spectrogram plots, metric tables,
-png images and grids, mp4 and gif videos, and the image/video readers the data loaders use.
+"""Media files, one reader and one writer per kind: audio (read whole or block by block, any rate to
+mono at the rate asked), wav files, mel spectrograms and their plots, metric tables, png images and
+grids, mp4 and gif videos, and the image and video readers the data loaders use.
 
 Audio is written with soundfile (torchaudio's own file I/O moved to torchcodec), spectrograms are
 computed with ``torchaudio.transforms`` and drawn on matplotlib Agg canvases outside pyplot, so
@@ -16,6 +17,7 @@ uint8 tensors/arrays are written as they are. Readers return float32 in [0, 1].
 from __future__ import annotations
 
 import math
+import struct
 from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
@@ -33,6 +35,109 @@ from mmtok.errors import DataError
 from mmtok.files import atomic_path, write_text_atomic
 
 AudioLike = torch.Tensor | np.ndarray
+
+
+# ----------------------------------------------------------------------------- audio files
+
+AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
+
+
+class AudioFileError(DataError):
+    """An audio file that cannot be used: undecodable, truncated, empty, or holding NaN/Inf."""
+
+
+def _check_wav_complete(path: Path) -> None:
+    """Raises AudioFileError when a RIFF/WAVE file's data chunk is shorter than its header says.
+
+    libsndfile reads such files silently, returning only the samples present.
+    """
+    size = path.stat().st_size
+    with path.open("rb") as handle:
+        header = handle.read(12)
+        if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
+            return  # not RIFF/WAVE (or too short for it): soundfile decides
+        offset = 12
+        while offset + 8 <= size:
+            handle.seek(offset)
+            chunk_id, chunk_size = struct.unpack("<4sI", handle.read(8))
+            if chunk_id == b"data":
+                if chunk_size not in (0, 0xFFFFFFFF) and offset + 8 + chunk_size > size:
+                    raise AudioFileError(
+                        f"{path}: truncated wav: the header declares {chunk_size} data bytes, "
+                        f"the file holds {size - offset - 8}"
+                    )
+                return
+            offset += 8 + chunk_size + (chunk_size & 1)
+
+
+def load_audio(path: str | Path, *, sample_rate: int) -> torch.Tensor:
+    """Reads an audio file of any rate and channel count as mono at ``sample_rate``.
+
+    Returns FloatTensor [1, N] (float32, the mean of the channels). Raises AudioFileError naming
+    the file when it cannot be decoded (missing, truncated, not audio), has no samples, or holds
+    NaN/Inf.
+    """
+    path = Path(path)
+    try:
+        _check_wav_complete(path)
+        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [N, C]
+    except (sf.SoundFileError, OSError) as error:
+        raise AudioFileError(f"{path}: cannot decode audio ({error})") from error
+    if data.shape[0] == 0 or data.shape[1] == 0:
+        raise AudioFileError(f"{path}: empty audio file (0 samples)")
+    if not np.isfinite(data).all():
+        raise AudioFileError(f"{path}: audio holds NaN or Inf values")
+    audio = torch.from_numpy(np.ascontiguousarray(data.T)).mean(dim=0, keepdim=True)  # [1, N]
+    if rate != sample_rate:
+        audio = torchaudio.functional.resample(audio, int(rate), int(sample_rate))
+    return audio
+
+
+class AudioReader:
+    """An audio file read block by block, mono at ``sample_rate``: memory bounded by the block, not
+    the file. ``len(reader)`` is the file's length in samples at ``sample_rate``; ``reader.read(start,
+    stop)`` a FloatTensor [1, stop - start] (the same samples :func:`load_audio` gives there).
+
+    A file at another rate is resampled per block from a source window that starts on the phase grid
+    of the two rates and reaches ``margin`` samples past the block on each side, so the samples equal
+    whole-file resampling up to rounding."""
+
+    def __init__(self, path: str | Path, *, sample_rate: int, margin: int = 1024):
+        self.path, self.sample_rate, self.margin = Path(path), int(sample_rate), margin
+        try:
+            _check_wav_complete(self.path)
+            info = sf.info(str(self.path))
+        except (sf.SoundFileError, OSError) as error:
+            raise AudioFileError(f"{self.path}: cannot decode audio ({error})") from error
+        if info.frames == 0 or info.channels == 0:
+            raise AudioFileError(f"{self.path}: empty audio file (0 samples)")
+        self.source_rate, self.source_frames = int(info.samplerate), int(info.frames)
+        common = math.gcd(self.source_rate, self.sample_rate)
+        self.period = self.sample_rate // common  # target samples per whole number of source samples
+
+    def __len__(self) -> int:
+        return math.ceil(self.source_frames * self.sample_rate / self.source_rate)
+
+    def _source(self, start: int, stop: int) -> torch.Tensor:
+        """Source samples [start, stop) as mono [1, n]."""
+        try:
+            data = sf.read(str(self.path), start=start, stop=stop, dtype="float32", always_2d=True)[0]
+        except (sf.SoundFileError, OSError) as error:
+            raise AudioFileError(f"{self.path}: cannot decode audio ({error})") from error
+        if not np.isfinite(data).all():
+            raise AudioFileError(f"{self.path}: audio holds NaN or Inf values")
+        return torch.from_numpy(np.ascontiguousarray(data.T)).mean(dim=0, keepdim=True)
+
+    def read(self, start: int, stop: int) -> torch.Tensor:
+        stop = min(stop, len(self))
+        if self.source_rate == self.sample_rate:
+            return self._source(start, stop)
+        first = max(0, start - self.margin) // self.period * self.period  # on the phase grid
+        source_start = first * self.source_rate // self.sample_rate
+        source_stop = min(self.source_frames, math.ceil((stop + self.margin) * self.source_rate / self.sample_rate))
+        block = torchaudio.functional.resample(self._source(source_start, source_stop), self.source_rate,
+                                               self.sample_rate)
+        return block[:, start - first: stop - first]
 
 
 def _as_channels(audio: AudioLike, *, name: str = "audio") -> torch.Tensor:

@@ -100,3 +100,30 @@ def test_an_interrupted_write_leaves_no_file_under_the_final_name(tmp_path):
     with atomic_path(target) as temporary:
         temporary.write_bytes(b"whole")
     assert target.read_bytes() == b"whole" and list(tmp_path.iterdir()) == [target]
+
+
+MDM = Path(__file__).resolve().parents[1] / "checkpoints" / "tts-mdm-xcodec"
+
+
+@pytest.mark.parametrize("flags, code, message", [
+    (["--text", ""], 2, "--text '': empty, expected a sentence"),
+    (["--text", "   "], 2, "--text '   ': empty, expected a sentence"),
+    ([], 2, "--text: missing, expected a sentence (repeatable) or --text-file"),
+    (["--text", "...", "--speaker", "us-f3"], 2, "--text '...': espeak-ng (us-f3) speaks no phonemes for it"),
+    (["--text", "Hello there.", "--speaker", "nobody"], 2,
+     "--speaker nobody: not a speaker of this generator (known: "),
+    (["--text", "Hello there.", "--voice", "nobodyvoice"], 2, "voice 'nobodyvoice': espeak-ng cannot speak"),
+    (["--text", "Hello there.", "--sampler", "maskgit", "--steps", "0"], 2, "--steps 0: must be ≥ 1"),
+    (["--text", "Hello there.", "--sampler", "autoregressive"], 2,
+     "sampler 'autoregressive': a MaskedDiffusionGenerator samples with fhs, ancestral, maskgit"),
+])
+def test_generation_refuses_what_cannot_be_generated(flags, code, message, tmp_path, capsys):
+    got, line = cli_error(["generate", str(MDM), *flags, "--out", str(tmp_path / "out")], capsys)
+    assert got == code and line.startswith("mmtok generate: ") and message in line, line
+
+
+def test_a_prompt_shorter_than_a_frame_is_refused(tmp_path, capsys):
+    write_wav(tmp_path / "short.wav", np.zeros(100, dtype=np.float32), sample_rate=16000)
+    code, line = cli_error(["generate", str(MDM), "--text", "Hello.", "--prompt", str(tmp_path / "short.wav"),
+                            "--out", str(tmp_path / "out")], capsys)
+    assert code == 1 and f"{tmp_path / 'short.wav'}: 100 samples, shorter than one frame (320 samples" in line

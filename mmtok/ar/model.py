@@ -12,6 +12,7 @@ import torch.nn.functional as F
 
 from mmtok.ar.sampling import generate
 from mmtok.codebook_transformer import CodebookTransformer
+from mmtok.errors import UsageError
 from mmtok.generators import TokenGenerator
 from mmtok.patterns import EMPTY, Pattern
 from mmtok.tokens import Tokens
@@ -90,7 +91,7 @@ class ARGenerator(TokenGenerator):
         end token when the backbone has one); ``cfg_scale`` ≠ 1 guides against the null condition."""
         self.check_sampler(sampler)
         if steps is not None:
-            raise ValueError("steps: an autoregressive generator takes one step per code position")
+            raise UsageError("steps: an autoregressive generator takes one step per code position, it has no steps")
         batch_size = len(lengths)
         prefix = self.prefix(conditions, batch_size=batch_size)
         null = None

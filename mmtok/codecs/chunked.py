@@ -52,7 +52,7 @@ def _hop(tokenizer: Tokenizer) -> int:
 
 
 @torch.no_grad()
-def encode_chunked(tokenizer: Tokenizer, audio: torch.Tensor | AudioSource, *, chunk_seconds: float = 30.0,
+def encode_chunked(tokenizer: Tokenizer, audio: torch.Tensor | AudioSource, *, chunk_seconds: float = 10.0,
                    context_seconds: float | None = None, num_quantizers: int | None = None,
                    progress: bool = False) -> Tokens:
     """audio: FloatTensor [1, 1, N], or a source read block by block (``len`` and ``read(start, stop)
@@ -96,7 +96,7 @@ class TensorSource:
 
 
 @torch.no_grad()
-def decode_chunks(tokenizer: Tokenizer, tokens: Tokens, *, chunk_seconds: float = 30.0,
+def decode_chunks(tokenizer: Tokenizer, tokens: Tokens, *, chunk_seconds: float = 10.0,
                   context_seconds: float | None = None, num_quantizers: int | None = None,
                   progress: bool = False) -> Iterator[torch.Tensor]:
     """Tokens of one item [1, Q, T] -> the audio chunk by chunk, FloatTensors [1, 1, n] that end to end

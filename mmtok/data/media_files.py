@@ -12,8 +12,7 @@ from pathlib import Path
 
 import torch
 
-from mmtok.data.audio import AUDIO_SUFFIXES
-from mmtok.media import IMAGE_SUFFIXES
+from mmtok.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
 
 MEDIA_SUFFIXES = {"audio": AUDIO_SUFFIXES, "image": IMAGE_SUFFIXES}
 MEDIA_KEYS = {"audio": "audio", "image": "image"}  # the manifest key of each modality's files
@@ -31,7 +30,7 @@ def read_media(path: str | Path, tokenizer) -> torch.Tensor:
     an image [1, C, H, W] in [0, 1] with its channels (a size other than its own is an error naming
     the file)."""
     if _modality(tokenizer) == "audio":
-        from mmtok.data.audio import load_audio
+        from mmtok.media import load_audio
 
         return load_audio(path, sample_rate=tokenizer.sample_rate)[None]
     from mmtok.media import MediaFileError, read_image
@@ -47,7 +46,7 @@ def open_media(path: str | Path, tokenizer):
     """What a chunked coder reads for a tokenizer on a time axis: an audio file as an
     :class:`~mmtok.data.audio.AudioReader` (read block by block); other media as :func:`read_media`."""
     if _modality(tokenizer) == "audio":
-        from mmtok.data.audio import AudioReader
+        from mmtok.media import AudioReader
 
         return AudioReader(path, sample_rate=tokenizer.sample_rate)
     return read_media(path, tokenizer)

@@ -23,6 +23,7 @@ from mmtok.conditioning import Prefix
 from mmtok.diffusion.masked import mask_tokens, masked_diffusion_loss, sample_times
 from mmtok.diffusion.samplers import SAMPLERS
 from mmtok.diffusion.schedules import build_schedule
+from mmtok.errors import UsageError
 from mmtok.generators import TokenGenerator
 from mmtok.hub import WEIGHTS_NAME, resolve_file
 from mmtok.patterns import EMPTY
@@ -199,7 +200,7 @@ class MaskedDiffusionGenerator(TokenGenerator):
         are kept in :attr:`last_stats`."""
         sampler = self.check_sampler(sampler)
         if steps is not None and steps < 1:
-            raise ValueError(f"steps must be ≥ 1, got {steps}")
+            raise UsageError(f"steps {steps}: must be ≥ 1")
         device = self.backbone.heads[0].weight.device
         lengths = lengths.to(device)
         num_frames = int(lengths.max())
@@ -215,7 +216,7 @@ class MaskedDiffusionGenerator(TokenGenerator):
         elif sampler == "maskgit":
             options.update(num_steps=steps or 16)
         elif steps is not None:
-            raise ValueError("steps: the first-hitting sampler takes one denoiser call per token")
+            raise UsageError("steps: the first-hitting sampler takes one denoiser call per token, it has no steps")
         tokens, self.last_stats = SAMPLERS[sampler](denoiser, flat, schedule=self.schedule, **options)
         codes = self.pattern.revert(tokens.reshape(initial.shape).masked_fill(~real, 0), num_frames)
         return self.tokens(codes, lengths)

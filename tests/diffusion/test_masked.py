@@ -135,7 +135,7 @@ def test_the_generator_needs_one_codebook_size_and_a_fitting_tokenizer(tiny_code
     first = model.generate({"speaker": ["a"]}, rng=torch.Generator().manual_seed(0), **options)
     second = loaded.generate({"speaker": ["a"]}, rng=torch.Generator().manual_seed(0), **options)
     assert torch.equal(first.codes, second.codes) and type(loaded.pattern).__name__ == "DelayPattern"
-    with pytest.raises(ValueError, match="steps must be ≥ 1"):
+    with pytest.raises(ValueError, match="steps 0: must be ≥ 1"):
         model.generate({"speaker": ["a"]}, lengths=torch.tensor([3]), sampler="maskgit", steps=0)
     with pytest.raises(ValueError, match="samples with fhs, ancestral, maskgit"):
         model.generate({"speaker": ["a"]}, lengths=torch.tensor([3]), sampler="autoregressive")
