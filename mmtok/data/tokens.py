@@ -38,11 +38,13 @@ def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *
                     batch_size: int = 64) -> Path:
     """Encode every item of ``manifest`` (a file or a corpus folder) with the tokenizer Hub folder
     ``tokenizer`` (audio one whole item at a time; images ``batch_size`` at a time); returns ``out_dir``.
-    A folder that already holds the same tokenizer's tokens of the same manifest is returned untouched."""
+    A folder that already holds the same tokenizer's tokens (the same weights) of the same manifest is
+    returned untouched."""
     from mmtok.hub import load_pretrained
 
     manifest, out_dir = manifest_path(manifest), Path(out_dir)
-    key = {"tokenizer": str(tokenizer), "manifest": str(manifest.resolve())}
+    key = {"tokenizer": str(tokenizer), "tokenizer_weights": _weights_digest(tokenizer),
+           "manifest": str(manifest.resolve())}
     info_path = out_dir / INFO_NAME
     if info_path.is_file() and (out_dir / TOKENS_NAME).is_file():
         info = json.loads(info_path.read_text())
@@ -84,6 +86,15 @@ def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *
         raise DataError(f"{len(failures)} of {len(entries)} item(s) of {manifest} could not be read (listed above); "
                         f"the cache in {out_dir} holds the other {len(kept)}")
     return out_dir
+
+
+def _weights_digest(tokenizer: str) -> str | None:
+    """SHA-256 of a local tokenizer folder's weights: a cache made by other weights under the same
+    name is stale. None for a Hub repo id (its revision names its weights)."""
+    import hashlib
+
+    weights = Path(tokenizer) / "model.safetensors"
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
 
 
 def _write_cache(out_dir: Path, pieces: list[torch.Tensor], offsets: list[int], entries: list[dict], key: dict,

@@ -55,3 +55,20 @@ def test_a_missing_cache_names_the_command_that_builds_it(tmp_path):
         TokenDataModule(tokens=str(tmp_path / "none")).setup("fit")
     with pytest.raises(ValueError, match="both `tokenizer` and `data`"):
         TokenDataModule(tokens=str(tmp_path), tokenizer="x")
+
+
+def test_a_cache_made_by_other_weights_under_the_same_name_is_rebuilt(tiny_corpus, tiny_codec_folder, tmp_path):
+    import shutil
+
+    from mmtok.codecs.rvq import RVQCodec
+    from mmtok.data.tokens import TokenCorpus, tokenize_corpus
+
+    folder = tmp_path / "codec"
+    shutil.copytree(tiny_codec_folder, folder)
+    tokenize_corpus(str(folder), tiny_corpus, tmp_path / "tokens", progress=False)
+    first = TokenCorpus(tmp_path / "tokens").codes(0).clone()
+    torch.manual_seed(5)
+    RVQCodec(encoder_channels=4, decoder_channels=16, latent_dim=16, codebook_size=32, num_quantizers=4,
+             kmeans_init=False).save_pretrained(folder)  # other weights, same folder
+    tokenize_corpus(str(folder), tiny_corpus, tmp_path / "tokens", progress=False)
+    assert not torch.equal(TokenCorpus(tmp_path / "tokens").codes(0), first)
