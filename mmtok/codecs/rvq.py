@@ -21,10 +21,9 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 from einops import rearrange
-from torch import distributed
-from vector_quantize_pytorch import ResidualVQ
 
 from mmtok.codecs.base import ReceptiveField, Tokenizer
+from mmtok.codecs.quantizers import dequantize, draw_dropout, nearest_codes, residual_vq, share_across_ranks
 from mmtok.codecs.seanet import ConvDecoder, ConvEncoder, conv_receptive_field
 from mmtok.tokens import Tokens
 
@@ -58,9 +57,9 @@ def frame_mask(lengths: torch.Tensor | None, num_samples: int, hop_length: int, 
 class RVQCodec(Tokenizer):
     """Waveform codec with residual VQ and quantizer dropout.
 
-    Every quantizer setting is explicit because vector-quantize-pytorch's defaults (EMA decay 0.8,
-    rotation trick on, no dead-code expiry) are not the ones EnCodec and X-Codec were trained with.
-    A code of -1 (a dropped quantizer) contributes nothing when decoding.
+    Every quantizer setting is explicit (:func:`mmtok.codecs.quantizers.residual_vq`): the library's
+    defaults are not the ones EnCodec and X-Codec were trained with. A code of -1 (a dropped
+    quantizer) contributes nothing when decoding.
     """
 
     dropped_code = -1
@@ -92,26 +91,10 @@ class RVQCodec(Tokenizer):
         self.encoder = ConvEncoder(channels=encoder_channels, strides=strides, latent_dim=latent_dim)
         self.decoder = ConvDecoder(channels=decoder_channels, strides=tuple(reversed(strides)),
                                    latent_dim=latent_dim)
-        self.quantizer = ResidualVQ(
-            dim=latent_dim,
-            codebook_dim=latent_dim,
-            num_quantizers=num_quantizers,
-            codebook_size=codebook_size,
-            decay=ema_decay,
-            ema_update=True,
-            learnable_codebook=False,
-            kmeans_init=kmeans_init,
-            kmeans_iters=kmeans_iters,
-            sync_kmeans=True,
-            threshold_ema_dead_code=dead_code_threshold,
-            commitment_weight=commitment_weight,
-            use_cosine_sim=False,
-            rotation_trick=False,
-            straight_through=False,
-            stochastic_sample_codes=False,
-            quantize_dropout=quantizer_dropout > 0,
-            quantize_dropout_cutoff_index=0,
-        )
+        self.quantizer = residual_vq(dim=latent_dim, num_quantizers=num_quantizers, codebook_size=codebook_size,
+                                     ema_decay=ema_decay, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
+                                     dead_code_threshold=dead_code_threshold, commitment_weight=commitment_weight,
+                                     dropout=quantizer_dropout > 0)
 
     # -- facts ---------------------------------------------------------------------------------
     @property
@@ -159,34 +142,19 @@ class RVQCodec(Tokenizer):
         return rearrange(quantized, "b t d -> b d t"), rearrange(indices, "b t q -> b q t"), losses.sum()
 
     def nearest_codes(self, latent: torch.Tensor) -> torch.Tensor:
-        """latent [B, D, T] -> codes [B, Q, T] by residual nearest-codeword search (SoundStream
-        Algorithm 1): the quantizer's codes in eval mode, as a pure function of the codebooks."""
+        """latent [B, D, T] -> codes [B, Q, T]: the quantizer's codes in eval mode, as a pure function of
+        the codebooks (:func:`mmtok.codecs.quantizers.nearest_codes`)."""
         return self._residual_search(latent)[0]
 
     def _residual_search(self, latent: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """(codes [B, Q, T], commitment loss Σ_q mean ‖r_q − c_q‖²). Unlike the quantizer's forward
-        pass, which k-means-initialises untrained codebooks from the first input it is shown, in eval
-        mode too, this changes no buffer: codebooks are initialised from training batches only."""
-        residual = self.quantizer.project_in(rearrange(latent, "b d t -> 1 (b t) d"))
-        codes, commitment = [], latent.new_zeros(())
-        for codebook in self.quantizer.codebooks:  # [V, D]
-            index = torch.cdist(residual, codebook[None]).argmin(-1)  # [1, B·T]
-            commitment = commitment + (residual - codebook[index]).pow(2).mean()
-            residual = residual - codebook[index]
-            codes.append(index)
-        return rearrange(torch.cat(codes), "q (b t) -> b q t", b=latent.shape[0]), commitment
+        codes, commitment = nearest_codes(self.quantizer, rearrange(latent, "b d t -> b t d"))
+        return rearrange(codes, "b t q -> b q t"), commitment
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, Q', T] with Q' ≤ Q (entries of -1 skipped) -> latent [B, D, T]: Σ of the chosen codewords."""
         if codes.shape[1] > self.num_codebooks:
             raise ValueError(f"codes have {codes.shape[1]} codebooks, the model has {self.num_codebooks}")
-        codebooks = self.quantizer.codebooks  # [Q, V, D]
-        latent = 0
-        for q in range(codes.shape[1]):
-            index = codes[:, q]
-            vectors = codebooks[q][index.clamp(min=0)]  # [B, T, D]
-            latent = latent + vectors * (index >= 0).unsqueeze(-1)
-        return rearrange(self.quantizer.project_out(latent), "b t d -> b d t")
+        return rearrange(dequantize(self.quantizer, rearrange(codes, "b q t -> b t q")), "b t d -> b d t")
 
     # -- training ------------------------------------------------------------------------------
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> CodecOutput:
@@ -200,30 +168,13 @@ class RVQCodec(Tokenizer):
         return CodecOutput(audio=reconstruction, codes=codes, commitment_loss=commitment, latent=latent)
 
     def _draw_dropout(self, device: torch.device) -> bool:
-        """Whether this batch uses quantizer dropout; the same answer on every DDP rank, since the
-        number of quantizer layers run decides the number of collective calls each rank makes."""
-        coin = torch.rand((), device=device)
-        if self._distributed_sync:
-            distributed.broadcast(coin, src=0)
-        return float(coin) < self.quantizer_dropout
+        return draw_dropout(self.quantizer_dropout, device=device, synced=self._distributed_sync)
 
     def enable_distributed_sync(self) -> None:
-        """Share k-means init and EMA codebook statistics across DDP ranks.
-
-        vector-quantize-pytorch decides this from ``torch.distributed`` *when the module is built*,
-        which under Lightning is before the process group exists, so every rank would keep its own
-        codebooks. Called by the training module once the process group is up.
-        """
-        if not (distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1):
-            return
-        from vector_quantize_pytorch.vector_quantize_pytorch import sample_vectors_distributed
-
-        self._distributed_sync = True
-        for layer in self.quantizer.layers:
-            codebook = layer._codebook
-            codebook.use_ddp = True
-            codebook.sample_fn = codebook.replace_sample_fn = sample_vectors_distributed
-            codebook.kmeans_all_reduce_fn = codebook.all_reduce_fn = distributed.all_reduce
+        """Share k-means init, EMA codebook statistics and the dropout draw across DDP ranks (called by
+        the training module once the process group is up; see
+        :func:`mmtok.codecs.quantizers.share_across_ranks`)."""
+        self._distributed_sync = share_across_ranks(self.quantizer)
 
     # -- the tokenizer contract ----------------------------------------------------------------
     @torch.no_grad()

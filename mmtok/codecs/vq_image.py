@@ -37,10 +37,11 @@ import torch
 import torch.nn.functional as F
 from diffusers.models.autoencoders.vae import Decoder, Encoder
 from einops import rearrange
-from torch import distributed, nn
-from vector_quantize_pytorch import ResidualFSQ, ResidualLFQ, ResidualVQ
+from torch import nn
+from vector_quantize_pytorch import ResidualFSQ, ResidualLFQ
 
 from mmtok.codecs.base import Tokenizer
+from mmtok.codecs.quantizers import dequantize, draw_dropout, nearest_codes, residual_vq, share_across_ranks
 from mmtok.tokens import Tokens
 
 
@@ -65,20 +66,16 @@ class ImageTokenizerOutput:
 
 
 class ResidualVQQuantizer(nn.Module):
-    """``ResidualVQ`` with every argument explicit (the library's defaults, EMA decay 0.8, rotation
-    trick on, no dead-code expiry, are not the anchors')."""
+    """``ResidualVQ`` with every argument explicit (:func:`mmtok.codecs.quantizers.residual_vq`)."""
 
     def __init__(self, *, dim: int, num_quantizers: int, codebook_size: int, ema_decay: float, kmeans_init: bool,
                  kmeans_iters: int, dead_code_threshold: float, commitment_weight: float, dropout: bool):
         super().__init__()
         self.codebook_sizes = [codebook_size] * num_quantizers
-        self.rvq = ResidualVQ(
-            dim=dim, codebook_dim=dim, num_quantizers=num_quantizers, codebook_size=codebook_size,
-            decay=ema_decay, ema_update=True, learnable_codebook=False, kmeans_init=kmeans_init,
-            kmeans_iters=kmeans_iters, sync_kmeans=True, threshold_ema_dead_code=dead_code_threshold,
-            commitment_weight=commitment_weight, use_cosine_sim=False, rotation_trick=False, straight_through=False,
-            stochastic_sample_codes=False, quantize_dropout=dropout, quantize_dropout_cutoff_index=0,
-        )
+        self.rvq = residual_vq(dim=dim, num_quantizers=num_quantizers, codebook_size=codebook_size,
+                               ema_decay=ema_decay, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
+                               dead_code_threshold=dead_code_threshold, commitment_weight=commitment_weight,
+                               dropout=dropout)
 
     def forward(self, latent: torch.Tensor, *, dropout: bool) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
         self.rvq.quantize_dropout = dropout
@@ -86,35 +83,15 @@ class ResidualVQQuantizer(nn.Module):
         return quantized, codes, losses.sum()
 
     def nearest_codes(self, latent: torch.Tensor) -> torch.Tensor:
-        """Residual nearest-codeword search (SoundStream Algorithm 1): unlike the quantizer's forward
-        pass, which k-means-initialises untrained codebooks from any input, eval mode too, it changes
-        no buffer, so codebooks are only ever initialised from training batches."""
-        residual = self.rvq.project_in(rearrange(latent, "b n d -> 1 (b n) d"))
-        codes = []
-        for codebook in self.rvq.codebooks:  # [V, D]
-            index = torch.cdist(residual, codebook[None]).argmin(-1)  # [1, B·N]
-            residual = residual - codebook[index]
-            codes.append(index)
-        return rearrange(torch.cat(codes), "q (b n) -> b n q", b=latent.shape[0])
+        """A pure residual nearest-codeword search (:func:`mmtok.codecs.quantizers.nearest_codes`)."""
+        return nearest_codes(self.rvq, latent)[0]
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, N, Q'] (entries of -1 skipped) -> [B, N, D]: Σ of the chosen codewords."""
-        vectors = 0
-        for q, codebook in enumerate(self.rvq.codebooks[: codes.shape[-1]]):  # [V, D]
-            index = codes[..., q]
-            vectors = vectors + codebook[index.clamp(min=0)] * (index >= 0).unsqueeze(-1)
-        return self.rvq.project_out(vectors)
+        return dequantize(self.rvq, codes)
 
-    def enable_distributed_sync(self) -> None:
-        """Share k-means init and EMA statistics across DDP ranks: vector-quantize-pytorch decides
-        this when the module is built, before Lightning has a process group (as in RVQCodec)."""
-        from vector_quantize_pytorch.vector_quantize_pytorch import sample_vectors_distributed
-
-        for layer in self.rvq.layers:
-            codebook = layer._codebook
-            codebook.use_ddp = True
-            codebook.sample_fn = codebook.replace_sample_fn = sample_vectors_distributed
-            codebook.kmeans_all_reduce_fn = codebook.all_reduce_fn = distributed.all_reduce
+    def enable_distributed_sync(self) -> bool:
+        return share_across_ranks(self.rvq)
 
 
 class _ImplicitQuantizer(nn.Module):
@@ -323,21 +300,14 @@ class VQImageTokenizer(Tokenizer):
         return ImageTokenizerOutput(images=self._pixels(quantized), codes=codes, quantizer_loss=loss, latent=latent)
 
     def _draw_dropout(self, device: torch.device) -> bool:
-        """Whether this batch uses quantizer dropout; the same answer on every DDP rank."""
         if self.quantizer_dropout == 0 or self.num_codebooks == 1:
             return False
-        coin = torch.rand((), device=device)
-        if self._distributed_sync:
-            distributed.broadcast(coin, src=0)
-        return float(coin) < self.quantizer_dropout
+        return draw_dropout(self.quantizer_dropout, device=device, synced=self._distributed_sync)
 
     def enable_distributed_sync(self) -> None:
         """Called by the training module once the process group is up (see ``RVQCodec``)."""
-        if not (distributed.is_available() and distributed.is_initialized() and distributed.get_world_size() > 1):
-            return
-        self._distributed_sync = True
         if hasattr(self.quantizer, "enable_distributed_sync"):
-            self.quantizer.enable_distributed_sync()
+            self._distributed_sync = self.quantizer.enable_distributed_sync()
 
     # -- the tokenizer contract ----------------------------------------------------------------
     @torch.no_grad()
