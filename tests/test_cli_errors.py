@@ -8,11 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from conftest import cli_error
 from mmtok.cli import main
 from mmtok.files import atomic_path
-from mmtok.media import write_wav
+from mmtok.media import write_png, write_wav
 from mmtok.tokens import Tokens
 
 
@@ -127,3 +128,39 @@ def test_a_prompt_shorter_than_a_frame_is_refused(tmp_path, capsys):
     code, line = cli_error(["generate", str(MDM), "--text", "Hello.", "--prompt", str(tmp_path / "short.wav"),
                             "--out", str(tmp_path / "out")], capsys)
     assert code == 1 and f"{tmp_path / 'short.wav'}: 100 samples, shorter than one frame (320 samples" in line
+
+
+VQ = Path(__file__).resolve().parents[1] / "checkpoints" / "vq-digits"
+
+
+def test_an_image_folder_with_bad_pngs_encodes_the_good_ones_and_names_the_bad(tmp_path, capsys):
+    folder = tmp_path / "pngs"
+    rng = np.random.default_rng(0)
+    write_png(folder / "good.png", rng.random((1, 32, 32)))
+    write_png(folder / "rgba.png", rng.random((4, 32, 32)))  # converted to gray
+    Image.fromarray((rng.random((32, 32)) * 65535).astype(np.uint16)).save(folder / "sixteen_bit.png")
+    good = (folder / "good.png").read_bytes()
+    (folder / "truncated.png").write_bytes(good[: len(good) // 2])
+    (folder / "empty.png").write_bytes(b"")
+    (folder / "text.png").write_text("not an image")
+    write_png(folder / "odd_size.png", rng.random((1, 28, 30)))
+    out = tmp_path / "tokens"
+    code, line = cli_error(["encode", str(VQ), str(folder), str(out)], capsys)
+    assert code == 1 and line == "mmtok encode: 4 of 7 file(s) failed (listed above); the other 3 are written"
+    assert sorted(p.name for p in out.iterdir()) == ["good.safetensors", "rgba.safetensors", "sixteen_bit.safetensors"]
+    main(["decode", str(VQ), str(out), str(tmp_path / "decoded")])
+    assert sorted(p.name for p in (tmp_path / "decoded").iterdir()) == ["good.png", "rgba.png", "sixteen_bit.png"]
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        main(["encode", str(VQ), str(folder), str(out), "--overwrite"])
+    err = capsys.readouterr().err
+    for name, why in [("odd_size.png", "image is 28x30 (H x W), the tokenizer reads 32x32"),
+                      ("empty.png", ""), ("text.png", ""), ("truncated.png", "")]:
+        assert f"failed: {folder / name}: {why}" in err, (name, err)
+
+
+def test_decode_of_image_tokens_from_another_grid_is_named(tmp_path, capsys):
+    path = tmp_path / "t.safetensors"
+    Tokens(codes=torch.zeros(1, 2, 16, dtype=torch.long), grid=(4, 4)).save(path)
+    code, line = cli_error(["decode", str(VQ), str(path), str(tmp_path / "x.png")], capsys)
+    assert code == 1 and f"{path}: tokens of grid (4, 4), this tokenizer's is (8, 8)" in line
