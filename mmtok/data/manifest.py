@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import random
+import sys
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Callable
@@ -25,6 +26,9 @@ from typing import Callable
 import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
+from tqdm import tqdm
+
+from mmtok.files import write_text_atomic
 
 log = logging.getLogger(__name__)
 
@@ -295,13 +299,42 @@ def corpus_is_cached(out_dir: Path, params: dict, *, key: str, count_key: str) -
         return False
 
 
+def build_items(pool, make: Callable[[object], dict], jobs: list, *, out_dir: Path, key: str, desc: str,
+                progress: bool, unit: str = "item") -> list[dict]:
+    """The manifest rows of an embedded corpus, one ``make(job)`` each (in ``pool``), going on past an
+    item whose tool fails (espeak-ng, fluidsynth): the others are built and, if any failed, written as a
+    manifest without ``corpus.json`` (so the build is not taken as finished and a rerun retries), the
+    failures listed on stderr and counted in a :class:`~mmtok.errors.DataError`."""
+    from mmtok.errors import DataError
+
+    def attempt(job):
+        try:
+            return make(job), None
+        except (RuntimeError, ValueError, OSError) as error:
+            return None, " ".join(str(error).split())
+
+    rows, failures = [], []
+    for row, failure in tqdm(pool.map(attempt, jobs), total=len(jobs), desc=desc, unit=unit, disable=not progress):
+        if failure is None:
+            rows.append(row)
+        else:
+            failures.append(failure)
+    if failures:
+        write_text_atomic(out_dir / "manifest.jsonl", "".join(
+            json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in sorted(rows, key=lambda r: r[key])))
+        for failure in failures:
+            print(f"  failed: {failure}", file=sys.stderr)
+        raise DataError(f"{out_dir}: {len(failures)} of {len(jobs)} items could not be built (listed above); the "
+                        f"manifest holds the other {len(rows)}, and a rerun builds the corpus again")
+    return rows
+
+
 def write_corpus_manifest(out_dir: Path, rows: list[dict], params: dict, *, key: str) -> Path:
     """Sorted manifest.jsonl, then corpus.json (written last: its presence marks a finished build)."""
     rows = sorted(rows, key=lambda row: row[key])
-    manifest = out_dir / "manifest.jsonl"
-    manifest.write_text("".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows),
-                        encoding="utf-8")
-    (out_dir / "corpus.json").write_text(json.dumps(params, sort_keys=True, indent=2) + "\n", encoding="utf-8")
+    manifest = write_text_atomic(out_dir / "manifest.jsonl",
+                                 "".join(json.dumps(r, sort_keys=True, ensure_ascii=False) + "\n" for r in rows))
+    write_text_atomic(out_dir / "corpus.json", json.dumps(params, sort_keys=True, indent=2) + "\n")
     return manifest
 
 

@@ -40,7 +40,8 @@ import soundfile as sf
 import torch
 from tqdm import tqdm
 
-from mmtok.data.manifest import assign_splits, corpus_is_cached, remove_stale_files, write_corpus_manifest
+from mmtok.data.manifest import (assign_splits, build_items, corpus_is_cached, remove_stale_files,
+                                 write_corpus_manifest)
 from mmtok.data.tools import debian_tool
 from mmtok.data.speech import trim_silence
 from mmtok.media import write_wav
@@ -376,10 +377,10 @@ def build_music_corpus(
                 })
     (out_dir / "wavs").mkdir(parents=True, exist_ok=True)
     with ThreadPoolExecutor(num_workers) as pool:
-        results = pool.map(lambda job: _render_clip(job, out_dir=out_dir, sample_rate=sample_rate,
-                                                    max_seconds=max_seconds, soundfont=soundfont,
-                                                    executable=executable), jobs)
-        rows = list(tqdm(results, total=len(jobs), desc="fluidsynth", unit="clip", disable=not progress))
+        rows = build_items(pool, lambda job: _render_clip(job, out_dir=out_dir, sample_rate=sample_rate,
+                                                          max_seconds=max_seconds, soundfont=soundfont,
+                                                          executable=executable),
+                           jobs, out_dir=out_dir, key="audio", desc="fluidsynth", progress=progress, unit="clip")
     remove_stale_files(out_dir / "wavs", "music*.wav", keep={out_dir / row["audio"] for row in rows})
     remove_stale_files(out_dir / "midi", "music*.mid", keep={out_dir / row["midi"] for row in rows})
     return write_corpus_manifest(out_dir, rows, params, key="audio")

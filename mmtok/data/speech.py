@@ -33,9 +33,9 @@ from pathlib import Path
 import soundfile as sf
 import torch
 import torchaudio
-from tqdm import tqdm
 
-from mmtok.data.manifest import assign_splits, corpus_is_cached, remove_stale_files, write_corpus_manifest
+from mmtok.data.manifest import (assign_splits, build_items, corpus_is_cached, remove_stale_files,
+                                 write_corpus_manifest)
 from mmtok.data.tools import debian_tool
 from mmtok.errors import UsageError
 from mmtok.media import write_wav
@@ -483,7 +483,6 @@ def build_speech_corpus(
                 flite_path=flite_path,
             )
 
-        results = pool.map(make, jobs)
-        rows = list(tqdm(results, total=len(jobs), desc="espeak-ng corpus", disable=not progress))
+        rows = build_items(pool, make, jobs, out_dir=out_dir, key="audio", desc="espeak-ng corpus", progress=progress)
     remove_stale_files(out_dir / "wavs", "utt*.wav", keep={out_dir / row["audio"] for row in rows})
     return write_corpus_manifest(out_dir, rows, params, key="audio")

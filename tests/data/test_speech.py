@@ -166,3 +166,26 @@ def test_trim_silence_keeps_the_sound_and_a_margin():
     assert trimmed.shape == (1, 800 + 1000 + 800)
     assert torch.equal(trimmed[:, 800:1800], sound)
     assert torch.equal(trim_silence(torch.zeros(1, 50), sample_rate=16000), torch.zeros(1, 50))
+
+
+def test_a_build_goes_on_past_an_utterance_its_tool_fails_and_is_not_taken_as_finished(tmp_path, monkeypatch,
+                                                                                      capsys):
+    from mmtok.errors import DataError
+
+    real = speech._make_utterance
+
+    def flaky(job, **kwargs):
+        if job[0] == "utt00004":
+            raise RuntimeError("espeak-ng failed (exit 1) for speaker 'x'")
+        return real(job, **kwargs)
+
+    monkeypatch.setattr(speech, "_make_utterance", flaky)
+    with pytest.raises(DataError, match="1 of 8 items could not be built"):
+        build_speech_corpus(tmp_path, num_utterances=8, progress=False)
+    assert "failed: espeak-ng failed (exit 1)" in capsys.readouterr().err
+    rows = [json.loads(line) for line in (tmp_path / "manifest.jsonl").read_text().splitlines()]
+    assert len(rows) == 7 and "utt00004" not in {Path(r["audio"]).stem for r in rows}
+    assert not (tmp_path / "corpus.json").exists(), "a rerun builds it again"
+    monkeypatch.setattr(speech, "_make_utterance", real)
+    build_speech_corpus(tmp_path, num_utterances=8, progress=False)
+    assert (tmp_path / "corpus.json").exists() and len((tmp_path / "manifest.jsonl").read_text().splitlines()) == 8
