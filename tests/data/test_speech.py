@@ -168,8 +168,8 @@ def test_trim_silence_keeps_the_sound_and_a_margin():
     assert torch.equal(trim_silence(torch.zeros(1, 50), sample_rate=16000), torch.zeros(1, 50))
 
 
-def test_a_build_goes_on_past_an_utterance_its_tool_fails_and_is_not_taken_as_finished(tmp_path, monkeypatch,
-                                                                                      capsys):
+def test_a_build_goes_on_past_an_utterance_its_tool_fails_and_is_not_taken_as_finished(
+        tmp_path, monkeypatch, capsys):
     from mmtok.errors import DataError
 
     real = speech._make_utterance
