@@ -21,6 +21,8 @@ def run_lightning_cli(args: list[str]) -> None:
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
+    from mmtok.training.callbacks import PlainProgress
+
     LightningCLI(
         model_class=L.LightningModule,
         datamodule_class=L.LightningDataModule,
@@ -29,6 +31,7 @@ def run_lightning_cli(args: list[str]) -> None:
         args=args,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
+        trainer_defaults={"callbacks": [PlainProgress()]},  # added to a recipe's own callbacks
     )
 
 
