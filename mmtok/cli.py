@@ -79,11 +79,29 @@ def cmd_data(args: argparse.Namespace) -> None:
 
 
 # -- export -------------------------------------------------------------------------------------
+def parse_settings(pairs: list[str], *, flag: str) -> dict:
+    """``["cfg_scale=3", "sampler=maskgit"]`` -> ``{"cfg_scale": 3, "sampler": "maskgit"}`` (JSON values,
+    else strings)."""
+    import json
+
+    settings = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not key:
+            raise UsageError(f"{flag} {pair}: expected KEY=VALUE, e.g. cfg_scale=3")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
+    return settings
+
+
 def cmd_export(args: argparse.Namespace) -> None:
     from mmtok.export import export_checkpoint
 
     folder = export_checkpoint(args.checkpoint, args.out_dir, data=args.data, split=args.split,
-                               max_items=args.max_items, judge=args.judge, half=args.half)
+                               max_items=args.max_items, judge=args.judge, half=args.half,
+                               sampling=parse_settings(args.sampling, flag="--sampling"))
     print(f"Hub folder written to {folder}")
 
 
@@ -135,8 +153,8 @@ def _evaluate_generator(generator, judge, args: argparse.Namespace) -> list[dict
     task = build_task(generator.task, source=f"{args.model}/config.json")
     return task.evaluate(generator, tokenizer, judge, args.data, samples_per_request=args.samples,
                          max_items=args.max_items, rng=torch.Generator().manual_seed(args.seed),
-                         sampler=generator.check_sampler(args.sampler), steps=args.steps,
-                         temperature=args.temperature, top_k=args.top_k, cfg_scale=args.cfg_scale)
+                         **generator.sampling_with(sampler=args.sampler, steps=args.steps, temperature=args.temperature,
+                                                   top_k=args.top_k, cfg_scale=args.cfg_scale))
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -258,8 +276,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     tokenizer = generator.load_tokenizer(args.tokenizer, near=args.model)
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps {args.steps}: must be ≥ 1")
-    sampling = {"sampler": generator.check_sampler(args.sampler), "steps": args.steps,
-                "temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "cfg_scale": args.cfg_scale}
+    sampling = generator.sampling_with(sampler=args.sampler, steps=args.steps, temperature=args.temperature,
+                                       top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files = task.run(generator, tokenizer, args, out=out, rng=torch.Generator().manual_seed(args.seed),
@@ -283,10 +301,12 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--sampler", choices=["autoregressive", *SAMPLERS],
                      help="masked diffusion: fhs (first-hitting, default), ancestral (MDLM) or maskgit")
     gen.add_argument("--steps", type=int, help="ancestral / maskgit steps (default: one per token / 16)")
-    gen.add_argument("--temperature", type=float, default=1.0, help="0 decodes greedily (AR)")
+    gen.add_argument("--temperature", type=float,
+                     help="0 decodes greedily (AR); default: the generator's recorded setting (its card), else 1")
     gen.add_argument("--top-k", type=int, default=None)
     gen.add_argument("--top-p", type=float, default=None)
-    gen.add_argument("--cfg-scale", type=float, default=1.0, help="classifier-free guidance (1 = none)")
+    gen.add_argument("--cfg-scale", type=float, help="classifier-free guidance (1 = none); default: the generator's "
+                                                     "recorded setting, else 1")
     gen.add_argument("--seed", type=int, default=0, help="the same seed gives the same files")
 
 
@@ -332,6 +352,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--half", action="store_true", help="store the weights in float16 (half the size)")
     export.add_argument("--judge", help="phoneme recognizer Hub folder: a codec card also gets the PER of "
                                         "reconstructions")
+    export.add_argument("--sampling", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="generators: default sampling settings recorded in the config, e.g. cfg_scale=3 "
+                             "sampler=maskgit (what `mmtok generate` uses unless a flag says otherwise)")
     export.set_defaults(func=cmd_export)
 
     evaluate = sub.add_parser("evaluate", help="measure a tokenizer (audio at several bitrates, images), a "
@@ -349,9 +372,10 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--samples", type=int, default=100, help="generators: samples per class or caption")
     evaluate.add_argument("--sampler", help="generators: the sampler (default: the generator's first)")
     evaluate.add_argument("--steps", type=int, default=None, help="generators: ancestral / maskgit steps")
-    evaluate.add_argument("--temperature", type=float, default=1.0, help="generators")
+    evaluate.add_argument("--temperature", type=float, help="generators (default: the recorded setting, else 1)")
     evaluate.add_argument("--top-k", type=int, default=None, help="generators")
-    evaluate.add_argument("--cfg-scale", type=float, default=1.0, help="generators: classifier-free guidance")
+    evaluate.add_argument("--cfg-scale", type=float, help="generators: classifier-free guidance (default: the "
+                                                          "recorded setting, else 1)")
     evaluate.add_argument("--seed", type=int, default=0, help="generators")
     evaluate.set_defaults(func=cmd_evaluate)
 

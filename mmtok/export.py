@@ -15,7 +15,7 @@ import torch
 
 from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
 from mmtok.codecs.base import Tokenizer
-from mmtok.errors import DataError, MissingFileError
+from mmtok.errors import DataError, MissingFileError, UsageError
 from mmtok.generators import TokenGenerator
 from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class, round_to_half
 from mmtok.judges.digits import DigitClassifier, evaluate_classifier
@@ -138,11 +138,16 @@ CARD_BUILDERS = {Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card, To
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,
                       split: str = "test", max_items: int | None = None, judge: str | None = None,
-                      half: bool = False) -> Path:
+                      half: bool = False, sampling: dict | None = None) -> Path:
     """Write ``out_dir`` as a Hub folder; with ``data``, measure metrics on its ``split`` for the card
     (for a codec, with ``judge``, a phoneme recognizer folder, also the PER of its reconstructions).
-    ``half`` stores the weights in float16; the metrics are then measured with the rounded weights."""
+    ``half`` stores the weights in float16; the metrics are then measured with the rounded weights.
+    ``sampling``: a generator's default sampling settings (:meth:`TokenGenerator.record_sampling`)."""
     model, ckpt = load_model_from_checkpoint(checkpoint)
+    if sampling:
+        if not isinstance(model, TokenGenerator):
+            raise UsageError(f"--sampling: {checkpoint} holds a {type(model).__name__}, not a generator")
+        model.record_sampling(**sampling)
     if half:
         round_to_half(model)
         model.store_half = True

@@ -34,6 +34,16 @@ from mmtok.patterns import build_pattern, pattern_spec
 from mmtok.tokens import Tokens
 
 POSITION_SCHEMES = ("sequential", "aligned")
+SAMPLING_SETTINGS = ("sampler", "steps", "temperature", "top_k", "top_p", "cfg_scale")
+
+
+def check_sampling(values: dict, *, source: str = "sampling") -> dict:
+    """``values`` if every key is a sampling setting of ``generate``; otherwise the error naming it."""
+    unknown = sorted(set(values) - set(SAMPLING_SETTINGS))
+    if unknown:
+        raise UsageError(f"{source}: {', '.join(unknown)}: not a sampling setting (expected some of "
+                         f"{', '.join(SAMPLING_SETTINGS)})")
+    return dict(values)
 
 
 class TokenGenerator(nn.Module, HubMixin, ABC):
@@ -52,13 +62,18 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
         grid, frame_rate, sample_rate: the facts of the tokens (recorded from the tokenizer).
         task: the spec of the task that turns requests into conditions and tokens into files
             (``{"class_path": "mmtok.tasks....", "init_args": {...}}``); kept, never read here.
+        sampling: default sampling settings (``sampler``, ``steps``, ``temperature``, ``top_k``,
+            ``top_p``, ``cfg_scale``), like transformers' ``generation_config``: a release records
+            the settings its card's figures were measured with (``mmtok export --sampling``), and
+            :meth:`sampling_with` lets what a caller gives explicitly win.
     """
 
     samplers: tuple[str, ...] = ()
 
     def __init__(self, *, tokenizer: str, backbone: CodebookTransformer | dict, pattern: str | dict = "parallel",
                  conditions: Sequence[dict] = (), positions: str = "sequential", grid: Sequence[int] | None = None,
-                 frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None):
+                 frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None,
+                 sampling: dict | None = None):
         super().__init__()
         if positions not in POSITION_SCHEMES:
             raise ValueError(f"positions must be one of {POSITION_SCHEMES}, got {positions!r}")
@@ -72,6 +87,7 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
         self.conditioner = Conditioner([build_condition(spec, dim=self.backbone.dim) for spec in conditions])
         self.grid = None if grid is None else tuple(int(g) for g in grid)
         self.frame_rate, self.sample_rate, self.task = frame_rate, sample_rate, task
+        self.sampling = check_sampling(sampling or {})
         # The config keeps what was resolved (inventories, class names), so a Hub folder is self-contained.
         self.record_config(backbone=self.backbone.spec(), conditions=self.conditioner.specs(),
                            pattern=pattern_spec(self.pattern))
@@ -116,6 +132,19 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
     def record_task(self, task: dict) -> None:
         self.task = task
         self.record_config(task=task)
+
+    def record_sampling(self, **values) -> None:
+        """Set (and record) default sampling settings; a None value removes one."""
+        merged = {**self.sampling, **check_sampling(values)}
+        self.sampling = {key: value for key, value in merged.items() if value is not None}
+        self.record_config(sampling=self.sampling)
+
+    def sampling_with(self, **given) -> dict:
+        """The settings to sample with: the recorded defaults, overridden by every ``given`` value that
+        is not None (a flag the user did not set), with the sampler resolved."""
+        settings = {**self.sampling, **{k: v for k, v in check_sampling(given).items() if v is not None}}
+        settings["sampler"] = self.check_sampler(settings.get("sampler"))
+        return settings
 
     def tokens(self, codes: torch.Tensor, lengths: torch.Tensor) -> Tokens:
         """Generated codes as :class:`Tokens` with the tokenizer's facts."""

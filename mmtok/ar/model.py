@@ -52,9 +52,11 @@ class ARGenerator(TokenGenerator):
 
     def __init__(self, *, tokenizer: str, backbone: CodebookTransformer | dict, pattern: str | dict = "delay",
                  conditions: Sequence[dict] = (), positions: str = "sequential", grid: Sequence[int] | None = None,
-                 frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None):
+                 frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None,
+                 sampling: dict | None = None):
         super().__init__(tokenizer=tokenizer, backbone=backbone, pattern=pattern, conditions=conditions,
-                         positions=positions, grid=grid, frame_rate=frame_rate, sample_rate=sample_rate, task=task)
+                         positions=positions, grid=grid, frame_rate=frame_rate, sample_rate=sample_rate, task=task,
+                         sampling=sampling)
         if self.backbone.end_token and not self.pattern.is_frame_stable(self.num_codebooks):
             raise ValueError(f"{type(self.pattern).__name__} cannot stop at an end token; use a backbone without "
                              "end_token or a frame-stable pattern (parallel, delay, flatten)")

@@ -58,9 +58,10 @@ class MaskedDiffusionGenerator(TokenGenerator):
     def __init__(self, *, tokenizer: str, backbone: CodebookTransformer | dict, pattern: str | dict = "parallel",
                  conditions: Sequence[dict] = (), positions: str = "sequential", grid: Sequence[int] | None = None,
                  frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None,
-                 schedule: str = "log_linear", time_conditioning: bool = False):
+                 sampling: dict | None = None, schedule: str = "log_linear", time_conditioning: bool = False):
         super().__init__(tokenizer=tokenizer, backbone=backbone, pattern=pattern, conditions=conditions,
-                         positions=positions, grid=grid, frame_rate=frame_rate, sample_rate=sample_rate, task=task)
+                         positions=positions, grid=grid, frame_rate=frame_rate, sample_rate=sample_rate, task=task,
+                         sampling=sampling)
         if len(set(self.codebook_sizes)) != 1:
             raise ValueError(f"masked diffusion needs codebooks of one size (one mask id), got {self.codebook_sizes}")
         if self.backbone.end_token:

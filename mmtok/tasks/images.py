@@ -82,9 +82,12 @@ class ImageTask(Task):
                  **sampling) -> list[dict]:
         """Judge a generator on a labelled image corpus (``data``, its test split): ``samples_per_request``
         images per request of :meth:`evaluation_requests`, the judge's accuracy on them (overall and per
-        label) and their Fréchet distance to the real test images in the judge's feature space, with the
-        time they took; next to the floor (real test vs real train images) and the tokenizer's ceiling
-        (its reconstructions of the test images). ``max_items`` is not used (every test image counts)."""
+        label) and their Fréchet distance to the real train images in the judge's feature space, with the
+        time they took; next to the floor (the real test images against the same train images) and the
+        tokenizer's ceiling (its reconstructions of the test images, against them too). Every distance is
+        to the train images, so the three compare alike: the distance of reconstructions to the very
+        images they reconstruct would be far below anything a generator can reach. ``max_items`` is not
+        used (every test image counts)."""
         import time
 
         from mmtok.judges.digits import labelled_images
@@ -100,7 +103,7 @@ class ImageTask(Task):
                  "frechet_distance": frechet_distance(test, train, feature_network=judge)},
                 {"images": "tokenizer reconstructions (ceiling)", "count": len(recon),
                  "accuracy": classifier_accuracy(recon, test_labels, judge),
-                 "frechet_distance": frechet_distance(test, recon, feature_network=judge)}]
+                 "frechet_distance": frechet_distance(recon, train, feature_network=judge)}]
         values, labels = self.evaluation_requests(generator, data, samples_per_request)
         started = time.perf_counter()
         images = generate_images(generator, tokenizer, {self.key: values}, rng=rng, batch_size=batch_size, **sampling)
@@ -110,7 +113,7 @@ class ImageTask(Task):
                      for k in sorted(set(labels.tolist()))}
         rows.append({"images": f"generated ({generator.check_sampler(sampling.get('sampler'))})",
                      "count": len(images), "accuracy": classifier_accuracy(images, labels, judge),
-                     "frechet_distance": frechet_distance(test, images, feature_network=judge),
+                     "frechet_distance": frechet_distance(images, train, feature_network=judge),
                      "seconds": seconds, "images_per_s": len(images) / seconds,
                      "denoiser_calls": getattr(generator, "last_stats", {}).get("denoiser_calls", "-"),
                      **per_label})

@@ -161,6 +161,7 @@ def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, 
     from PIL import Image
 
     assert Image.open(tmp_path / "a" / "class7_000.png").size == (16, 16)
+    _recorded_sampling_is_the_default_and_flags_win(run, tmp_path, sampler, capsys)
     judge = tmp_path / "judge"
     from mmtok.judges.digits import DigitClassifier
 
@@ -175,6 +176,23 @@ def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, 
     assert code == 2 and line.startswith("mmtok generate: --class eleven: not a class of this generator (known: 0, 1")
     code, line = cli_error(["generate", str(hub), "--num-samples", "0", "--out", str(tmp_path / "c")], capsys)
     assert (code, line) == (2, "mmtok generate: --num-samples 0: must be ≥ 1")
+
+
+def _recorded_sampling_is_the_default_and_flags_win(run: Path, tmp_path: Path, sampler: list[str], capsys):
+    """`export --sampling` records defaults (like a generation_config): `generate` without flags samples
+    with them, a flag overrides one, and an unknown setting is one line naming it."""
+    hub = tmp_path / "hub_sampling"
+    main(["export", str(run / "checkpoints" / "last.ckpt"), str(hub), "--sampling", "cfg_scale=3", "temperature=0.5"])
+    assert json.loads((hub / "config.json").read_text())["sampling"] == {"cfg_scale": 3, "temperature": 0.5}
+    request = ["generate", str(hub), "--class", "7", "--num-samples", "4", "--seed", "5", *sampler]
+    main([*request, "--out", str(tmp_path / "recorded")])
+    main([*request, "--cfg-scale", "3", "--temperature", "0.5", "--out", str(tmp_path / "explicit")])
+    main([*request, "--cfg-scale", "1", "--temperature", "1", "--out", str(tmp_path / "plain")])
+    grid = {out: _digest(tmp_path / out / "grid.png") for out in ("recorded", "explicit", "plain")}
+    assert grid["recorded"] == grid["explicit"] != grid["plain"]
+    code, line = cli_error(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "x"), "--sampling",
+                            "guidance=2"], capsys)
+    assert code == 2 and line.startswith("mmtok export: sampling: guidance: not a sampling setting (expected some of")
 
 
 def test_the_caption_recipe_reads_captions_with_the_packaged_minilm_and_writes_text_pngs(
