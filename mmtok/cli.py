@@ -253,7 +253,7 @@ def cmd_decode(args: argparse.Namespace) -> None:
 def cmd_tokenize(args: argparse.Namespace) -> None:
     from mmtok.data.tokens import tokenize_corpus
 
-    out = tokenize_corpus(args.model, args.manifest, args.out)
+    out = tokenize_corpus(args.model, args.manifest, args.out, aligner=args.align)
     print(f"token cache written to {Path(out).resolve()}")
 
 
@@ -404,6 +404,8 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("model", help="tokenizer Hub folder or repo id")
     tokenize.add_argument("manifest", help="corpus folder or manifest.jsonl")
     tokenize.add_argument("out", help="output folder (tokens.safetensors, manifest.jsonl, info.json)")
+    tokenize.add_argument("--align", metavar="RECOGNIZER", help="a CTC phoneme recognizer Hub folder: also store each "
+                                                                "utterance's frames per phoneme (forced alignment)")
     tokenize.set_defaults(func=cmd_tokenize)
 
     gen = sub.add_parser("generate", help="generate with a trained generator: its task (text to speech, class or "

@@ -180,6 +180,31 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
             before = before[..., None].expand(-1, -1, steps.shape[-1])
         return torch.cat([before, steps], dim=1)
 
+    @property
+    def frame_aligned(self) -> bool:
+        """Whether some condition is placed on the frames, so the length must be known before generating."""
+        return self.conditioner.frame_aligned
+
+    def step_conditions(self, conditions: dict, *, lengths: torch.Tensor, step_frames: torch.Tensor,
+                        null: bool = False) -> torch.Tensor | None:
+        """The frame-placed conditions at each step, [B, S, D] (None without any): step s takes the
+        embedding of frame ``step_frames[s]`` (its latest code's; -1: none, zeros), zeros past an
+        item's ``lengths``."""
+        device = self.backbone.heads[0].weight.device
+        num_frames = max(int(step_frames.max()) + 1, 1) if len(step_frames) else 1
+        on_frames = self.conditioner.frames(conditions, lengths=lengths.to(device), num_frames=num_frames,
+                                            device=device, null=null)
+        if on_frames is None:
+            return None
+        step_frames = step_frames.to(device)
+        return on_frames[:, step_frames.clamp(min=0)] * (step_frames >= 0)[None, :, None]
+
+    def add_auxiliary_losses(self, loss: torch.Tensor, logs: dict, batch: dict) -> tuple[torch.Tensor, dict]:
+        """``loss`` plus the conditions' auxiliary losses (:meth:`Condition.auxiliary_loss`, e.g. a
+        predictor a task uses at generation time), whose values join ``logs``."""
+        extra, more = self.conditioner.auxiliary_loss(batch)
+        return (loss if extra is None else loss + extra), {**logs, **more}
+
     def prefix(self, conditions: dict, *, batch_size: int, null: bool = False) -> Prefix | None:
         """The condition prefix of a batch of conditions (the null condition with ``null``)."""
         device = self.backbone.heads[0].weight.device

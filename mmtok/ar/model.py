@@ -46,7 +46,12 @@ class ARGenerator(TokenGenerator):
     """Decoder-only transformer over a tokenizer's codes, laid out by a pattern, after a condition
     prefix; samples one step at a time with a KV cache. Arguments: :class:`TokenGenerator`'s. With an
     end token (``backbone.end_token``) each item stops by itself, which needs a frame-stable pattern.
-    Step s sits at coordinate s (on a grid: the cell of frame s in raster order)."""
+    Step s sits at coordinate s (on a grid: the cell of frame s in raster order).
+
+    Conditions placed on the frames (``placement="frames"``: phonemes spread by their durations, an
+    aligned TTS) are added to the inputs: the input that predicts step s gets the embedding of step
+    s's latest frame, in training and at each cached generation step alike. They need the length
+    before generation, which the caller gives (``lengths``); past it they are zeros."""
 
     samplers = ("autoregressive",)
 
@@ -60,9 +65,6 @@ class ARGenerator(TokenGenerator):
         if self.backbone.end_token and not self.pattern.is_frame_stable(self.num_codebooks):
             raise ValueError(f"{type(self.pattern).__name__} cannot stop at an end token; use a backbone without "
                              "end_token or a frame-stable pattern (parallel, delay, flatten)")
-        if self.conditioner.frame_aligned:
-            raise ValueError("conditions placed on frames need the length before generation (masked diffusion); "
-                             "the AR generator takes them as a prefix: use placement 'prefix'")
 
     @property
     def stops_by_itself(self) -> bool:
@@ -70,19 +72,27 @@ class ARGenerator(TokenGenerator):
 
     # -- training -------------------------------------------------------------------------------
     def loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """Cross-entropy over every valid slot (codes and the end token), plus per-codebook losses and
-        top-1 accuracy for logging."""
+        """Cross-entropy over every valid slot (codes and the end token), plus the conditions' auxiliary
+        losses; per-codebook losses and top-1 accuracy for logging."""
         codes = batch["codes"][:, : self.num_codebooks]
         inputs, targets, mask = teacher_forcing(self.backbone, self.pattern, codes, batch.get("lengths"))
         prefix = self.prefix(batch, batch_size=codes.shape[0])
         steps = torch.arange(inputs.shape[2], device=codes.device)
         positions = self.full_positions(prefix, self.coordinates(steps), codes.shape[0])
-        logits = self.backbone(inputs, prefix=prefix, positions=positions)
+        lengths = batch.get("lengths")
+        lengths = torch.full((codes.shape[0],), codes.shape[2]) if lengths is None else lengths
+        step_frames = self._step_frames(codes.shape[2] + self.backbone.end_token)  # the end token's frame too
+        on_frames = self.step_conditions(batch, lengths=lengths, step_frames=step_frames)
+        logits = self.backbone(inputs, prefix=prefix, positions=positions, step_embeddings=on_frames)
         losses = F.cross_entropy(logits.permute(0, 3, 1, 2), targets.masked_fill(~mask, 0), reduction="none")
         loss = losses[mask].mean()
         logs = {f"loss_q{q}": losses[:, q][mask[:, q]].mean().detach() for q in range(self.num_codebooks)}
         logs["accuracy"] = (logits.argmax(-1) == targets)[mask].float().mean()
-        return loss, logs
+        return self.add_auxiliary_losses(loss, logs, batch)
+
+    def _step_frames(self, num_frames: int) -> torch.Tensor:
+        """The latest frame of each step of ``num_frames`` frames laid out by the pattern, [S] (-1: none)."""
+        return self.pattern.layout(self.num_codebooks, num_frames).max(0).values
 
     # -- generation -----------------------------------------------------------------------------
     @torch.no_grad()
@@ -96,16 +106,21 @@ class ARGenerator(TokenGenerator):
             raise UsageError("steps: an autoregressive generator takes one step per code position, it has no steps")
         batch_size = len(lengths)
         prefix = self.prefix(conditions, batch_size=batch_size)
-        null = None
+        num_frames = int(lengths.max()) if batch_size else 0
+        step_frames = self._step_frames(num_frames)
+        on_frames = self.step_conditions(conditions, lengths=lengths, step_frames=step_frames)
+        null = null_frames = None
         if cfg_scale != 1.0 and prefix is not None:
             null = self.prefix({}, batch_size=batch_size, null=True).padded_left(prefix.length)
-        num_frames = int(lengths.max()) if batch_size else 0
+        if cfg_scale != 1.0 and on_frames is not None:
+            null_frames = self.step_conditions({}, lengths=lengths, step_frames=step_frames, null=True)
         step_coordinates = None
         if self.aligned:
-            step_coordinates = self.coordinates(torch.arange(self.pattern.num_steps(self.num_codebooks, num_frames)))
+            step_coordinates = self.coordinates(torch.arange(len(step_frames)))
         codes, generated = generate(self.backbone, self.pattern, num_frames=num_frames, batch_size=batch_size,
                                     prefix=prefix, null_prefix=null, cfg_scale=cfg_scale, temperature=temperature,
-                                    top_k=top_k, top_p=top_p, rng=rng, step_coordinates=step_coordinates)
+                                    top_k=top_k, top_p=top_p, rng=rng, step_coordinates=step_coordinates,
+                                    step_embeddings=on_frames, null_step_embeddings=null_frames)
         generated = torch.minimum(generated, lengths.to(generated.device))
         width = int(generated.max()) if batch_size else 0
         codes = codes[:, :, :width] * (torch.arange(width, device=codes.device) < generated[:, None, None])

@@ -26,7 +26,8 @@ def generate(model: CodebookTransformer, pattern: Pattern, *, num_frames: int, b
              prefix: Prefix | None = None, null_prefix: Prefix | None = None, cfg_scale: float = 1.0,
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              rng: torch.Generator | None = None, precision: str = "float64",
-             step_coordinates: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             step_coordinates: torch.Tensor | None = None, step_embeddings: torch.Tensor | None = None,
+             null_step_embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (codes ``[B, Q, num_frames]``, lengths ``[B]``). ``temperature=0`` decodes greedily.
 
     Each step fills only the slots the pattern marks; the others get the codebook's special id, as in
@@ -43,19 +44,33 @@ def generate(model: CodebookTransformer, pattern: Pattern, *, num_frames: int, b
 
     ``step_coordinates`` ([S] or [S, A], one per step) places the steps, and the prefix at its own
     positions, explicitly (the generator's ``positions="aligned"`` scheme); without it prefix and
-    steps are numbered in sequence."""
+    steps are numbered in sequence.
+
+    ``step_embeddings`` ([B, S, D]) are added to the input that predicts each step (conditions placed
+    on the frames), as in training; ``null_step_embeddings`` are the null condition's, for the
+    unconditional half of classifier-free guidance (with or without a prefix)."""
     num_codebooks = len(model.codebook_sizes)
     layout = pattern.layout(num_codebooks, num_frames)
     if model.end_token and not pattern.is_frame_stable(num_codebooks):
         raise ValueError(f"{type(pattern).__name__} places codes at steps that depend on the sequence length; "
                          "an end token needs a frame-stable pattern (parallel, delay, flatten)")
-    guided = null_prefix is not None
-    if guided:
+    guided = null_prefix is not None or null_step_embeddings is not None
+    if null_prefix is not None:
         if prefix is None or null_prefix.embeddings.shape != prefix.embeddings.shape:
             raise ValueError("null_prefix needs a prefix of the same shape "
                              f"({None if prefix is None else tuple(prefix.embeddings.shape)} vs "
                              f"{tuple(null_prefix.embeddings.shape)})")
         prefix = prefix.stacked(null_prefix)
+    elif guided and prefix is not None:
+        raise ValueError("classifier-free guidance with a prefix needs null_prefix")
+    if (null_step_embeddings is not None) != (guided and step_embeddings is not None):
+        raise ValueError("step_embeddings under classifier-free guidance need null_step_embeddings (and only then)")
+    if step_embeddings is not None:
+        if step_embeddings.shape[1] != layout.shape[1]:
+            raise ValueError(f"step_embeddings for {step_embeddings.shape[1]} steps, the pattern has {layout.shape[1]}")
+        batch_size = step_embeddings.shape[0]
+        if guided:
+            step_embeddings = torch.cat([step_embeddings, null_step_embeddings])
     if prefix is not None:
         batch_size = prefix.embeddings.shape[0] // (2 if guided else 1)
     rows = batch_size * (2 if guided else 1)
@@ -77,7 +92,9 @@ def generate(model: CodebookTransformer, pattern: Pattern, *, num_frames: int, b
                 positions = torch.cat([before, step], dim=1)
             else:
                 positions = step
-        logits = model(inputs, prefix=prefix if s == 0 else None, cache=cache, positions=positions)[:, :, -1]
+        added = None if step_embeddings is None else step_embeddings[:, s:s + 1].to(device)
+        logits = model(inputs, prefix=prefix if s == 0 else None, cache=cache, positions=positions,
+                       step_embeddings=added)[:, :, -1]
         if guided:
             logits = classifier_free_guidance(logits[:batch_size], logits[batch_size:], cfg_scale)
         if temperature == 0:

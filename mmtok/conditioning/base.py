@@ -36,6 +36,16 @@ class Condition(nn.Module, ABC):
     def spec(self) -> dict:
         """The JSON arguments that rebuild this condition (with :func:`build_condition`)."""
 
+    def read(self, batch: dict) -> Any:
+        """This condition's value in a batch dict (what :meth:`embed` and :meth:`frame_embeddings`
+        take): its field ``key`` by default; None when absent."""
+        return batch.get(self.key)
+
+    def auxiliary_loss(self, batch: dict) -> tuple[torch.Tensor, dict[str, torch.Tensor]] | None:
+        """The loss of a module this condition owns besides its embeddings (e.g. a predictor of what a
+        task needs at generation time), trained with the generator, and values to log; None without one."""
+        return None
+
     def frame_embeddings(self, value: Any, *, lengths: torch.Tensor, num_frames: int, device: torch.device,
                          drop: torch.Tensor | None = None) -> torch.Tensor:
         """The condition spread over the frames to generate, [B, num_frames, D] (zeros past each
@@ -155,7 +165,7 @@ class Conditioner(nn.Module):
         pieces, masks, positions = [], [], []
         for condition in prefixed:
             drop = self._drop(condition, batch_size, device, rng)
-            x, valid = condition(None if null else batch.get(condition.key), batch_size=batch_size, device=device,
+            x, valid = condition(None if null else condition.read(batch), batch_size=batch_size, device=device,
                                  drop=drop)
             pieces.append(x)
             masks.append(valid)
@@ -171,10 +181,20 @@ class Conditioner(nn.Module):
             if condition.placement != "frames":
                 continue
             drop = self._drop(condition, len(lengths), device, rng)
-            x = condition.frame_embeddings(None if null else batch.get(condition.key), lengths=lengths,
+            x = condition.frame_embeddings(None if null else condition.read(batch), lengths=lengths,
                                            num_frames=num_frames, device=device, drop=drop)
             total = x if total is None else total + x
         return total
+
+    def auxiliary_loss(self, batch: dict) -> tuple[torch.Tensor | None, dict[str, torch.Tensor]]:
+        """The sum of the conditions' auxiliary losses (None without any) and their values to log."""
+        total, logs = None, {}
+        for condition in self.conditions:
+            extra = condition.auxiliary_loss(batch)
+            if extra is not None:
+                total = extra[0] if total is None else total + extra[0]
+                logs.update(extra[1])
+        return total, logs
 
     def specs(self) -> list[dict]:
         return [condition.spec() for condition in self.conditions]

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -63,6 +64,15 @@ class ClassCondition(Condition):
         return {"type": self.type_name, "key": self.key, "classes": self.classes, "dropout": self.dropout}
 
 
+@dataclass
+class AlignedPhonemes:
+    """Phoneme strings with each one's frames: ``durations[b]`` holds one count per phoneme of
+    ``phonemes[b]`` (lists of ints or tensors)."""
+
+    phonemes: list[str]
+    durations: list
+
+
 class PhonemeCondition(Condition):
     """A phoneme (or character) sequence, space-separated symbols, with its own embedding table.
     ``phonemes`` is the inventory or a corpus to read it from (:func:`mmtok.asr.phoneme_inventory`).
@@ -76,16 +86,33 @@ class PhonemeCondition(Condition):
     ⌊t · P / T⌋: every phoneme gets an equal share of the frames. That uniform alignment is only a
     first guess, which the bidirectional model corrects from its neighbours; but a frame no longer
     has to find its phoneme by attention, which small TTS models here did not learn within a CPU
-    budget (docs/benchmarks.md, TTS)."""
+    budget (docs/benchmarks.md, TTS).
+
+    ``durations`` (with ``placement="frames"``) names the batch field that holds each utterance's
+    frames per phoneme (forced alignment, :mod:`mmtok.alignment`; a task's prediction at generation
+    time): frame t then gets the phoneme whose span of frames holds t, and frames past the spans the
+    last phoneme. A batch without that field falls back to the uniform placement, except in training.
+
+    ``duration_predictor`` (needs ``durations``) adds a :class:`~mmtok.conditioning.durations.DurationPredictor`
+    trained on those durations as this condition's :meth:`auxiliary_loss`; a task predicts durations
+    with :meth:`predict_frames`. Its arguments: ``speakers`` (names, or a corpus to read the
+    ``speaker_key`` field's values from), ``speaker_key`` ("speaker"), ``speaker_dropout`` (0.5),
+    ``weight`` (1.0, of its loss) and the predictor's ``dim``, ``num_layers``, ``kernel_size``, ``dropout``."""
 
     type_name = "phonemes"
 
     def __init__(self, *, dim: int, key: str = "phonemes", phonemes: Sequence[str] | str, dropout: float = 0.0,
-                 position_scale: float = 1.0, placement: str = "prefix"):
+                 position_scale: float = 1.0, placement: str = "prefix", durations: str | None = None,
+                 duration_predictor: dict | None = None):
         super().__init__(key=key, dim=dim, dropout=dropout)
         if placement not in ("prefix", "frames"):
             raise ValueError(f"condition {key!r}: placement must be 'prefix' or 'frames', got {placement!r}")
-        self.position_scale, self.placement = position_scale, placement
+        if durations is not None and placement != "frames":
+            raise ValueError(f"condition {key!r}: durations place phonemes on the frames; use placement 'frames'")
+        if duration_predictor is not None and durations is None:
+            raise ValueError(f"condition {key!r}: a duration predictor learns from the batch's durations; name "
+                             "their field (durations: durations)")
+        self.position_scale, self.placement, self.durations = position_scale, placement, durations
         if isinstance(phonemes, str):
             from mmtok.asr import phoneme_inventory
 
@@ -95,6 +122,29 @@ class PhonemeCondition(Condition):
         self.phonemes = list(phonemes)
         self._index = {p: i + 1 for i, p in enumerate(self.phonemes)}  # 0 pads
         self.embedding = nn.Embedding(len(self.phonemes) + 1, dim, padding_idx=0)
+        self.predictor_args, self.duration_predictor = None, None
+        if duration_predictor is not None:
+            self._build_predictor(dict(duration_predictor))
+
+    def _build_predictor(self, args: dict) -> None:
+        from mmtok.conditioning.durations import DurationPredictor
+
+        args.setdefault("speaker_key", "speaker")
+        args.setdefault("speakers", [])
+        if isinstance(args["speakers"], str):
+            args["speakers"] = manifest_values(args["speakers"], args["speaker_key"])
+        args["speakers"] = [str(name) for name in args["speakers"]]
+        args.setdefault("speaker_dropout", 0.5)
+        args.setdefault("weight", 1.0)
+        own = ("speakers", "speaker_key", "speaker_dropout", "weight")  # the rest is the module's
+        module_args = {k: v for k, v in args.items() if k not in own}
+        try:
+            self.duration_predictor = DurationPredictor(num_phonemes=len(self.phonemes),
+                                                        num_speakers=len(args["speakers"]), **module_args)
+        except TypeError as error:
+            raise ValueError(f"condition {self.key!r}: duration_predictor {module_args}: {error}") from error
+        self.predictor_args = args
+        self._speaker_index = {name: i + 1 for i, name in enumerate(args["speakers"])}  # 0: no speaker
 
     def encode(self, text: str) -> list[int]:
         unknown = sorted({p for p in text.split() if p not in self._index})
@@ -115,25 +165,99 @@ class PhonemeCondition(Condition):
         padded = self.ids(value, device)
         return self.embedding(padded), padded != 0
 
+    def read(self, batch: dict):
+        """The phoneme strings, or :class:`AlignedPhonemes` when this condition reads durations and
+        the batch has them (in training it must)."""
+        value = batch.get(self.key)
+        if self.durations is None or value is None:
+            return value
+        durations = batch.get(self.durations)
+        if durations is None:
+            if self.training:
+                raise ValueError(f"condition {self.key!r}: training needs the batch field {self.durations!r} "
+                                 "(frames per phoneme); build the token cache with an aligner "
+                                 "(`mmtok tokenize ... --align RECOGNIZER`, or the data module's `aligner`)")
+            return value
+        return AlignedPhonemes(list(value), list(durations))
+
     def frame_embeddings(self, value, *, lengths, num_frames, device, drop=None):
         lengths = lengths.to(device)
         frames = torch.arange(num_frames, device=device)
         inside = (frames[None] < lengths[:, None])[..., None]
         if value is None:
             return self.null.expand(len(lengths), num_frames, -1) * inside
-        ids = self.ids(value, device)
+        aligned = isinstance(value, AlignedPhonemes)
+        ids = self.ids(value.phonemes if aligned else value, device)
         if len(ids) != len(lengths):
             raise ValueError(f"condition {self.key!r}: {len(ids)} phoneme sequences for {len(lengths)} lengths")
         counts = (ids != 0).sum(1)
-        index = (frames[None] * counts[:, None]).div(lengths.clamp(min=1)[:, None], rounding_mode="floor")
+        if aligned:  # frame t -> the phoneme whose span holds t: the number of spans ending at or before t
+            ends = self._durations(value.durations, counts, ids.shape[1], device).cumsum(1)
+            index = torch.searchsorted(ends, frames[None].expand(len(ids), -1).contiguous(), right=True)
+            index = torch.minimum(index, (counts - 1).clamp(min=0)[:, None])
+        else:  # uniform: phoneme ⌊t · P / T⌋
+            index = (frames[None] * counts[:, None]).div(lengths.clamp(min=1)[:, None], rounding_mode="floor")
         x = self.embedding(ids.gather(1, index.clamp(max=ids.shape[1] - 1)))
         if drop is not None:
             x = torch.where(drop[:, None, None], self.null.expand_as(x), x)
         return x * inside
 
+    def _durations(self, durations, counts: torch.Tensor, width: int, device) -> torch.Tensor:
+        """Frames per phoneme [B, width], right-padded with 0; one count per phoneme of each item."""
+        padded = torch.zeros(len(durations), width, dtype=torch.long)
+        for row, (values, count) in enumerate(zip(durations, counts.tolist())):
+            values = torch.as_tensor(values, dtype=torch.long).reshape(-1)
+            if len(values) != count:
+                raise ValueError(f"condition {self.key!r}: item {row} has {count} phonemes but {len(values)} "
+                                 "durations")
+            padded[row, :count] = values
+        return padded.to(device)
+
+    # -- the duration predictor -------------------------------------------------------------------
+    def speaker_ids(self, speakers, batch_size: int, device) -> torch.Tensor:
+        """The predictor's speaker ids [B]: 0 for None or a speaker it does not know."""
+        if speakers is None:
+            return torch.zeros(batch_size, dtype=torch.long, device=device)
+        return torch.tensor([self._speaker_index.get(str(name), 0) for name in speakers], device=device)
+
+    def auxiliary_loss(self, batch: dict):
+        """The duration predictor's log-duration MSE on the batch's phonemes, durations and speakers."""
+        if self.duration_predictor is None or batch.get(self.key) is None:
+            return None
+        value = self.read(batch)
+        if not isinstance(value, AlignedPhonemes):
+            raise ValueError(f"condition {self.key!r}: its duration predictor needs the batch field "
+                             f"{self.durations!r}")
+        device = self.embedding.weight.device
+        ids = self.ids(value.phonemes, device)
+        durations = self._durations(value.durations, (ids != 0).sum(1), ids.shape[1], device)
+        speakers = self.speaker_ids(batch.get(self.predictor_args["speaker_key"]), len(ids), device)
+        if self.training and self.predictor_args["speaker_dropout"] > 0:
+            speakers = speakers.masked_fill(torch.rand(len(ids), device=device)
+                                            < self.predictor_args["speaker_dropout"], 0)
+        loss = self.duration_predictor.loss(ids, speakers, durations)
+        return self.predictor_args["weight"] * loss, {"duration_loss": loss.detach()}
+
+    @torch.no_grad()
+    def predict_frames(self, phonemes: Sequence[str], speakers: Sequence[str] | None = None) -> list[torch.Tensor]:
+        """Predicted frames per phoneme (real-valued, [P_i] each) for phoneme strings and optional
+        speaker names; see :func:`mmtok.conditioning.durations.round_durations` for whole frames. In
+        eval mode, as the generator is for generation (in training mode dropout acts)."""
+        if self.duration_predictor is None:
+            raise ValueError(f"condition {self.key!r} has no duration predictor")
+        device = self.embedding.weight.device
+        ids = self.ids(phonemes, device)
+        frames = self.duration_predictor.frames(ids, self.speaker_ids(speakers, len(ids), device))
+        return [row[: int(count)].cpu() for row, count in zip(frames, (ids != 0).sum(1))]
+
     def spec(self) -> dict:
-        return {"type": self.type_name, "key": self.key, "phonemes": self.phonemes, "dropout": self.dropout,
+        spec = {"type": self.type_name, "key": self.key, "phonemes": self.phonemes, "dropout": self.dropout,
                 "position_scale": self.position_scale, "placement": self.placement}
+        if self.durations is not None:  # absent from the specs of models without durations, as before
+            spec["durations"] = self.durations
+        if self.predictor_args is not None:
+            spec["duration_predictor"] = dict(self.predictor_args)
+        return spec
 
     def positions(self, count: int, device: torch.device) -> torch.Tensor:
         """The null embedding at −1, phoneme k at k · ``position_scale``."""

@@ -10,6 +10,12 @@ images, whichever the tokenizer reads) and writes::
                              source manifest, count
 
 so a generator's training never re-runs the tokenizer. Everything is read without pickle.
+
+``mmtok tokenize ... --align RECOGNIZER`` also force-aligns every utterance's phonemes with a CTC
+phoneme recognizer (:mod:`mmtok.alignment`): each entry gets ``durations``, its phonemes' frame
+counts (summing to its frame count, checked when written and when read), and info.json an
+``alignment`` section (aligned, exact, frames_per_phoneme, and the bad alignments left out, each
+with its reason).
 """
 
 from __future__ import annotations
@@ -30,38 +36,57 @@ from mmtok.data.media_files import MEDIA_KEYS, read_media
 from mmtok.errors import DataError
 
 TOKENS_NAME, INFO_NAME, MANIFEST_NAME = "tokens.safetensors", "info.json", "manifest.jsonl"
-CONDITION_FIELDS = ("text", "phonemes", "speaker", "label")  # carried from the manifest to the batches
+CONDITION_FIELDS = ("text", "phonemes", "durations", "speaker", "label")  # carried from the manifest to batches
 
 
 @torch.no_grad()
-def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *, progress: bool = True,
-                    batch_size: int = 64) -> Path:
+def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *, aligner: str | None = None,
+                    progress: bool = True, batch_size: int = 64) -> Path:
     """Encode every item of ``manifest`` (a file or a corpus folder) with the tokenizer Hub folder
     ``tokenizer`` (audio one whole item at a time; images ``batch_size`` at a time); returns ``out_dir``.
-    A folder that already holds the same tokenizer's tokens (the same weights) of the same manifest is
-    returned untouched."""
+    A folder that already holds the same tokenizer's tokens (the same weights) of the same manifest,
+    aligned by the same aligner, is returned untouched.
+
+    ``aligner`` (a phoneme recognizer Hub folder, :class:`mmtok.alignment.PhonemeAligner`) also gives
+    every utterance ``durations``: its phonemes' frame counts, which sum to its frame count. A bad
+    alignment (see :mod:`mmtok.alignment`) is left out of the cache, listed on stderr and in
+    info.json's ``alignment`` section, and counted."""
     from mmtok.hub import load_pretrained
 
     manifest, out_dir = manifest_path(manifest), Path(out_dir)
     key = {"tokenizer": str(tokenizer), "tokenizer_weights": _weights_digest(tokenizer),
-           "manifest": str(manifest.resolve())}
+           "manifest": str(manifest.resolve()), "aligner": None if aligner is None else str(aligner),
+           "aligner_weights": None if aligner is None else _weights_digest(aligner)}
     info_path = out_dir / INFO_NAME
     if info_path.is_file() and (out_dir / TOKENS_NAME).is_file():
         info = json.loads(info_path.read_text())
-        if all(info.get(k) == v for k, v in key.items()):
+        if all(info.get(k) == v for k, v in key.items()):  # a cache from before "aligner" existed has none
             entries = read_manifest(manifest, key=MEDIA_KEYS.get(info.get("modality", "audio")))
             if info.get("count") == len(entries):
-                if info.get("written", len(entries)) != len(entries):
+                unread = info.get("count") - info.get("written", len(entries)) - _bad_count(info)
+                if unread:
                     print(f"tokenize: the cache in {out_dir} holds {info['written']} of the {len(entries)} items "
-                          "(the others could not be read)", file=sys.stderr)
+                          f"({unread} could not be read)", file=sys.stderr)
+                if _bad_count(info):
+                    print(f"tokenize: the cache in {out_dir} leaves out {_bad_count(info)} bad alignment(s) "
+                          f"(listed in {info_path})", file=sys.stderr)
                 return out_dir
     model = load_pretrained(tokenizer).eval()
     if model.modality not in MEDIA_KEYS:
         raise DataError(f"{tokenizer}: reads {model.modality!r} media, which the token cache does not hold")
+    align = None
+    if aligner is not None:
+        from mmtok.alignment import PhonemeAligner
+
+        if model.modality != "audio" or model.frame_rate is None:
+            raise DataError(f"{tokenizer}: an aligner gives frames per phoneme of audio, this tokenizer reads "
+                            f"{model.modality!r}")
+        align = PhonemeAligner.from_pretrained(aligner)
     media_key = MEDIA_KEYS[model.modality]
     entries = read_manifest(manifest, key=media_key)
     step = 1 if model.modality == "audio" else batch_size
-    pieces, offsets, kept, failures = [], [0], [], []
+    items, failures, waves = [], [], []  # items: [entry, codes [Q, T]]; waves: audio awaiting alignment
+    alignments = []
     with tqdm(total=len(entries), desc=f"tokenize {manifest.parent.name}", unit="item", disable=not progress) as bar:
         for start in range(0, len(entries), step):
             chunk, media = [], []
@@ -72,20 +97,63 @@ def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *
                 except (DataError, OSError, ValueError) as error:  # goes on past a bad file
                     failures.append((entry[media_key], " ".join(str(error).split())))
             if chunk:
-                for codes in model.encode(torch.cat(media)).codes:  # [Q, T] per item
-                    pieces.append(codes.to(torch.int32))
-                    offsets.append(offsets[-1] + codes.shape[1])
-                kept += chunk
+                for entry, codes in zip(chunk, model.encode(torch.cat(media)).codes):  # [Q, T] per item
+                    items.append([entry, codes.to(torch.int32)])
+                waves += media if align is not None else []
+            if align is not None and (len(waves) >= align.batch_size or start + step >= len(entries)):
+                alignments += _align(align, items[len(alignments):], waves, sample_rate=model.sample_rate)
+                waves = []
             bar.update(step)
-    if not kept:
+    if not items:
         raise DataError(f"{manifest}: none of its {len(entries)} items could be read")
-    _write_cache(out_dir, pieces, offsets, kept, {**key, "count": len(entries), "written": len(kept)}, model)
+    extra = {}
+    if align is not None:
+        items, extra["alignment"] = _keep_aligned(items, alignments, media_key, aligner=str(aligner))
+        if not items:
+            raise DataError(f"{manifest}: none of its utterances aligned with {aligner} (listed above): is it the "
+                            "recognizer of this corpus' phonemes?")
+    _write_cache(out_dir, items, {**key, "count": len(entries), "written": len(items), **extra}, model)
     if failures:
         for path, reason in failures:
             print(f"  failed: {reason if reason.startswith(str(path)) else f'{path}: {reason}'}", file=sys.stderr)
         raise DataError(f"{len(failures)} of {len(entries)} item(s) of {manifest} could not be read (listed above); "
-                        f"the cache in {out_dir} holds the other {len(kept)}")
+                        f"the cache in {out_dir} holds the other {len(items)}")
     return out_dir
+
+
+def _bad_count(info: dict) -> int:
+    return len(info.get("alignment", {}).get("bad", []))
+
+
+def _align(align, items: list, waves: list[torch.Tensor], *, sample_rate: int) -> list:
+    """Alignments of the newest ``items`` (their waveforms ``[1, 1, N]`` at ``sample_rate``)."""
+    import torchaudio
+
+    audio = [torchaudio.functional.resample(w[0], sample_rate, align.sample_rate) if sample_rate != align.sample_rate
+             else w[0] for w in waves]
+    return align.align(audio, [entry.get("phonemes", "") for entry, _ in items], [c.shape[1] for _, c in items])
+
+
+def _keep_aligned(items: list, alignments: list, media_key: str, *, aligner: str) -> tuple[list, dict]:
+    """(the items that aligned, each entry with its ``durations``; the alignment report of info.json),
+    with the bad alignments listed on stderr."""
+    kept, bad = [], []
+    for (entry, codes), alignment in zip(items, alignments, strict=True):
+        if alignment.ok:
+            kept.append([{**entry, "durations": alignment.durations}, codes])
+        else:
+            bad.append({media_key: entry[media_key], "reason": alignment.reason})
+            print(f"  bad alignment: {entry[media_key]}: {alignment.reason}", file=sys.stderr)
+    good = [a for a in alignments if a.ok]
+    phonemes = sum(len(a.durations) for a in good)
+    report = {"aligner": aligner, "aligned": len(good), "exact": sum(a.shift == 0 for a in good),
+              "frames_per_phoneme": sum(sum(a.durations) for a in good) / phonemes if phonemes else None,
+              "bad": bad}
+    shift = max((abs(a.shift) for a in good), default=0)
+    others = f", the others reconciled within {shift} frame(s)" if report["exact"] < len(good) else ""
+    print(f"tokenize: aligned {len(good)} of {len(alignments)} utterances ({report['exact']} with the recognizer's "
+          f"frame count{others}), {len(bad)} bad alignment(s) left out", file=sys.stderr)
+    return kept, report
 
 
 def _weights_digest(tokenizer: str) -> str | None:
@@ -97,18 +165,34 @@ def _weights_digest(tokenizer: str) -> str | None:
     return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
 
 
-def _write_cache(out_dir: Path, pieces: list[torch.Tensor], offsets: list[int], entries: list[dict], key: dict,
-                 model) -> None:
-    """The three files of a token cache, each written atomically, info.json (the cache key) last."""
+def _write_cache(out_dir: Path, items: list, key: dict, model) -> None:
+    """The three files of a token cache from ``items`` ([entry, codes [Q, T]] each), each written
+    atomically, info.json (the cache key) last."""
     from mmtok.files import atomic_path, write_text_atomic
 
+    offsets = [0]
+    for entry, codes in items:
+        offsets.append(offsets[-1] + codes.shape[1])
+        _check_durations(entry, codes.shape[1], source="tokenize")
     with atomic_path(out_dir / TOKENS_NAME) as temporary:
-        save_file({"codes": torch.cat(pieces, dim=1).contiguous(), "offsets": torch.tensor(offsets)}, str(temporary))
-    write_text_atomic(out_dir / MANIFEST_NAME, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e in entries))
+        save_file({"codes": torch.cat([codes for _, codes in items], dim=1).contiguous(),
+                   "offsets": torch.tensor(offsets)}, str(temporary))
+    write_text_atomic(out_dir / MANIFEST_NAME, "".join(json.dumps(e, ensure_ascii=False) + "\n" for e, _ in items))
     info = {**key, "codebook_sizes": list(model.codebook_sizes), "modality": model.modality,
             "frame_rate": model.frame_rate, "sample_rate": model.sample_rate,
             "grid": None if model.grid is None else list(model.grid)}
-    write_text_atomic(out_dir / INFO_NAME, json.dumps(info, indent=2) + "\n")
+    write_text_atomic(out_dir / INFO_NAME, json.dumps(info, indent=2, ensure_ascii=False) + "\n")
+
+
+def _check_durations(entry: dict, frames: int, *, source: str) -> None:
+    """An entry's ``durations`` (if any): one per phoneme, at least one frame each, summing to ``frames``."""
+    durations = entry.get("durations")
+    if durations is None:
+        return
+    phonemes = len(entry.get("phonemes", "").split())
+    if len(durations) != phonemes or sum(durations) != frames or min(durations, default=0) < 1:
+        raise DataError(f"{source}: {entry.get('audio', entry)}: durations {durations} must be {phonemes} counts of "
+                        f"at least one frame (one per phoneme) summing to its {frames} frames")
 
 
 class TokenCorpus:
@@ -127,6 +211,9 @@ class TokenCorpus:
         if len(self.entries) + 1 != len(self._offsets):
             raise ValueError(f"{self.folder}: {len(self.entries)} manifest entries for {len(self._offsets) - 1} "
                              "token sequences")
+        for index, entry in enumerate(self.entries):
+            _check_durations(entry, int(self._offsets[index + 1] - self._offsets[index]),
+                             source=str(self.folder / MANIFEST_NAME))
 
     def __len__(self) -> int:
         return len(self.entries)
@@ -172,6 +259,8 @@ class TokenDataset(Dataset):
         if self.max_frames is not None:
             codes = codes[:, : self.max_frames]
         item = {"codes": codes, **{k: entry[k] for k in CONDITION_FIELDS if k in entry}}
+        if "durations" in item and codes.shape[1] < sum(item["durations"]):  # cropped: so are its phonemes
+            item["phonemes"], item["durations"] = crop_durations(item["phonemes"], item["durations"], codes.shape[1])
         if self.prompt_frames:
             item["prompt"] = self._prompt(index, self._prompt_rng(index))
         return item
@@ -186,6 +275,17 @@ class TokenDataset(Dataset):
         return random.Random(hash((self.seed, torch.initial_seed(), index, self._draws)))
 
 
+def crop_durations(phonemes: str, durations: list[int], frames: int) -> tuple[str, list[int]]:
+    """The phonemes spoken in the first ``frames`` frames and their durations there (the last one cut)."""
+    kept, total = [], 0
+    for duration in durations:
+        if total >= frames:
+            break
+        kept.append(min(duration, frames - total))
+        total += kept[-1]
+    return " ".join(phonemes.split()[: len(kept)]), kept
+
+
 def _pad(sequences: list[torch.Tensor]) -> dict:
     longest = max(s.shape[1] for s in sequences)
     codes = torch.zeros(len(sequences), sequences[0].shape[0], longest, dtype=torch.long)
@@ -196,7 +296,7 @@ def _pad(sequences: list[torch.Tensor]) -> dict:
 
 def collate_tokens(items: list[dict]) -> dict:
     """``codes`` [B, Q, T] zero-padded + ``lengths`` [B]; ``prompt`` likewise as a dict; the condition
-    fields (text, phonemes, speaker, label) as lists."""
+    fields (text, phonemes, durations, speaker, label) as lists (each only when every item has it)."""
     batch = _pad([item["codes"] for item in items])
     if all("prompt" in item for item in items):
         batch["prompt"] = _pad([item["prompt"] for item in items])
@@ -210,22 +310,26 @@ class TokenDataModule(L.LightningDataModule):
     """Batches of cached tokens with their conditions (phonemes, speaker, voice prompt, caption, label).
 
     ``tokens`` is the cache folder. With ``tokenizer`` and ``data`` (a corpus folder or manifest) the
-    cache is built there first when missing or stale (``prepare_data``), as ``mmtok tokenize`` would.
+    cache is built there first when missing or stale (``prepare_data``), as ``mmtok tokenize`` would,
+    aligned by ``aligner`` (a phoneme recognizer Hub folder) when it is given.
     """
 
     def __init__(self, *, tokens: str, tokenizer: str | None = None, data: str | None = None,
-                 batch_size: int = 16, valid_batch_size: int = 16, num_workers: int = 0,
+                 aligner: str | None = None, batch_size: int = 16, valid_batch_size: int = 16, num_workers: int = 0,
                  prompt_seconds: float | None = None, max_frames: int | None = None,
                  max_valid_items: int | None = None, seed: int = 0):
         super().__init__()
         if (tokenizer is None) != (data is None):
             raise ValueError("TokenDataModule: give both `tokenizer` and `data` to build the cache, or neither")
+        if aligner is not None and tokenizer is None:
+            raise ValueError("TokenDataModule: `aligner` aligns the cache it builds: give `tokenizer` and `data` too")
         self.save_hyperparameters()
         self.corpus: TokenCorpus | None = None
 
     def prepare_data(self) -> None:
         if self.hparams.tokenizer is not None:
-            tokenize_corpus(self.hparams.tokenizer, self.hparams.data, self.hparams.tokens)
+            tokenize_corpus(self.hparams.tokenizer, self.hparams.data, self.hparams.tokens,
+                            aligner=self.hparams.aligner)
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is not None:

@@ -143,10 +143,7 @@ class MaskedDiffusionGenerator(TokenGenerator):
         """The backbone's hidden states of the steps, [B, S, D], for items of ``lengths`` frames."""
         lengths = lengths.to(steps.device)
         step_frames, real = self.slots(lengths, num_frames)
-        on_frames = self.conditioner.frames(conditions, lengths=lengths, num_frames=num_frames, device=steps.device,
-                                            null=null)
-        if on_frames is not None:  # each step takes its frame's embedding
-            on_frames = on_frames[:, step_frames.clamp(min=0)] * (step_frames >= 0)[None, :, None]
+        on_frames = self.step_conditions(conditions, lengths=lengths, step_frames=step_frames, null=null)
         prefix = self._prefix(conditions, steps.shape[0], t, null=null)
         positions = self.full_positions(prefix, self.coordinates(step_frames), steps.shape[0])
         return self.backbone.hidden(steps, prefix=prefix, steps_valid=real.any(1), causal=False,
@@ -155,7 +152,8 @@ class MaskedDiffusionGenerator(TokenGenerator):
     def loss(self, batch: dict, *, rng: torch.Generator | None = None,
              t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The MDLM NELBO on ``batch["codes"]`` [B, Q', T] (first Q codebooks) with ``lengths``, at
-        times drawn per item, or at the given ``t`` [B] (evaluation at one noise level)."""
+        times drawn per item, or at the given ``t`` [B] (evaluation at one noise level), plus the
+        conditions' auxiliary losses (:meth:`~mmtok.generators.TokenGenerator.add_auxiliary_losses`)."""
         codes = batch["codes"][:, : self.num_codebooks]
         num_frames = codes.shape[2]
         lengths = batch.get("lengths")
@@ -170,7 +168,8 @@ class MaskedDiffusionGenerator(TokenGenerator):
         logits = self.logits(noisy, t, batch, lengths=lengths, num_frames=num_frames)
         loss = masked_diffusion_loss(logits, clean.masked_fill(~real, 0), masked, t, self.schedule, valid=real)
         accuracy = (logits.argmax(-1) == clean)[masked].float().mean() if masked.any() else torch.tensor(0.0)
-        return loss, {"masked_accuracy": accuracy.detach(), "masked_fraction": masked.float().mean().detach()}
+        logs = {"masked_accuracy": accuracy.detach(), "masked_fraction": masked.float().mean().detach()}
+        return self.add_auxiliary_losses(loss, logs, batch)
 
     def denoisers(self, conditions: dict, lengths: torch.Tensor) -> tuple[Callable, Callable]:
         """(conditional, unconditional) denoisers over the flat slots [B, Q · S] for the samplers

@@ -1,10 +1,14 @@
 """Text-to-speech with a generator over an audio tokenizer: text -> phonemes (espeak-ng, as the
 corpus was labelled) -> codes -> waveform, and its intelligibility.
 
-The length of an utterance: a generator that stops by itself (an AR model with an end token) gets
-``max_seconds``; one that needs the length first (masked diffusion) gets ``frames_per_phoneme`` ×
-the phoneme count, measured on the training data (as non-autoregressive TTS models such as E2 and
-F5-TTS do with the text length).
+The length of an utterance: a generator with a duration predictor (its phoneme condition's, see
+:class:`~mmtok.conditioning.PhonemeCondition`) gets each phoneme's predicted frames, which are also
+given to it as the ``durations`` the phonemes are placed by (aligned TTS, as FastSpeech 2); a
+generator that stops by itself (an AR model with an end token) gets ``max_seconds``; one that needs
+the length first (masked diffusion) gets ``frames_per_phoneme`` × the phoneme count, measured on
+the training data (as non-autoregressive TTS models such as E2 and F5-TTS do with the text length).
+``pace`` (``mmtok generate --pace``) multiplies the predicted or measured length: 1.2 is 20 % longer,
+slower speech, 0.8 faster.
 """
 
 from __future__ import annotations
@@ -18,6 +22,8 @@ from pathlib import Path
 import torch
 import torchaudio
 
+from mmtok.conditioning import PhonemeCondition
+from mmtok.conditioning.durations import round_durations
 from mmtok.errors import DataError, UsageError
 from mmtok.tasks.base import Task
 from mmtok.tokens import Tokens
@@ -41,14 +47,45 @@ class TextToSpeech(Task):
             raise ValueError(f"{corpus.folder}: no train utterances with phonemes to measure frames per phoneme")
         self.frames_per_phoneme = self.init_args["frames_per_phoneme"] = frames / phonemes
 
-    def lengths(self, generator, phonemes: Sequence[str], *, frame_rate: float,
-                max_seconds: float | None = None) -> torch.Tensor:
-        """Frames to generate per utterance (at most, for a generator that stops by itself)."""
+    def lengths(self, generator, phonemes: Sequence[str], *, frame_rate: float, max_seconds: float | None = None,
+                pace: float = 1.0, durations: Sequence[Sequence[int]] | None = None) -> torch.Tensor:
+        """Frames to generate per utterance (at most, for a generator that stops by itself): the sum
+        of ``durations`` when given (:meth:`durations`), else the limit for a generator that stops by
+        itself and is not given frame-placed conditions, else ``pace`` × frames per phoneme × the count."""
         limit = round((max_seconds or self.max_seconds) * frame_rate)
-        if generator.stops_by_itself:
+        if durations is not None:
+            return torch.tensor([sum(d) for d in durations]).clamp(1, limit)
+        if generator.stops_by_itself and not generator.frame_aligned:
             return torch.full((len(phonemes),), limit)
         counts = torch.tensor([len(p.split()) for p in phonemes], dtype=torch.float)
-        return (counts * self.frames_per_phoneme).round().long().clamp(1, limit)
+        return (counts * self.frames_per_phoneme * pace).round().long().clamp(1, limit)
+
+    @staticmethod
+    def duration_condition(generator) -> PhonemeCondition | None:
+        """The generator's phoneme condition that has a duration predictor, or None."""
+        return next((c for c in generator.conditioner.conditions
+                     if isinstance(c, PhonemeCondition) and c.duration_predictor is not None), None)
+
+    def durations(self, generator, phonemes: Sequence[str], *, speakers: Sequence[str] | None = None,
+                  pace: float = 1.0) -> list[list[int]] | None:
+        """Whole frames per phoneme predicted by the generator's duration predictor, × ``pace``
+        (:func:`~mmtok.conditioning.durations.round_durations`); None without a predictor."""
+        condition = self.duration_condition(generator)
+        if condition is None:
+            return None
+        return [round_durations(frames, pace=pace) for frames in condition.predict_frames(phonemes, speakers)]
+
+    @staticmethod
+    def check_pace(generator, pace: float | None) -> float:
+        """``--pace`` (1 when not given), or the error naming it."""
+        if pace is None:
+            return 1.0
+        if not pace > 0:
+            raise UsageError(f"--pace {pace}: must be > 0 (1: the predicted pace; 1.2: 20 % longer speech)")
+        if generator.stops_by_itself and not generator.frame_aligned and pace != 1.0:
+            raise UsageError(f"--pace {pace}: this generator ends its utterances itself (an end token) and is given "
+                             "no length, so there is no length to scale")
+        return float(pace)
 
     @staticmethod
     def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -60,17 +97,21 @@ class TextToSpeech(Task):
         parser.add_argument("--voice", help="espeak-ng voice used to phonemize the text (default: the speaker's, "
                                             "or en-us)")
         parser.add_argument("--max-seconds", type=float, default=None, help="the longest utterance")
+        parser.add_argument("--pace", type=float, default=None,
+                            help="multiplies the predicted (or measured) durations: 1.2 = 20 %% longer, slower "
+                                 "speech; 0.8 = faster (default 1)")
 
     def run(self, generator, tokenizer, args, *, out, rng, sampling) -> list[Path]:
         from mmtok.media import write_spectrogram_png, write_wav
 
         texts, phonemes, prompt = self._request(generator, tokenizer, args)
+        pace = self.check_pace(generator, args.pace)
         started = time.perf_counter()
         audio, tokens = synthesize(generator, tokenizer, phonemes, task=self,
                                    speakers=[args.speaker] * len(texts) if args.speaker else None,
                                    prompts=[prompt] * len(texts) if prompt is not None else None,
-                                   prompt_seconds=args.prompt_seconds, max_seconds=args.max_seconds, rng=rng,
-                                   **sampling)
+                                   prompt_seconds=args.prompt_seconds, max_seconds=args.max_seconds, pace=pace,
+                                   rng=rng, **sampling)
         seconds = time.perf_counter() - started
         lines, files = [], []
         for i, (text, wave) in enumerate(zip(texts, audio)):
@@ -80,7 +121,7 @@ class TextToSpeech(Task):
                                             title=text)]
             lines.append({"audio": path.name, "text": text, "phonemes": phonemes[i], "speaker": args.speaker,
                           "sampler": generator.check_sampler(sampling.get("sampler")), "prompt": args.prompt,
-                          "seconds": round(wave.shape[-1] / tokenizer.sample_rate, 3),
+                          "pace": pace, "seconds": round(wave.shape[-1] / tokenizer.sample_rate, 3),
                           "frames": int(tokens.lengths[i]), "generation_s": round(seconds, 2)})
             print(f"{path}\t{lines[-1]['seconds']:.2f} s\t{text}")
         if prompt is not None:  # what the voice was taken from, to listen to next to the results
@@ -186,17 +227,21 @@ def speech_conditions(model, tokenizer, phonemes: Sequence[str], *,
 @torch.no_grad()
 def synthesize(model, tokenizer, phonemes: Sequence[str], *, task: TextToSpeech | None = None,
                speakers: Sequence[str] | None = None, prompts: Sequence[torch.Tensor] | None = None,
-               prompt_seconds: float = 3.0, max_seconds: float | None = None, rng: torch.Generator | None = None,
-               **sampling) -> tuple[list[torch.Tensor], Tokens]:
+               prompt_seconds: float = 3.0, max_seconds: float | None = None, pace: float = 1.0,
+               rng: torch.Generator | None = None, **sampling) -> tuple[list[torch.Tensor], Tokens]:
     """Waveforms ``[1, N_i]`` and the generated tokens for a batch of phoneme strings. ``task``: the
-    generator's own (its frames per phoneme) by default; ``sampling``: sampler, steps, temperature,
-    top_k, top_p, cfg_scale."""
+    generator's own (its frames per phoneme) by default; ``pace`` scales the predicted (or measured)
+    durations (> 1: longer); ``sampling``: sampler, steps, temperature, top_k, top_p, cfg_scale."""
     from mmtok.tasks import build_task
 
     task = task or build_task(model.task)
     conditions = speech_conditions(model, tokenizer, phonemes, speakers=speakers, prompts=prompts,
                                    prompt_seconds=prompt_seconds)
-    lengths = task.lengths(model, phonemes, frame_rate=tokenizer.frame_rate, max_seconds=max_seconds)
+    durations = task.durations(model, phonemes, speakers=speakers, pace=pace)
+    if durations is not None:  # the phonemes are placed by them
+        conditions[task.duration_condition(model).durations] = durations
+    lengths = task.lengths(model, phonemes, frame_rate=tokenizer.frame_rate, max_seconds=max_seconds, pace=pace,
+                           durations=durations)
     tokens = model.generate(conditions, lengths=lengths, rng=rng, **sampling)
     audio = [tokenizer.decode(tokens[i])[0].cpu() for i in range(len(phonemes))]
     return audio, tokens

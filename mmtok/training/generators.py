@@ -123,8 +123,10 @@ class GeneratorModule(L.LightningModule):
 
     def generate_examples(self, batch: dict) -> Tokens:
         """Tokens generated from the conditions of a batch of real examples, at their lengths (the
-        most, for a generator that stops by itself: twice them), with the module's sampler options."""
-        lengths = batch["lengths"] * (2 if self.generator.stops_by_itself else 1)
+        most, for a generator that stops by itself and is given no frame-placed conditions: twice
+        them), with the module's sampler options."""
+        free = self.generator.stops_by_itself and not self.generator.frame_aligned
+        lengths = batch["lengths"] * (2 if free else 1)
         return self.generator.generate(batch, lengths=lengths, sampler=self.sampler,
                                        temperature=self.hparams.temperature, top_k=self.hparams.top_k)
 

@@ -95,3 +95,53 @@ def test_hub_round_trip_keeps_resolved_conditions_and_generates_the_same(tiny_co
     second = loaded.generate(conditions, lengths=lengths, rng=torch.Generator().manual_seed(0))
     assert torch.equal(first.codes, second.codes) and torch.equal(first.lengths, second.lengths)
     assert loaded.load_tokenizer().codebook_sizes[:2] == [32, 32]
+
+
+def test_an_aligned_ar_generator_speaks_each_frames_phoneme_and_its_cached_generation_agrees(tiny_codec_folder):
+    """The aligned AR mode: frame t's phoneme (placed by durations) is an input of step t. A model
+    trained on codes that spell each frame's phoneme generates, for durations it never saw, codes on
+    exactly those frames; greedy cached generation agrees with the teacher-forced full pass."""
+    from mmtok.ar.model import teacher_forcing
+
+    code = {"a": (1, 11), "b": (2, 12), "k": (3, 13)}  # codebook 0 and 1 codes of each phoneme's frames
+
+    def codes_of(text: str, durations: list[int], width: int) -> torch.Tensor:
+        frames = [code[p] for p, d in zip(text.split(), durations) for _ in range(d)]
+        out = torch.zeros(2, width, dtype=torch.long)
+        out[:, : len(frames)] = torch.tensor(frames).T
+        return out
+
+    torch.manual_seed(0)
+    backbone = CodebookTransformer(codebook_sizes=[32, 32], dim=32, num_layers=2, num_heads=2)
+    generator = ARGenerator(tokenizer=str(tiny_codec_folder), backbone=backbone, pattern="delay", positions="aligned",
+                            conditions=[{"type": "phonemes", "phonemes": ["a", "b", "k"], "placement": "frames",
+                                         "durations": "durations", "dropout": 0.1}])
+    assert not generator.stops_by_itself and generator.frame_aligned
+    draw = torch.Generator().manual_seed(0)  # random sequences: only each frame's phoneme tells its codes
+    texts = [" ".join("abk"[int(i)] for i in torch.randint(0, 3, (3,), generator=draw)) for _ in range(24)]
+    durations = [torch.randint(1, 3, (3,), generator=draw).tolist() for _ in texts]
+    batch = {"codes": torch.stack([codes_of(t, d, 6) for t, d in zip(texts, durations)]),
+             "lengths": torch.tensor([sum(d) for d in durations]), "phonemes": texts, "durations": durations}
+    optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    for _ in range(200):
+        loss, logs = generator.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    generator.eval()
+    assert logs["accuracy"] > 0.95
+    unseen = {"phonemes": ["a k b", "b a k"], "durations": [[1, 2, 3], [3, 1, 1]]}
+    tokens = generator.generate(unseen, lengths=torch.tensor([6, 5]), temperature=0)
+    assert tokens.lengths.tolist() == [6, 5]
+    assert torch.equal(tokens[0].codes[0], codes_of("a k b", [1, 2, 3], 6))
+    assert torch.equal(tokens[1].codes[0], codes_of("b a k", [3, 1, 1], 5))
+    guided = generator.generate(unseen, lengths=torch.tensor([6, 5]), temperature=0, cfg_scale=2.0)
+    assert torch.equal(guided.codes, tokens.codes), "guidance against the null phonemes keeps what they spell"
+    # the full teacher-forced pass over the generated codes predicts them back, step for step
+    inputs, targets, mask = teacher_forcing(generator.backbone, generator.pattern, tokens.codes, tokens.lengths)
+    on_frames = generator.step_conditions(unseen, lengths=tokens.lengths, step_frames=generator._step_frames(6))
+    with torch.no_grad():
+        logits = generator.backbone(inputs, step_embeddings=on_frames,
+                                    positions=generator.full_positions(None, generator.coordinates(
+                                        torch.arange(inputs.shape[2])), 2))
+    assert torch.equal(logits.argmax(-1)[mask], targets[mask])

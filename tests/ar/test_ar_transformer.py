@@ -38,6 +38,25 @@ def test_cached_step_by_step_logits_equal_the_full_forward():
     assert torch.isinf(full[:, 0, :, 5:]).all() and torch.isfinite(full[:, 1]).all(), "-inf past codebook 0's size"
 
 
+def test_cached_logits_with_step_embeddings_equal_the_full_forward():
+    """Frame-placed conditions (the aligned AR mode): step s's embedding joins the input that predicts
+    it, one step at a time through the KV cache as in the full pass."""
+    model = tiny()
+    steps, _ = DelayPattern().build(torch.randint(0, 5, (2, 2, 6)), fill=model.special_ids)
+    prefix = prefix_of(torch.randn(2, 3, 32))
+    added = torch.randn(2, steps.shape[2], 32)
+    with torch.no_grad():
+        inputs = model.shift_right(steps)
+        full = model(inputs, prefix=prefix, step_embeddings=added)
+        cache = model.new_cache(2, 3 + steps.shape[2])
+        pieces = [model(inputs[:, :, :1], prefix=prefix, cache=cache, step_embeddings=added[:, :1])]
+        pieces += [model(inputs[:, :, s:s + 1], cache=cache, step_embeddings=added[:, s:s + 1])
+                   for s in range(1, steps.shape[2])]
+        without = model(inputs, prefix=prefix)
+    torch.testing.assert_close(torch.cat(pieces, dim=2), full, atol=1e-5, rtol=1e-5)
+    assert not torch.allclose(full, without), "the step embeddings are read"
+
+
 @pytest.mark.parametrize("pattern", [ParallelPattern(), DelayPattern(), FlattenPattern(), CoarseFirstPattern()],
                          ids=lambda p: type(p).__name__)
 def test_a_tiny_model_memorises_codes_and_greedy_generation_reproduces_them(pattern):

@@ -69,3 +69,73 @@ def test_evaluate_tts_scores_every_held_out_sentence(mode, tiny_tts, tiny_codec_
     assert 0 <= result["ended"] <= 1 and result["duration_ratio"] > 0
     with pytest.raises(ValueError, match="mode must be one of"):
         evaluate_tts(tiny_tts, codec, judge, tiny_corpus, mode="both")
+
+
+SYMBOLS = ["k", "æ", "t", "ð", "ə", "s"]
+
+
+def aligned_mdm(folder, tokenizer, *, frames_per_phoneme: float = 4.0):
+    """A tiny masked diffusion TTS whose duration predictor says ``frames_per_phoneme`` for every
+    phoneme (its output layer set by hand), saved as a Hub folder."""
+    import math
+
+    torch.manual_seed(0)
+    backbone = CodebookTransformer(codebook_sizes=[32], dim=16, num_layers=1, num_heads=2)
+    generator = MaskedDiffusionGenerator(tokenizer=str(tokenizer), backbone=backbone, task=TTS_TASK, conditions=[
+        {"type": "phonemes", "phonemes": SYMBOLS, "placement": "frames", "durations": "durations",
+         "duration_predictor": {"speakers": ["us-m1"], "dim": 8}},
+        {"type": "class", "key": "speaker", "classes": ["us-m1"]}])
+    predictor = generator.conditioner.conditions[0].duration_predictor
+    with torch.no_grad():
+        predictor.out.weight.zero_()
+        predictor.out.bias.fill_(math.log1p(frames_per_phoneme))
+    generator.record_token_facts(load_pretrained(tokenizer))
+    generator.save_pretrained(folder)
+    return generator.eval()
+
+
+def test_pace_scales_the_predicted_durations_and_so_the_generated_length(tiny_codec_folder, tmp_path, capsys):
+    from mmtok.cli import main
+    from mmtok.data.speech import phonemize
+
+    generator = aligned_mdm(tmp_path / "gen", tiny_codec_folder)
+    task = build_task(generator.task)
+    assert task.durations(generator, ["k æ t", "ð ə"], speakers=["us-m1", "us-m1"]) == [[4, 4, 4], [4, 4]]
+    assert task.durations(generator, ["k æ t"], pace=1.5) == [[6, 6, 6]], "no speaker: the null speaker's"
+    assert task.durations(generator, ["k æ t"], pace=1.25) == [[5, 5, 5]], "ends 5, 10, 15"
+    count = len(phonemize("The cat.", voice="en-us").split())
+    frames = {}
+    for pace in ("1", "1.5", "0.5"):
+        out = tmp_path / f"pace{pace}"
+        main(["generate", str(tmp_path / "gen"), "--text", "The cat.", "--speaker", "us-m1", "--pace", pace,
+              "--max-seconds", "2", "--sampler", "maskgit", "--steps", "2", "--out", str(out)])
+        line = json.loads((out / "generated.jsonl").read_text())
+        frames[pace] = line["frames"]
+        assert line["pace"] == float(pace) and line["seconds"] == pytest.approx(line["frames"] / 50, abs=0.02)
+    assert frames == {"1": 4 * count, "1.5": 6 * count, "0.5": 2 * count}, "pace > 1: longer speech"
+
+
+def test_pace_scales_the_measured_length_of_a_generator_without_a_predictor(tiny_codec_folder):
+    task = TextToSpeech(frames_per_phoneme=4.5, max_seconds=10.0)
+    mdm = MaskedDiffusionGenerator(tokenizer=str(tiny_codec_folder), backbone={
+        "class_path": "mmtok.codebook_transformer.CodebookTransformer",
+        "init_args": {"codebook_sizes": [32], "dim": 16, "num_layers": 1, "num_heads": 2}})
+    assert task.durations(mdm, ["a b c"]) is None
+    assert task.lengths(mdm, ["a b c", "a"], frame_rate=50, pace=2.0).tolist() == [27, 9]
+    assert task.lengths(mdm, ["a b"], frame_rate=50, durations=[[3, 4]]).tolist() == [7]
+
+
+@pytest.mark.parametrize("pace, message", [
+    ("0", "--pace 0.0: must be > 0 (1: the predicted pace; 1.2: 20 % longer speech)"),
+    ("-1", "--pace -1.0: must be > 0"),
+    ("1.2", "--pace 1.2: this generator ends its utterances itself (an end token) and is given no length"),
+])
+def test_a_pace_that_cannot_be_used_is_refused_in_one_line(pace, message, tiny_codec_folder, tmp_path, capsys):
+    from conftest import cli_error
+
+    backbone = CodebookTransformer(codebook_sizes=[32], dim=16, num_layers=1, num_heads=2, end_token=True)
+    ARGenerator(tokenizer=str(tiny_codec_folder), backbone=backbone, task=TTS_TASK,
+                conditions=[{"type": "phonemes", "phonemes": SYMBOLS}]).save_pretrained(tmp_path / "gen")
+    code, line = cli_error(["generate", str(tmp_path / "gen"), "--text", "the cat", "--pace", pace,
+                            "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and line.startswith(f"mmtok generate: {message}"), line

@@ -15,8 +15,12 @@ from mmtok.cli import main
 REPO = Path(__file__).resolve().parents[2]
 
 
-def tiny_conditions(corpus: Path, placement: str = "prefix") -> list[dict]:
-    return [{"type": "phonemes", "key": "phonemes", "phonemes": str(corpus), "dropout": 0.1, "placement": placement},
+def tiny_conditions(corpus: Path, placement: str = "prefix", aligned: bool = False) -> list[dict]:
+    phonemes = {"type": "phonemes", "key": "phonemes", "phonemes": str(corpus), "dropout": 0.1, "placement": placement}
+    if aligned:  # placed by the cache's durations, which a small predictor learns
+        phonemes.update(placement="frames", durations="durations",
+                        duration_predictor={"speakers": str(corpus), "dim": 16, "dropout": 0.0})
+    return [phonemes,
             {"type": "class", "key": "speaker", "classes": str(corpus), "dropout": 0.5},
             {"type": "audio_prompt", "key": "prompt", "codebook_sizes": [32, 32], "dropout": 0.5}]
 
@@ -34,11 +38,13 @@ def tiny_ar_folder(corpus: Path, codec: Path, folder: Path) -> Path:
 
 
 def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir: Path, *, max_steps: int,
-                  adapt_from: Path | None = None):
+                  adapt_from: Path | None = None, aligned: bool = False):
     generator = "--model.init_args.generator.init_args."
     backbone = generator + "backbone.init_args."
-    condition_specs = json.dumps(tiny_conditions(corpus, "frames" if adapt_from else "prefix"))
+    condition_specs = json.dumps(tiny_conditions(corpus, "frames" if adapt_from else "prefix", aligned=aligned))
     adapt = ["--model.init_args.adapt_from", str(adapt_from)] if adapt_from else []
+    if aligned:
+        adapt += ["--data.init_args.aligner", str(REPO / "checkpoints" / "phoneme-recognizer")]
     return [
         "fit", "-c", str(recipe),
         generator + "tokenizer", str(codec), backbone + "codebook_sizes", "[32, 32]",
@@ -58,17 +64,26 @@ def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir
     ]
 
 
-@pytest.mark.parametrize("recipe", ["ar_xcodec_speech.yaml", "ar_rvq_speech.yaml", "mdm_xcodec_speech.yaml"])
+@pytest.mark.parametrize("recipe", ["ar_xcodec_speech.yaml", "ar_rvq_speech.yaml", "mdm_xcodec_speech.yaml",
+                                    "ar_xcodec_speech_aligned.yaml", "ar_rvq_speech_aligned.yaml",
+                                    "mdm_xcodec_speech_aligned.yaml"])
 def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_corpus, tiny_codec_folder, tmp_path,
                                                                  capsys):
     run = tmp_path / "run"
+    aligned = recipe.endswith("_aligned.yaml")
     adapt_from = tiny_ar_folder(tiny_corpus, tiny_codec_folder, tmp_path / "ar") if recipe.startswith("mdm") else None
     main(tiny_tts_args(REPO / "recipes" / "tts" / recipe, tiny_corpus, tiny_codec_folder, tmp_path / "tokens", run,
-                       max_steps=40, adapt_from=adapt_from))
+                       max_steps=40, adapt_from=adapt_from, aligned=aligned))
     assert (tmp_path / "tokens" / "tokens.safetensors").is_file(), "the recipe built the token cache"
     rows = list(csv.DictReader(open(next(run.glob("csv/*/metrics.csv")))))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
     assert losses[-1] < 0.8 * losses[0], f"training loss did not go down: {losses[0]:.3f} -> {losses[-1]:.3f}"
+    if aligned:
+        from mmtok.data.tokens import TokenCorpus
+
+        assert all("durations" in e for e in TokenCorpus(tmp_path / "tokens").entries), "the recipe aligned the cache"
+        durations = [float(r["train/duration_loss"]) for r in rows if r.get("train/duration_loss")]
+        assert durations[-1] < 0.5 * durations[0], f"duration loss: {durations[0]:.3f} -> {durations[-1]:.3f}"
     assert list(run.glob("media/step_*/0_generated.wav")) and list(run.glob("media/step_*/0_generated.png"))
 
     main(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "hub")])
@@ -86,6 +101,9 @@ def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_co
         assert measured == pytest.approx(task.frames_per_phoneme) and measured != 5.0
     prompt = next((tiny_corpus / "wavs").glob("*.wav"))
     sampler = ["--sampler", "maskgit", "--steps", "4"] if recipe.startswith("mdm") else []
+    if aligned:
+        assert "duration_predictor" in config["conditions"][0], "the predictor is part of the released generator"
+        sampler += ["--pace", "1.5"]
     main(["generate", str(tmp_path / "hub"), "--text", "The cat sat.", "--text", "A dog ran home.",
           "--speaker", "us-m1", "--prompt", str(prompt), "--out", str(tmp_path / "out"), "--max-seconds", "0.6",
           *sampler])
