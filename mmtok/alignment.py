@@ -25,6 +25,7 @@ import torch
 import torchaudio
 
 from mmtok.asr import BLANK, PhonemeRecognizer
+from mmtok.media import pad_audio
 
 TOLERANCE = 2  # codec frames more or fewer than the recognizer's that reconciliation absorbs
 
@@ -135,8 +136,6 @@ class PhonemeAligner:
         return out
 
     def _align_batch(self, audio, phonemes, frames) -> list[Alignment]:
-        from mmtok.tasks.tts import pad_audio
-
         device = next(self.recognizer.parameters()).device
         batch, lengths = pad_audio(audio)
         log_probs, frame_lengths = self.recognizer(batch.to(device), lengths.to(device))

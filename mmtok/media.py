@@ -619,3 +619,12 @@ def _decode_video(path: Path, *, channels: int, max_frames: int | None) -> tuple
     if not pictures:
         return np.zeros((0, 0, 0, channels), dtype=np.uint8), float(rate or 0.0)
     return np.stack(pictures), float(rate or 0.0)
+
+
+def pad_audio(audios: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """Waveforms [1, N_i] -> (zero-padded [B, 1, N], lengths [B])."""
+    lengths = torch.tensor([a.shape[-1] for a in audios])
+    batch = torch.zeros(len(audios), 1, int(lengths.max()))
+    for row, audio in enumerate(audios):
+        batch[row, :, : audio.shape[-1]] = audio
+    return batch, lengths

@@ -25,6 +25,7 @@ import torchaudio
 from mmtok.conditioning import PhonemeCondition
 from mmtok.conditioning.durations import round_durations
 from mmtok.errors import DataError, UsageError
+from mmtok.media import pad_audio
 from mmtok.tasks.base import Task
 from mmtok.tokens import Tokens
 
@@ -179,15 +180,6 @@ class TextToSpeech(Task):
 
 def _slug(text: str, width: int = 40) -> str:
     return "".join(c if c.isalnum() else "_" for c in text.lower())[:width].strip("_") or "utterance"
-
-
-def pad_audio(audios: Sequence[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
-    """Waveforms [1, N_i] -> (zero-padded [B, 1, N], lengths [B])."""
-    lengths = torch.tensor([a.shape[-1] for a in audios])
-    batch = torch.zeros(len(audios), 1, int(lengths.max()))
-    for row, audio in enumerate(audios):
-        batch[row, :, : audio.shape[-1]] = audio
-    return batch, lengths
 
 
 @torch.no_grad()

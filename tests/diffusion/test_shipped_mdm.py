@@ -11,7 +11,8 @@ from mmtok.data.manifest import read_manifest
 from mmtok.diffusion.model import MaskedDiffusionGenerator
 from mmtok.hub import load_pretrained
 from mmtok.tasks import build_task
-from mmtok.tasks.tts import pad_audio, synthesize
+from mmtok.media import pad_audio
+from mmtok.tasks.tts import synthesize
 
 MDM = REPO / "checkpoints" / "tts-mdm-xcodec"
 
