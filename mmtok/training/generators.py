@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
+
 import lightning as L
 import torch
 
-from mmtok.hub import WEIGHTS_NAME, load_weights_strict, resolve_file
+from mmtok.hub import CONFIG_NAME, WEIGHTS_NAME, load_weights_strict, resolve_file
 from mmtok.tasks import build_task
 from mmtok.tokens import Tokens
 from mmtok.training.checkpoint import record_model
@@ -48,7 +50,8 @@ class GeneratorModule(L.LightningModule):
     is not part of the checkpoint. Training batches carry cached codes (:mod:`mmtok.data.tokens`).
     AdamW with linear warm-up and cosine decay over the run's ``max_steps``. ``init_from`` (a Hub
     folder or repo id) starts from released weights, for fine-tuning; its config must build the same
-    generator (a mismatch names every differing tensor). When training starts, the generator records
+    generator (a mismatch names every differing tensor), and a fine-tune keeps its recorded sampling
+    settings unless the recipe's generator sets its own. When training starts, the generator records
     the tokens' facts (grid, frame rate) from the tokenizer, and its task measures what it needs on
     the token cache (:meth:`mmtok.tasks.Task.measure`).
     """
@@ -62,6 +65,8 @@ class GeneratorModule(L.LightningModule):
         self.save_hyperparameters(ignore=["generator"])
         if init_from is not None:
             load_weights_strict(generator, resolve_file(init_from, WEIGHTS_NAME))
+            recorded = json.loads(open(resolve_file(init_from, CONFIG_NAME)).read()).get("sampling") or {}
+            generator.record_sampling(**{**recorded, **generator.sampling})
         self.generator = generator
         tokenizer = generator.load_tokenizer().requires_grad_(False)
         generator.record_token_facts(tokenizer)

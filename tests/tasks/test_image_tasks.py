@@ -162,6 +162,13 @@ def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, 
 
     assert Image.open(tmp_path / "a" / "class7_000.png").size == (16, 16)
     _recorded_sampling_is_the_default_and_flags_win(run, tmp_path, sampler, capsys)
+    if not sampler:  # a fine-tune of a release keeps its recorded sampling
+        tuned = tmp_path / "tuned"
+        main([*image_recipe_args(recipe, digits, image_tokenizer, tmp_path / "tokens", tuned, max_steps=2),
+              "--model.init_args.init_from", str(tmp_path / "hub_sampling")])
+        main(["export", str(tuned / "checkpoints" / "last.ckpt"), str(tmp_path / "hub_tuned")])
+        tuned_config = json.loads((tmp_path / "hub_tuned" / "config.json").read_text())
+        assert tuned_config["sampling"] == {"cfg_scale": 3, "temperature": 0.5}
     judge = tmp_path / "judge"
     from mmtok.judges.digits import DigitClassifier
 
