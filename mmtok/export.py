@@ -111,6 +111,10 @@ def _generator_card(generator: TokenGenerator, data: str | None, split: str, max
         f"of `{generator.tokenizer_id}`; conditions: {conditions}; task: {task}. The tokenizer is referenced, "
         "not included: keep its folder next to this one or pass `--tokenizer`."),
         "usage": "`mmtok generate MODEL --out DIR` with the task's flags (`mmtok generate MODEL --help`)"}
+    if generator.sampling:
+        card["description"] += (" It samples by default with " + ", ".join(
+            f"{key} {value}" for key, value in sorted(generator.sampling.items()))
+            + " (recorded in `config.json` under `sampling`; a flag of `mmtok generate` overrides one).")
     if data is not None:
         raise ValueError("export --data: generator cards are measured by the benches (bench/*.py --cards)")
     return card

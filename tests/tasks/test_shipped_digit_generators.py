@@ -1,0 +1,53 @@
+"""The released class-conditional digit generators (checkpoints/digits-ar, checkpoints/digits-mdm):
+small Hub folders that name the shipped VQ tokenizer, record the sampling their cards were measured
+with, and draw digits the shipped judge reads as the class asked for."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import REPO
+from mmtok.hub import load_pretrained
+from mmtok.tasks import build_task
+from mmtok.tasks.images import generate_images
+
+JUDGE = REPO / "checkpoints" / "digit-classifier"
+RELEASES = {"digits-ar": ("mmtok.ar.model.ARGenerator", "autoregressive"),
+            "digits-mdm": ("mmtok.diffusion.model.MaskedDiffusionGenerator", "maskgit")}
+# Below the judge's accuracy on 1,000 samples each (docs/benchmarks.md: 0.767 and 0.964), with room for 50 samples.
+MINIMUM_ACCURACY = {"digits-ar": 0.6, "digits-mdm": 0.85}
+
+
+@pytest.mark.parametrize("name", sorted(RELEASES))
+def test_the_release_is_a_small_hub_folder_naming_the_shipped_tokenizer(name):
+    folder = REPO / "checkpoints" / name
+    assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    assert (folder / "model.safetensors").stat().st_size <= 10 * 2**20
+    config = json.loads((folder / "config.json").read_text())
+    assert config["mmtok_class"] == RELEASES[name][0]
+    assert config["tokenizer"] == "checkpoints/vq-digits" and config["grid"] == [8, 8]
+    assert config["task"]["class_path"] == "mmtok.tasks.images.ClassToImage"
+    assert config["sampling"]["sampler"] == RELEASES[name][1] and config["sampling"]["cfg_scale"] > 1
+    assert "## Samples judged (bench/image_generators.py)" in (folder / "README.md").read_text()
+
+
+@pytest.mark.parametrize("name", sorted(RELEASES))
+def test_the_release_draws_the_digit_asked_for(name):
+    folder = REPO / "checkpoints" / name
+    generator = load_pretrained(folder)
+    tokenizer = generator.load_tokenizer(near=folder)
+    judge = load_pretrained(JUDGE)
+    task = build_task(generator.task)
+    classes, labels = task.evaluation_requests(generator, None, 5)
+    sampling = generator.sampling_with()
+    images = generate_images(generator, tokenizer, {"label": classes}, rng=torch.Generator().manual_seed(0),
+                             **sampling)
+    assert images.shape == (50, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
+    accuracy = float((judge.classify(images) == torch.tensor(labels)).float().mean())
+    assert accuracy >= MINIMUM_ACCURACY[name], f"the judge reads {accuracy:.2f} of {name}'s digits as asked"
+    again = generate_images(generator, tokenizer, {"label": classes}, rng=torch.Generator().manual_seed(0),
+                            **sampling)
+    assert torch.equal(again, images), "the same seed gives the same images"
