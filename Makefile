@@ -6,10 +6,11 @@ DEMO_OUT ?= outputs/demo
 DEMO_RUN ?= runs/demo
 DEMO_STEPS ?= 300
 DEMO_TTS_STEPS ?= 60
+DEMO_IMAGE_STEPS ?= 60
 DEMO_SENTENCES := --text "Grace paints a small boat near the river." \
   --text "The old king reads a letter to his horse." --text "Where did Oscar hide the yellow camera?"
 
-.PHONY: setup test test-fast lint demo clean-demo
+.PHONY: setup test test-fast lint demo demo-images clean-demo
 
 $(STAMP): setup.cfg pyproject.toml scripts/setup.sh
 	VENV=$(VENV) bash scripts/setup.sh
@@ -65,7 +66,43 @@ demo: $(STAMP)
 	$(BIN)/mmtok generate checkpoints/tts-mdm-xcodec $(DEMO_SENTENCES) --sampler fhs \
 	  --prompt data/speech/wavs/utt00037.wav --voice gb-f2 --out $(DEMO_OUT)/tts/mdm_fhs_prompted_voice
 	$(BIN)/python scripts/generation_times.py $(DEMO_OUT)/tts
-	@echo "demo outputs (wavs, spectrogram pngs, metrics.md, Hub folders, tts/): $(abspath $(DEMO_OUT))"
+	$(MAKE) demo-images
+	@echo "demo outputs (wavs, spectrogram pngs, metrics.md, Hub folders, tts/, images/): $(abspath $(DEMO_OUT))"
+
+## Images: build the digits corpus, fine-tune the shipped VQ image tokenizer briefly and measure it; fine-tune the
+## shipped class-conditional AR and masked diffusion generators on the shipped tokenizer's tokens, then write a
+## 10 x 10 class grid from each (AR; masked diffusion with its MaskGIT default), a 10 x 4 one with the
+## first-hitting sampler (128 calls per batch: the slow one) and the judge's metrics table to $(DEMO_OUT)/images.
+demo-images: $(STAMP)
+	$(BIN)/mmtok data digits --out data/digits --image-size 32
+	rm -rf $(DEMO_RUN)/images
+	$(BIN)/mmtok fit -c recipes/codec/vq_digits.yaml --model.init_args.init_from checkpoints/vq-digits \
+	  --model.init_args.warmup_steps 10 --model.init_args.adversarial_start_step 100000 \
+	  --trainer.max_steps $(DEMO_IMAGE_STEPS) --trainer.val_check_interval $(DEMO_IMAGE_STEPS) --trainer.limit_val_batches 1 \
+	  --trainer.default_root_dir $(DEMO_RUN)/images/vq --trainer.logger.init_args.save_dir $(DEMO_RUN)/images/vq \
+	  --trainer.logger.init_args.name demo_vq
+	$(BIN)/mmtok export $(DEMO_RUN)/images/vq/checkpoints/last.ckpt $(DEMO_OUT)/images/vq-model
+	$(BIN)/mmtok evaluate $(DEMO_OUT)/images/vq-model data/digits --judge checkpoints/digit-classifier \
+	  --out $(DEMO_OUT)/images/tokenizer
+	for family in ar mdm; do \
+	  $(BIN)/mmtok fit -c recipes/images/$${family}_digits.yaml --model.init_args.init_from checkpoints/digits-$$family \
+	    --model.init_args.lr 0.0002 --model.init_args.warmup_steps 10 \
+	    --trainer.max_steps $(DEMO_IMAGE_STEPS) --trainer.val_check_interval $(DEMO_IMAGE_STEPS) \
+	    --trainer.limit_val_batches 1 --trainer.default_root_dir $(DEMO_RUN)/images/$$family \
+	    --trainer.logger.init_args.save_dir $(DEMO_RUN)/images/$$family --trainer.logger.init_args.name demo_$$family \
+	  && $(BIN)/mmtok export $(DEMO_RUN)/images/$$family/checkpoints/last.ckpt $(DEMO_OUT)/images/digits-$$family --half \
+	  || exit 1; \
+	done
+	$(BIN)/mmtok generate $(DEMO_OUT)/images/digits-ar --tokenizer checkpoints/vq-digits --num-samples 10 \
+	  --out $(DEMO_OUT)/images/ar
+	$(BIN)/mmtok generate $(DEMO_OUT)/images/digits-mdm --tokenizer checkpoints/vq-digits --num-samples 4 \
+	  --sampler fhs --out $(DEMO_OUT)/images/mdm_fhs
+	$(BIN)/mmtok generate $(DEMO_OUT)/images/digits-mdm --tokenizer checkpoints/vq-digits --num-samples 10 \
+	  --sampler maskgit --out $(DEMO_OUT)/images/mdm_maskgit
+	$(BIN)/python bench/image_generators.py --model ar=$(DEMO_OUT)/images/digits-ar \
+	  --model mdm=$(DEMO_OUT)/images/digits-mdm --judge checkpoints/digit-classifier --data data/digits \
+	  --samplers maskgit --samples-per-class 10 --out $(DEMO_OUT)/images/metrics.md
+	@echo "image demo (class grids, metrics.md, Hub folders): $(abspath $(DEMO_OUT))/images"
 
 clean-demo:
 	rm -rf $(DEMO_OUT) $(DEMO_RUN)
