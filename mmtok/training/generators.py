@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import lightning as L
 import torch
@@ -65,7 +66,7 @@ class GeneratorModule(L.LightningModule):
         self.save_hyperparameters(ignore=["generator"])
         if init_from is not None:
             load_weights_strict(generator, resolve_file(init_from, WEIGHTS_NAME))
-            recorded = json.loads(open(resolve_file(init_from, CONFIG_NAME)).read()).get("sampling") or {}
+            recorded = json.loads(Path(resolve_file(init_from, CONFIG_NAME)).read_text()).get("sampling") or {}
             generator.record_sampling(**{**recorded, **generator.sampling})
         self.generator = generator
         tokenizer = generator.load_tokenizer().requires_grad_(False)
