@@ -2,7 +2,8 @@
 
 from mmtok.metrics.audio import bitrate, codec_metrics, mel_distance, si_sdr, stft_distance
 from mmtok.metrics.image import classifier_accuracy, codebook_usage, frechet_distance, psnr, ssim
-from mmtok.metrics.text import edit_distance, error_rate
+from mmtok.metrics.text import edit_distance, error_rate, error_rate_difference_interval, error_rate_interval
 
 __all__ = ["bitrate", "classifier_accuracy", "codebook_usage", "codec_metrics", "edit_distance", "error_rate",
-           "frechet_distance", "mel_distance", "psnr", "si_sdr", "ssim", "stft_distance"]
+           "error_rate_difference_interval", "error_rate_interval", "frechet_distance", "mel_distance", "psnr",
+           "si_sdr", "ssim", "stft_distance"]
