@@ -46,6 +46,21 @@ def phoneme_inventory(source: str | Path) -> list[str]:
     return sorted(symbols)
 
 
+def centred_log_mel(mel: torchaudio.transforms.MelSpectrogram, audio: torch.Tensor, *,
+                    num_frames: int) -> torch.Tensor:
+    """The judges' front end: audio [B, N] -> natural-log mel [B, n_mels, num_frames] (clamped at 1e-5).
+
+    ``mel`` is built with ``center=False``; frame t's window (``mel.n_fft`` samples) is centred on hop t
+    (samples [t · hop, (t + 1) · hop)): the audio is zero-padded by (n_fft - hop) // 2 on the left and
+    as much as the last frame needs on the right, so N samples give ceil(N / hop) frames that see only
+    those samples and zeros."""
+    hop, n_fft = mel.hop_length, mel.n_fft
+    left = (n_fft - hop) // 2
+    needed = (num_frames - 1) * hop + n_fft
+    audio = F.pad(audio, (left, max(0, needed - audio.shape[-1] - left)))
+    return torch.log(mel(audio).clamp(min=1e-5))
+
+
 class PhonemeRecognizer(nn.Module, HubMixin):
     """CTC phoneme recognizer. ``phonemes`` is the inventory, or a corpus to read it from (the saved
     config always holds the list itself, so a Hub folder is self-contained)."""
@@ -99,10 +114,7 @@ class PhonemeRecognizer(nn.Module, HubMixin):
     def _log_mel(self, audio: torch.Tensor) -> torch.Tensor:
         """audio [B, 1, N] -> log-mel [B, n_mels, 2T] with T = ceil(N / (2 · hop)), frames centred on hops."""
         num_frames = 2 * math.ceil(audio.shape[-1] / (2 * self.hop_length))
-        left = (self.n_fft - self.hop_length) // 2
-        needed = (num_frames - 1) * self.hop_length + self.n_fft
-        audio = F.pad(audio[:, 0], (left, max(0, needed - audio.shape[-1] - left)))
-        return torch.log(self.mel(audio).clamp(min=1e-5))
+        return centred_log_mel(self.mel, audio[:, 0], num_frames=num_frames)
 
     def features(self, audio: torch.Tensor, lengths: torch.Tensor | None = None, *,
                  attention_window: int | None = None):

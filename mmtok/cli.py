@@ -110,6 +110,7 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
     from mmtok.generators import TokenGenerator
     from mmtok.hub import load_pretrained
     from mmtok.judges.digits import DigitClassifier, evaluate_classifier
+    from mmtok.judges.speakers import SpeakerEncoder, evaluate_speaker_encoder
     from mmtok.media import markdown_table, write_table
 
     model = load_pretrained(args.model)
@@ -122,6 +123,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         scored = evaluate_classifier(model, args.data, split=args.split, max_items=args.max_items)
         rows = [{"accuracy": scored["accuracy"], "images": scored["images"],
                  **{f"class_{k}": v for k, v in enumerate(scored["per_class"])}}]
+    elif isinstance(model, SpeakerEncoder):
+        scored = evaluate_speaker_encoder(model, args.data, split=args.split, max_items=args.max_items)
+        per_speaker = scored.pop("per_speaker")
+        rows = [{**scored, **{f"speaker_{name}": value for name, value in per_speaker.items()}}]
     elif model.modality == "image":
         from mmtok.codecs.vq_image import evaluate_image_tokenizer
 
@@ -358,7 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     export.set_defaults(func=cmd_export)
 
     evaluate = sub.add_parser("evaluate", help="measure a tokenizer (audio at several bitrates, images), a "
-                                               "recognizer (PER) or a generator (read by --judge)")
+                                               "recognizer (PER), a digit or speaker judge, or a generator (read "
+                                               "by --judge)")
     evaluate.add_argument("model", help="Hub folder or repo id")
     evaluate.add_argument("data", help="manifest folder or folder of audio")
     evaluate.add_argument("--split", default="test")

@@ -19,6 +19,7 @@ from mmtok.errors import DataError, MissingFileError, UsageError
 from mmtok.generators import TokenGenerator
 from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class, round_to_half
 from mmtok.judges.digits import DigitClassifier, evaluate_classifier
+from mmtok.judges.speakers import SpeakerEncoder, evaluate_speaker_encoder
 
 
 def load_model_from_checkpoint(checkpoint: str | Path) -> tuple[HubMixin, dict]:
@@ -136,8 +137,30 @@ def _classifier_card(classifier: DigitClassifier, data: str | None, split: str, 
     return card
 
 
+def _speaker_card(encoder: SpeakerEncoder, data: str | None, split: str, max_items: int | None,
+                  judge: str | None) -> dict:
+    card = {"description": (
+        f"A speaker encoder trained with mmtok (ECAPA-lite: dilated TDNN blocks, attentive statistics pooling) over "
+        f"{encoder.num_speakers} training speakers at {encoder.sample_rate} Hz: its {encoder.embedding_dim}-d "
+        "unit-norm embedding scores the speaker similarity of generated speech to its voice prompt "
+        "(`mmtok.metrics.speaker_similarity`, the cosine), reported next to the cosine of two real utterances of "
+        "the same speaker."),
+        "usage": ("`python bench/speaker_encoder.py MODEL --data data/speech` (speaker-ID accuracy, same- and "
+                  "different-speaker cosines, EER); in Python, `model.embed(audio, lengths)` on FloatTensor [B, N] "
+                  "at the model's sample rate, `mmtok.metrics.speaker_similarity(model, audio_a, audio_b, rate)` "
+                  "on two lists of waveforms")}
+    if data is not None:
+        scored = evaluate_speaker_encoder(encoder, data, split=split, max_items=max_items)
+        card["metrics"] = [{key: scored[key] for key in ("accuracy", "same_cosine", "different_cosine", "eer",
+                                                         "utterances")}]
+        card["metrics_note"] = (f"On the whole utterances of the `{split}` split of `{data}`: speaker-ID accuracy, the "
+                                "mean cosine of pairs of different utterances of the same speaker and of different "
+                                "speakers, and the equal error rate of that cosine as a same-speaker test.")
+    return card
+
+
 CARD_BUILDERS = {Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card, TokenGenerator: _generator_card,
-                 DigitClassifier: _classifier_card}
+                 DigitClassifier: _classifier_card, SpeakerEncoder: _speaker_card}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,

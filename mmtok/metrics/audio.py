@@ -10,17 +10,29 @@ FloatTensor [B].
   eq. 3-5): spectral convergence + log STFT magnitude L1, averaged over resolutions.
 - :func:`si_sdr`: scale-invariant SDR in dB (Le Roux et al. 2019, "SDR - half-baked or well done?").
 - :func:`bitrate`: bits per second of an RVQ token stream.
+
+Speaker similarity (a judge's embedding, :class:`mmtok.judges.SpeakerEncoder`):
+
+- :func:`speaker_similarity`: the cosine of the speaker embeddings of two lists of waveforms, pair by
+  pair, e.g. prompted speech and its voice prompt; report it next to the cosine of two real
+  utterances of the same speaker (``bench/speaker_encoder.py``), its floor.
+- :func:`equal_error_rate`: the EER of a same/different score (speaker verification).
 """
 
 from __future__ import annotations
 
 import math
-from typing import Callable, Sequence
+from typing import TYPE_CHECKING, Callable, Sequence
 
 import torch
+import torchaudio
 from torch import Tensor
 
+from mmtok.errors import DataError
 from mmtok.losses import mel_transform
+
+if TYPE_CHECKING:
+    from mmtok.judges.speakers import SpeakerEncoder
 
 STFT_RESOLUTIONS: tuple[tuple[int, int, int], ...] = ((512, 128, 512), (1024, 256, 1024), (2048, 512, 2048))
 
@@ -181,3 +193,74 @@ def codec_metrics(
         sdr = si_sdr(reference, estimate, lengths=lengths)
     return {"mel_distance": mel.mean().item(), "stft_distance": stft.mean().item(),
             "si_sdr": sdr.mean().item()}
+
+
+def equal_error_rate(scores: Tensor, same: Tensor) -> float:
+    """Equal error rate of accepting a pair as "same" when its score is at least a threshold:
+    the rate at which false acceptances (of different pairs) equal false rejections (of same pairs),
+    linearly interpolated between the two thresholds where they cross (0 when some threshold
+    separates the two sets). scores: FloatTensor [P]; same: BoolTensor [P] with both values present."""
+    scores, same = scores.detach().double().reshape(-1).cpu(), same.detach().bool().reshape(-1).cpu()
+    if scores.shape != same.shape or bool(same.all()) or not bool(same.any()):
+        raise DataError(f"equal_error_rate: need one score per pair and both same and different pairs, got "
+                        f"{scores.numel()} scores for {same.numel()} labels ({int(same.sum())} same)")
+    order = torch.argsort(scores, descending=True)
+    ranked, labels = scores[order], same[order]
+    last = torch.cat([ranked[1:] != ranked[:-1], torch.tensor([True])])  # the last of each run of equal scores
+    accepted_same = torch.cat([torch.zeros(1, dtype=torch.double), labels.double().cumsum(0)[last]])
+    accepted_different = torch.cat([torch.zeros(1, dtype=torch.double), (~labels).double().cumsum(0)[last]])
+    false_accept = accepted_different / (~same).sum()  # rises from 0 as the threshold falls
+    false_reject = 1 - accepted_same / same.sum()  # falls to 0
+    k = int(torch.nonzero(false_accept >= false_reject)[0])  # k >= 1: point 0 is (0, 1)
+    before = float(false_reject[k - 1] - false_accept[k - 1])
+    after = float(false_accept[k] - false_reject[k])
+    w = before / (before + after)
+    return float(false_accept[k - 1] + w * (false_accept[k] - false_accept[k - 1]))
+
+
+def _mono(audio: Tensor, name: str) -> Tensor:
+    """A waveform [N] or [1, N] -> [1, N]."""
+    if audio.dim() == 1:
+        audio = audio[None]
+    if audio.dim() != 2 or audio.shape[0] != 1 or audio.shape[1] < 1:
+        raise DataError(f"speaker_similarity: {name} must be a mono waveform [N] or [1, N], got {tuple(audio.shape)}")
+    return audio
+
+
+@torch.no_grad()
+def speaker_embeddings_of(encoder: "SpeakerEncoder", audios: Sequence[Tensor], *, sample_rate: int,
+                          batch_size: int = 16) -> Tensor:
+    """Unit-norm speaker embeddings [N, D] of waveforms ([N_i] or [1, N_i]) at ``sample_rate``,
+    resampled to the encoder's rate, in batches of ``batch_size`` (the encoder in eval mode)."""
+    from mmtok.media import pad_audio
+
+    if sample_rate <= 0 or batch_size < 1:
+        raise DataError(f"speaker_similarity: need sample_rate > 0 and batch_size >= 1, got {sample_rate}, "
+                        f"{batch_size}")
+    audios = [_mono(audio, f"audio {i}") for i, audio in enumerate(audios)]
+    if sample_rate != encoder.sample_rate:
+        audios = [torchaudio.functional.resample(audio.float(), sample_rate, encoder.sample_rate) for audio in audios]
+    device = encoder.centres.device
+    training = encoder.training
+    encoder.eval()
+    try:
+        out = []
+        for start in range(0, len(audios), batch_size):
+            batch, lengths = pad_audio(audios[start:start + batch_size])  # [b, 1, N], [b]
+            out.append(encoder.embed(batch.to(device), lengths.to(device)).float().cpu())
+    finally:
+        encoder.train(training)
+    return torch.cat(out) if out else torch.zeros(0, encoder.embedding_dim)
+
+
+def speaker_similarity(encoder: "SpeakerEncoder", audio_a: Sequence[Tensor], audio_b: Sequence[Tensor],
+                       sample_rate: int, *, batch_size: int = 16) -> Tensor:
+    """Cosine of the speaker embeddings of ``audio_a[i]`` and ``audio_b[i]``, FloatTensor [N] in [-1, 1]
+    (e.g. generated speech and its voice prompt). Waveforms are ``[N_i]`` or ``[1, N_i]`` at
+    ``sample_rate`` (resampled to the encoder's rate), embedded whole, in batches."""
+    if len(audio_a) != len(audio_b) or not len(audio_a):
+        raise DataError(f"speaker_similarity: need two equally long, non-empty lists of waveforms, got "
+                        f"{len(audio_a)} and {len(audio_b)}")
+    a = speaker_embeddings_of(encoder, audio_a, sample_rate=sample_rate, batch_size=batch_size)
+    b = speaker_embeddings_of(encoder, audio_b, sample_rate=sample_rate, batch_size=batch_size)
+    return (a * b).sum(-1)

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from mmtok.asr import BLANK, PhonemeRecognizer
 from mmtok.metrics import edit_distance
 from mmtok.training.checkpoint import record_model
-from mmtok.training.optim import warmup_cosine
+from mmtok.training.optim import adamw_warmup_cosine
 
 
 class PhonemeRecognizerModule(L.LightningModule):
@@ -27,10 +27,8 @@ class PhonemeRecognizerModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.recognizer.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = warmup_cosine(optimizer, warmup_steps=hp.warmup_steps,
-                                  total_steps=int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self.recognizer.parameters(), trainer=self.trainer, lr=hp.lr,
+                                   weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps)
 
     def _ctc_loss(self, batch: dict):
         if "phonemes" not in batch:

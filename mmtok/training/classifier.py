@@ -8,7 +8,7 @@ import torch.nn.functional as F
 
 from mmtok.judges.digits import DigitClassifier
 from mmtok.training.checkpoint import record_model
-from mmtok.training.optim import warmup_cosine
+from mmtok.training.optim import adamw_warmup_cosine
 
 
 def random_shift(images: torch.Tensor, max_shift: int, generator: torch.Generator | None = None) -> torch.Tensor:
@@ -35,10 +35,8 @@ class ClassifierModule(L.LightningModule):
 
     def configure_optimizers(self):
         hp = self.hparams
-        optimizer = torch.optim.AdamW(self.classifier.parameters(), lr=hp.lr, weight_decay=hp.weight_decay)
-        scheduler = warmup_cosine(optimizer, warmup_steps=hp.warmup_steps,
-                                  total_steps=int(self.trainer.estimated_stepping_batches))
-        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+        return adamw_warmup_cosine(self.classifier.parameters(), trainer=self.trainer, lr=hp.lr,
+                                   weight_decay=hp.weight_decay, warmup_steps=hp.warmup_steps)
 
     def _step(self, batch: dict | None, stage: str):
         if batch is None:  # every file of the batch was skipped as unreadable
