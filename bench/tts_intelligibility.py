@@ -1,14 +1,20 @@
 """The X-Codec claim for language modelling: TTS on X-Codec tokens vs. on plain RVQ tokens.
 
-Both TTS generators (recipes/tts/ar_xcodec_speech.yaml and ar_rvq_speech.yaml: same backbone, same
-steps, same 4 codebooks = 2 kbps) speak the phonemes of the corpus' held-out test sentences, in the
-corpus voice (speaker label) and in a prompted voice (3 s of another utterance of the same
+Each TTS generator (e.g. recipes/tts/ar_xcodec_speech_aligned.yaml and ar_rvq_speech_aligned.yaml: same
+backbone, steps and 4 codebooks = 2 kbps) speaks the phonemes of the corpus' held-out test sentences,
+in the corpus voice (speaker label) and in a prompted voice (3 s of another utterance of the same
 speaker); the phoneme recognizer transcribes the speech and PER is computed against the corpus
-phonemes. Floors: the recognizer's PER on the real audio, and on the real audio passed through each
-codec at the same 4 codebooks (the best its TTS could do).
+phonemes, with a bootstrap 95 % interval over sentences. Every pair of models in the same mode gets
+a paired bootstrap interval of its PER difference (the same sentences in each draw). Floors: the
+recognizer's PER on the real audio, and on the real audio passed through each codec at the same 4
+codebooks (the best its TTS could do).
 
-    python bench/tts_intelligibility.py --model xcodec=checkpoints/tts-ar-xcodec \
-        --model rvq=checkpoints/tts-ar-rvq --judge checkpoints/phoneme-recognizer --data data/speech
+With ``--speaker-encoder`` the speech is also compared with the 3 s prompt by the speaker embedding
+model (cosine), next to the same score for the real utterance (two real utterances of the speaker).
+
+    python bench/tts_intelligibility.py --model xcodec=checkpoints/tts-ar-xcodec-aligned \
+        --model rvq=checkpoints/tts-ar-rvq-aligned --judge checkpoints/phoneme-recognizer \
+        --speaker-encoder checkpoints/speaker-encoder --data data/speech
 
 ``--cards`` also writes the table into each generator folder's README.md.
 """
@@ -16,6 +22,7 @@ codec at the same 4 codebooks (the best its TTS could do).
 from __future__ import annotations
 
 import argparse
+from itertools import combinations
 from pathlib import Path
 
 import torch
@@ -26,24 +33,53 @@ from mmtok.codecs.evaluate import evaluate_codec
 from common import named_folders, publish
 from mmtok.hub import load_pretrained
 from mmtok.media import markdown_table
+from mmtok.metrics import error_rate_difference_interval, error_rate_interval
 
 SECTION = "## Intelligibility (bench/tts_intelligibility.py)"
+VOICES = {"speaker": "corpus voice", "prompt": "3 s prompt"}
+SAMPLING_FLAGS = ("sampler", "steps", "temperature", "top_k", "cfg_scale")
 
 
-def model_rows(name: str, folder: Path, judge, args) -> list[dict]:
+def percent(value: float) -> str:
+    return f"{100 * value:.1f}"
+
+
+def model_rows(name: str, folder: Path, judge, encoder, sampling: dict, args) -> tuple[list[dict], dict]:
+    """The model's table rows (resynthesis floor, then one per mode) and its results by mode."""
     model = load_pretrained(folder)
     tokenizer = model.load_tokenizer(near=folder)
     resynthesis = evaluate_codec(tokenizer, args.data, split="test", max_items=args.max_items,
                                  quantizers=[model.num_codebooks], judge=judge)[0]
     rows = [{"model": name, "speech": f"real audio through the codec ({model.num_codebooks} codebooks)",
-             "per": resynthesis["per"], "duration_ratio": 1.0, "ended": "-", "generation_s": "-"}]
+             "per %": percent(resynthesis["per"]), "95 % interval": "-", "duration ratio": 1.0,
+             "duration error": "-", "ended": "-", "generation_s": "-"}]
+    results = {}
     for mode in args.modes:
         result = evaluate_tts(model, tokenizer, judge, args.data, mode=mode, max_items=args.max_items,
-                              batch_size=args.batch_size, seed=args.seed, temperature=args.temperature,
-                              top_k=args.top_k, cfg_scale=args.cfg_scale)
-        rows.append({"model": name, "speech": f"generated, {'corpus voice' if mode == 'speaker' else '3 s prompt'}",
-                     **{k: result[k] for k in ("per", "duration_ratio", "generation_s")},
-                     "ended": "-" if result["ended"] is None else result["ended"]})
+                              batch_size=args.batch_size, seed=args.seed, speaker_encoder=encoder, **sampling)
+        low, high = error_rate_interval(result["references"], result["hypotheses"], seed=args.seed)
+        row = {"model": name, "speech": f"generated, {VOICES[mode]}", "per %": percent(result["per"]),
+               "95 % interval": f"{percent(low)}-{percent(high)}", "duration ratio": result["duration_ratio"],
+               "duration error": result["duration_error"],
+               "ended": "-" if result["ended"] is None else result["ended"], "generation_s": result["generation_s"]}
+        if encoder is not None:
+            row |= {"speaker similarity": result["speaker_similarity"], "real similarity": result["real_similarity"]}
+        rows.append(row)
+        results[mode] = result
+    return rows, results
+
+
+def difference_rows(results: dict[str, dict], seed: int) -> list[dict]:
+    """Paired bootstrap intervals of PER(a) - PER(b) for every pair of models, mode by mode."""
+    rows = []
+    for (name_a, by_mode_a), (name_b, by_mode_b) in combinations(results.items(), 2):
+        for mode in by_mode_a.keys() & by_mode_b.keys():
+            a, b = by_mode_a[mode], by_mode_b[mode]
+            low, high = error_rate_difference_interval(a["references"], a["hypotheses"], b["hypotheses"], seed=seed)
+            verdict = f"{name_a} wins" if high < 0 else f"{name_b} wins" if low > 0 else "no clear winner"
+            rows.append({"models": f"{name_a} - {name_b}", "speech": VOICES[mode],
+                         "PER difference (points)": percent(a["per"] - b["per"]),
+                         "95 % interval": f"{percent(low)} to {percent(high)}", "at 95 %": verdict})
     return rows
 
 
@@ -52,13 +88,16 @@ def main() -> None:
     parser.add_argument("--model", action="append", required=True, metavar="NAME=FOLDER",
                         help="a TTS generator Hub folder (repeat)")
     parser.add_argument("--judge", required=True, help="phoneme recognizer Hub folder")
+    parser.add_argument("--speaker-encoder", help="speaker embedding model Hub folder (adds speaker similarity)")
     parser.add_argument("--data", default="data/speech")
     parser.add_argument("--max-items", type=int, default=100, help="test utterances")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--batch-size", type=int, default=16)
-    parser.add_argument("--temperature", type=float, default=1.0)
-    parser.add_argument("--top-k", type=int, default=None)
-    parser.add_argument("--cfg-scale", type=float, default=1.0)
+    parser.add_argument("--sampler", help="masked diffusion sampler (default: the model's recorded one)")
+    parser.add_argument("--steps", type=int)
+    parser.add_argument("--temperature", type=float)
+    parser.add_argument("--top-k", type=int)
+    parser.add_argument("--cfg-scale", type=float)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out", help="also write the table to this markdown file")
     parser.add_argument("--cards", action="store_true", help="write the table into each generator's model card")
@@ -67,17 +106,29 @@ def main() -> None:
     models = named_folders(parser, args.model, "--model")
     torch.manual_seed(args.seed)
     judge = load_pretrained(args.judge)
+    encoder = load_pretrained(args.speaker_encoder) if args.speaker_encoder else None
     floor = evaluate_recognizer(judge, args.data, split="test", max_items=args.max_items)
-    rows = [{"model": "-", "speech": "real audio (floor)", "per": floor["per"], "duration_ratio": 1.0, "ended": "-",
-             "generation_s": "-"}]
+    rows = [{"model": "-", "speech": "real audio (floor)", "per %": percent(floor["per"]), "95 % interval": "-",
+             "duration ratio": 1.0, "duration error": "-", "ended": "-", "generation_s": "-"}]
+    sampling = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
+    results = {}
     for name, folder in models.items():
-        rows += model_rows(name, folder, judge, args)
-    sampling = f"temperature {args.temperature}" + (f", top-k {args.top_k}" if args.top_k else "") + (
-        f", CFG scale {args.cfg_scale}" if args.cfg_scale != 1.0 else "")
-    text = (f"Test split of `{args.data}` ({floor['utterances']} held-out sentences); PER by `{args.judge}`; "
-            f"sampling: {sampling}, seed {args.seed}. `duration_ratio`: generated / real duration; `ended`: "
-            "fraction stopped by the end token; `generation_s`: wall time of generation and decoding.\n\n"
-            + markdown_table(rows))
+        model_table, results[name] = model_rows(name, folder, judge, encoder, sampling, args)
+        rows += model_table
+    described = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sampling.items())
+    text = (f"Test split of `{args.data}` ({floor['utterances']} held-out sentences); PER by `{args.judge}` with a "
+            f"bootstrap 95 % interval over sentences; sampling: {described or 'each model’s recorded defaults'}, "
+            f"seed {args.seed}. `duration ratio`: mean generated / real duration; `duration error`: mean "
+            "|generated / real - 1|; `ended`: fraction stopped by the end token; `generation_s`: wall time of "
+            "generation and decoding."
+            + (f" Similarities: cosine of `{args.speaker_encoder}` embeddings to the 3 s prompt (cut from another "
+               "utterance of the same speaker), of the generated speech and of the real utterance."
+               if encoder is not None else "")
+            + "\n\n" + markdown_table(rows))
+    differences = difference_rows(results, args.seed)
+    if differences:
+        text += ("\n\nPaired bootstrap over the same sentences (PER of the first model minus the second; "
+                 "negative: the first is more intelligible):\n\n" + markdown_table(differences))
     publish(text, out=args.out, folders=list(models.values()), section=SECTION, cards=args.cards)
 
 

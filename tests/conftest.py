@@ -13,16 +13,16 @@ REPO = Path(__file__).resolve().parents[1]
 RECIPE = REPO / "recipes" / "codec" / "rvq_speech.yaml"
 
 
-def released_generator_config(folder: Path) -> dict:
+def released_generator_config(folder: Path, tokenizer: str = "checkpoints/xcodec-speech-16k") -> dict:
     """Check what every released TTS generator folder promises (three files, ≤ 20 MiB, the shipped
-    X-Codec named as its tokenizer, a measured intelligibility section) and return its config."""
+    codec named as its tokenizer, a measured intelligibility section) and return its config."""
     import json
 
     assert {p.name for p in folder.iterdir()} == {"config.json", "model.safetensors", "README.md"}
     assert (folder / "model.safetensors").stat().st_size <= 20 * 2**20
     assert "## Intelligibility (bench/tts_intelligibility.py)" in (folder / "README.md").read_text()
     config = json.loads((folder / "config.json").read_text())
-    assert config["tokenizer"] == "checkpoints/xcodec-speech-16k"
+    assert config["tokenizer"] == tokenizer
     return config
 
 

@@ -246,18 +246,24 @@ MODES = ("speaker", "prompt")
 def evaluate_tts(model, tokenizer, judge, data: str | Path, *, mode: str = "speaker",
                  split: str = "test", max_items: int | None = 100, batch_size: int = 16,
                  prompt_seconds: float = 3.0, max_seconds: float | None = None, seed: int = 0,
-                 **sampling) -> dict:
+                 speaker_encoder=None, **sampling) -> dict:
     """Speak the phonemes of a corpus split and score the speech with a phoneme recognizer.
 
     ``mode="speaker"``: each utterance in its corpus voice (the speaker label). ``"prompt"``: in the
     voice of a ``prompt_seconds`` prompt cut from *another* utterance of the same speaker in the split
-    (no label). Returns PER against the corpus phonemes, the ratio of generated to real durations,
-    the fraction of utterances that ended before the length limit (None for a generator that does
-    not stop by itself), and the generation time.
+    (no label). Returns PER against the corpus phonemes (and the per-sentence ``references`` and
+    ``hypotheses`` for intervals), the mean ratio of generated to real durations and the mean
+    relative duration error |generated / real - 1|, the fraction of utterances that ended before the
+    length limit (None for a generator that does not stop by itself), and the generation time.
+
+    With a ``speaker_encoder`` (:class:`mmtok.judges.speakers.SpeakerEncoder`) it also returns the mean
+    cosine similarity of the generated speech to that prompt (``speaker_similarity``, in both modes)
+    and, as its reference, of the real utterance to the same prompt (``real_similarity``: two real
+    utterances of the speaker).
     """
     from mmtok.data.audio import load_audio
     from mmtok.data.manifest import read_manifest
-    from mmtok.metrics import error_rate
+    from mmtok.metrics import error_rate, speaker_similarity
     from mmtok.tasks import build_task
 
     if mode not in MODES:
@@ -269,11 +275,13 @@ def evaluate_tts(model, tokenizer, judge, data: str | Path, *, mode: str = "spea
         raise ValueError(f"{data}: the {split} split needs utterances with 'phonemes'")
     rng = torch.Generator().manual_seed(seed)
     references, hypotheses, ratios, ended, seconds = [], [], [], 0, 0.0
+    similarities, real_similarities = [], []
+    prompt_samples = round(prompt_seconds * tokenizer.sample_rate)
     for start in range(0, len(entries), batch_size):
         chunk = entries[start:start + batch_size]
-        options = {"speakers": [e["speaker"] for e in chunk]} if mode == "speaker" else {
-            "prompts": [load_audio(_other_utterance(entries, e)["audio"], sample_rate=tokenizer.sample_rate)
-                        for e in chunk]}
+        prompts = [load_audio(_other_utterance(entries, e)["audio"], sample_rate=tokenizer.sample_rate)
+                   for e in chunk]
+        options = {"speakers": [e["speaker"] for e in chunk]} if mode == "speaker" else {"prompts": prompts}
         started = time.perf_counter()
         audio, tokens = synthesize(model, tokenizer, [e["phonemes"] for e in chunk], task=task,
                                    prompt_seconds=prompt_seconds, max_seconds=max_seconds, rng=rng, **options,
@@ -287,9 +295,20 @@ def evaluate_tts(model, tokenizer, judge, data: str | Path, *, mode: str = "spea
         hypotheses += [h.split() for h in judge.eval().transcribe(batch, lengths)]
         references += [e["phonemes"].split() for e in chunk]
         ratios += [a.shape[-1] / tokenizer.sample_rate / e["duration"] for a, e in zip(audio, chunk)]
-    return {"mode": mode, "per": error_rate(references, hypotheses), "duration_ratio": sum(ratios) / len(ratios),
-            "ended": ended / len(entries) if model.stops_by_itself else None,  # a fixed length ends nothing
-            "utterances": len(entries), "generation_s": seconds}
+        if speaker_encoder is not None:
+            cut = [p[..., :prompt_samples] for p in prompts]
+            real = [load_audio(e["audio"], sample_rate=tokenizer.sample_rate) for e in chunk]
+            similarities += speaker_similarity(speaker_encoder, audio, cut, tokenizer.sample_rate).tolist()
+            real_similarities += speaker_similarity(speaker_encoder, real, cut, tokenizer.sample_rate).tolist()
+    result = {"mode": mode, "per": error_rate(references, hypotheses), "references": references,
+              "hypotheses": hypotheses, "duration_ratio": sum(ratios) / len(ratios),
+              "duration_error": sum(abs(r - 1) for r in ratios) / len(ratios),
+              "ended": ended / len(entries) if model.stops_by_itself else None,  # a fixed length ends nothing
+              "utterances": len(entries), "generation_s": seconds}
+    if speaker_encoder is not None:
+        result["speaker_similarity"] = sum(similarities) / len(similarities)
+        result["real_similarity"] = sum(real_similarities) / len(real_similarities)
+    return result
 
 
 def _other_utterance(entries: list[dict], entry: dict) -> dict:

@@ -7,6 +7,7 @@ import json
 import pytest
 import torch
 
+from conftest import REPO
 from mmtok.ar.model import ARGenerator
 from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.diffusion.model import MaskedDiffusionGenerator
@@ -64,9 +65,15 @@ def test_evaluate_tts_scores_every_held_out_sentence(mode, tiny_tts, tiny_codec_
     codec, judge = load_pretrained(tiny_codec_folder), load_pretrained(recognizer_folder)
     tests = [json.loads(line) for line in (tiny_corpus / "manifest.jsonl").read_text().splitlines()]
     count = sum(e["split"] == "valid" for e in tests)
-    result = evaluate_tts(tiny_tts, codec, judge, tiny_corpus, mode=mode, split="valid", batch_size=2)
+    encoder = load_pretrained(REPO / "checkpoints" / "speaker-encoder")
+    result = evaluate_tts(tiny_tts, codec, judge, tiny_corpus, mode=mode, split="valid", batch_size=2,
+                          speaker_encoder=encoder)
     assert result["utterances"] == count and result["per"] >= 0.9, "a random model speaks nothing recognisable"
+    assert len(result["references"]) == len(result["hypotheses"]) == count
     assert 0 <= result["ended"] <= 1 and result["duration_ratio"] > 0
+    assert result["duration_error"] >= abs(result["duration_ratio"] - 1) - 1e-9, "a mean of |r - 1| bounds |mean r - 1|"
+    assert result["real_similarity"] > 0.8, "two real utterances of a speaker, by the shipped speaker encoder"
+    assert result["speaker_similarity"] < result["real_similarity"] - 0.2, "a random model's noise is nobody's voice"
     with pytest.raises(ValueError, match="mode must be one of"):
         evaluate_tts(tiny_tts, codec, judge, tiny_corpus, mode="both")
 
