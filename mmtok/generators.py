@@ -141,8 +141,13 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
 
     def sampling_with(self, **given) -> dict:
         """The settings to sample with: the recorded defaults, overridden by every ``given`` value that
-        is not None (a flag the user did not set), with the sampler resolved."""
-        settings = {**self.sampling, **{k: v for k, v in check_sampling(given).items() if v is not None}}
+        is not None (a flag the user did not set), with the sampler resolved. The recorded ``steps``
+        belong to the recorded sampler: another sampler given without steps does not inherit them."""
+        given = {k: v for k, v in check_sampling(given).items() if v is not None}
+        recorded = dict(self.sampling)
+        if given.get("sampler", recorded.get("sampler")) != recorded.get("sampler"):
+            recorded.pop("steps", None)
+        settings = {**recorded, **given}
         settings["sampler"] = self.check_sampler(settings.get("sampler"))
         return settings
 

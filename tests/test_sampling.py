@@ -81,3 +81,17 @@ def test_temperature_sharpens_and_rejects_zero():
         process_logits(logits, temperature=0.0)
     with pytest.raises(ValueError, match="precision must be one of"):
         sample_categorical(logits, precision="float16")
+
+
+def test_recorded_steps_stay_with_the_recorded_sampler(tiny_codec_folder):
+    from mmtok.diffusion.model import MaskedDiffusionGenerator
+
+    backbone = {"class_path": "mmtok.codebook_transformer.CodebookTransformer",
+                "init_args": {"codebook_sizes": [32], "dim": 16, "num_layers": 1, "num_heads": 2}}
+    model = MaskedDiffusionGenerator(tokenizer=str(tiny_codec_folder), backbone=backbone)
+    model.record_sampling(sampler="maskgit", steps=32, cfg_scale=3.0)
+    assert model.sampling_with() == {"sampler": "maskgit", "steps": 32, "cfg_scale": 3.0}
+    assert model.sampling_with(steps=8)["steps"] == 8
+    assert model.sampling_with(sampler="fhs") == {"sampler": "fhs", "cfg_scale": 3.0}, "FHS has no steps"
+    assert model.sampling_with(sampler="ancestral", steps=16)["steps"] == 16
+    assert model.sampling_with(sampler="maskgit")["steps"] == 32, "the same sampler keeps its steps"
