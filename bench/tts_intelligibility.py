@@ -44,6 +44,10 @@ def percent(value: float) -> str:
     return f"{100 * value:.1f}"
 
 
+def describe(sampling: dict) -> str:
+    return ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sampling.items() if v is not None) or "plain"
+
+
 def model_rows(name: str, folder: Path, judge, encoder, sampling: dict, args) -> tuple[list[dict], dict]:
     """The model's table rows (resynthesis floor, then one per mode) and its results by mode."""
     model = load_pretrained(folder)
@@ -53,12 +57,14 @@ def model_rows(name: str, folder: Path, judge, encoder, sampling: dict, args) ->
     rows = [{"model": name, "speech": f"real audio through the codec ({model.num_codebooks} codebooks)",
              "per %": percent(resynthesis["per"]), "95 % interval": "-", "duration ratio": 1.0,
              "duration error": "-", "ended": "-", "generation_s": "-"}]
+    used = model.sampling_with(**sampling)  # the flags given, over the model's recorded defaults
     results = {}
     for mode in args.modes:
         result = evaluate_tts(model, tokenizer, judge, args.data, mode=mode, max_items=args.max_items,
-                              batch_size=args.batch_size, seed=args.seed, speaker_encoder=encoder, **sampling)
+                              batch_size=args.batch_size, seed=args.seed, speaker_encoder=encoder, **used)
         low, high = error_rate_interval(result["references"], result["hypotheses"], seed=args.seed)
-        row = {"model": name, "speech": f"generated, {VOICES[mode]}", "per %": percent(result["per"]),
+        row = {"model": name, "speech": f"generated, {VOICES[mode]} ({describe(used)})",
+               "per %": percent(result["per"]),
                "95 % interval": f"{percent(low)}-{percent(high)}", "duration ratio": result["duration_ratio"],
                "duration error": result["duration_error"],
                "ended": "-" if result["ended"] is None else result["ended"], "generation_s": result["generation_s"]}
@@ -115,10 +121,10 @@ def main() -> None:
     for name, folder in models.items():
         model_table, results[name] = model_rows(name, folder, judge, encoder, sampling, args)
         rows += model_table
-    described = ", ".join(f"{k.replace('_', ' ')} {v}" for k, v in sampling.items())
     text = (f"Test split of `{args.data}` ({floor['utterances']} held-out sentences); PER by `{args.judge}` with a "
-            f"bootstrap 95 % interval over sentences; sampling: {described or 'each model’s recorded defaults'}, "
-            f"seed {args.seed}. `duration ratio`: mean generated / real duration; `duration error`: mean "
+            "bootstrap 95 % interval over sentences; sampling (in brackets): each model's recorded defaults"
+            + (f", overridden by {describe(sampling)}" if sampling else "")
+            + f", seed {args.seed}. `duration ratio`: mean generated / real duration; `duration error`: mean "
             "|generated / real - 1|; `ended`: fraction stopped by the end token; `generation_s`: wall time of "
             "generation and decoding."
             + (f" Similarities: cosine of `{args.speaker_encoder}` embeddings to the 3 s prompt (cut from another "
