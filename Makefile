@@ -5,7 +5,6 @@ STAMP := $(VENV)/.mmtok-installed
 DEMO_OUT ?= outputs/demo
 DEMO_RUN ?= runs/demo
 DEMO_STEPS ?= 300
-DEMO_TTS_STEPS ?= 60
 DEMO_IMAGE_STEPS ?= 60
 DEMO_SENTENCES := --text "Grace paints a small boat near the river." \
   --text "The old king reads a letter to his horse." --text "Where did Oscar hide the yellow camera?"
@@ -33,10 +32,11 @@ lint: $(STAMP)
 ## Build the speech corpus, fine-tune the shipped RVQ codec on it for a few minutes (mel and commitment
 ## losses: the release holds no discriminator, and a fresh one would first undo more than it adds),
 ## export it as a Hub folder, then encode/decode held-out utterances and write wavs, spectrograms and
-## a metrics table to $(DEMO_OUT). Then fine-tune the shipped X-Codec TTS briefly (the corpus is tokenized
-## once into runs/tts/tokens-xcodec) and speak three new sentences in a corpus voice (speaker label) and
-## in a prompted voice (3 s of a held-out utterance) to $(DEMO_OUT)/tts, next to the same sentences from
-## the shipped masked diffusion TTS with the first-hitting sampler, and a table of the time each took.
+## a metrics table to $(DEMO_OUT). Then speak three new sentences with the shipped aligned TTS models (AR and
+## masked diffusion over X-Codec tokens, each with its recorded sampling: their duration predictors set the
+## lengths) in a corpus voice (speaker label) and in a prompted voice (3 s of a held-out utterance), the AR one
+## once more slower (--pace 1.3), the masked diffusion one once more with the first-hitting sampler, to
+## $(DEMO_OUT)/tts, with a table of the time each took.
 demo: $(STAMP)
 	$(BIN)/mmtok data speech --out data/speech --num-utterances 2000
 	rm -rf $(DEMO_RUN)
@@ -50,21 +50,17 @@ demo: $(STAMP)
 	$(BIN)/mmtok evaluate $(DEMO_OUT)/model data/speech --split test --max-items 40 --out $(DEMO_OUT)
 	$(BIN)/mmtok encode $(DEMO_OUT)/model $(DEMO_OUT)/0_original.wav $(DEMO_OUT)/0_tokens.safetensors
 	$(BIN)/mmtok decode $(DEMO_OUT)/model $(DEMO_OUT)/0_tokens.safetensors $(DEMO_OUT)/0_decoded_cli.wav --spectrogram
-	$(BIN)/mmtok fit -c recipes/tts/ar_xcodec_speech.yaml \
-	  --model.init_args.init_from checkpoints/tts-ar-xcodec \
-	  --model.init_args.lr 0.0002 --model.init_args.warmup_steps 10 \
-	  --trainer.max_steps $(DEMO_TTS_STEPS) --trainer.val_check_interval $(DEMO_TTS_STEPS) \
-	  --trainer.limit_val_batches 1 --trainer.default_root_dir $(DEMO_RUN)/tts \
-	  --trainer.logger.init_args.save_dir $(DEMO_RUN)/tts --trainer.logger.init_args.name demo_tts
-	$(BIN)/mmtok export $(DEMO_RUN)/tts/checkpoints/last.ckpt $(DEMO_OUT)/tts-model --half
-	$(BIN)/mmtok generate $(DEMO_OUT)/tts-model --tokenizer checkpoints/xcodec-speech-16k \
-	  $(DEMO_SENTENCES) --speaker us-f3 --out $(DEMO_OUT)/tts/corpus_voice_us-f3
-	$(BIN)/mmtok generate $(DEMO_OUT)/tts-model --tokenizer checkpoints/xcodec-speech-16k \
-	  $(DEMO_SENTENCES) --prompt data/speech/wavs/utt00037.wav --voice gb-f2 --out $(DEMO_OUT)/tts/prompted_voice
-	$(BIN)/mmtok generate checkpoints/tts-mdm-xcodec $(DEMO_SENTENCES) --sampler fhs --speaker us-f3 \
+	for family in ar mdm; do \
+	  $(BIN)/mmtok generate checkpoints/tts-$$family-xcodec-aligned $(DEMO_SENTENCES) --speaker us-f3 \
+	    --out $(DEMO_OUT)/tts/$${family}_corpus_voice_us-f3 \
+	  && $(BIN)/mmtok generate checkpoints/tts-$$family-xcodec-aligned $(DEMO_SENTENCES) \
+	    --prompt data/speech/wavs/utt00037.wav --voice gb-f2 --out $(DEMO_OUT)/tts/$${family}_prompted_voice \
+	  || exit 1; \
+	done
+	$(BIN)/mmtok generate checkpoints/tts-ar-xcodec-aligned $(DEMO_SENTENCES) --speaker us-f3 --pace 1.3 \
+	  --out $(DEMO_OUT)/tts/ar_corpus_voice_us-f3_pace_1.3
+	$(BIN)/mmtok generate checkpoints/tts-mdm-xcodec-aligned $(DEMO_SENTENCES) --speaker us-f3 --sampler fhs \
 	  --out $(DEMO_OUT)/tts/mdm_fhs_corpus_voice_us-f3
-	$(BIN)/mmtok generate checkpoints/tts-mdm-xcodec $(DEMO_SENTENCES) --sampler fhs \
-	  --prompt data/speech/wavs/utt00037.wav --voice gb-f2 --out $(DEMO_OUT)/tts/mdm_fhs_prompted_voice
 	$(BIN)/python scripts/generation_times.py $(DEMO_OUT)/tts
 	$(MAKE) demo-images
 	@echo "demo outputs (wavs, spectrogram pngs, metrics.md, Hub folders, tts/, images/): $(abspath $(DEMO_OUT))"
