@@ -52,7 +52,7 @@ def model_rows(name: str, folder: Path, judge, encoder, sampling: dict, args) ->
     """The model's table rows (resynthesis floor, then one per mode) and its results by mode."""
     model = load_pretrained(folder)
     tokenizer = model.load_tokenizer(near=folder)
-    resynthesis = evaluate_codec(tokenizer, args.data, split="test", max_items=args.max_items,
+    resynthesis = evaluate_codec(tokenizer, args.data, split=args.split, max_items=args.max_items,
                                  quantizers=[model.num_codebooks], judge=judge)[0]
     rows = [{"model": name, "speech": f"real audio through the codec ({model.num_codebooks} codebooks)",
              "per %": percent(resynthesis["per"]), "95 % interval": "-", "duration ratio": 1.0,
@@ -60,7 +60,7 @@ def model_rows(name: str, folder: Path, judge, encoder, sampling: dict, args) ->
     used = model.sampling_with(**sampling)  # the flags given, over the model's recorded defaults
     results = {}
     for mode in args.modes:
-        result = evaluate_tts(model, tokenizer, judge, args.data, mode=mode, max_items=args.max_items,
+        result = evaluate_tts(model, tokenizer, judge, args.data, mode=mode, split=args.split, max_items=args.max_items,
                               batch_size=args.batch_size, seed=args.seed, speaker_encoder=encoder, **used)
         low, high = error_rate_interval(result["references"], result["hypotheses"], seed=args.seed)
         row = {"model": name, "speech": f"generated, {VOICES[mode]} ({describe(used)})",
@@ -96,7 +96,9 @@ def main() -> None:
     parser.add_argument("--judge", required=True, help="phoneme recognizer Hub folder")
     parser.add_argument("--speaker-encoder", help="speaker embedding model Hub folder (adds speaker similarity)")
     parser.add_argument("--data", default="data/speech")
-    parser.add_argument("--max-items", type=int, default=100, help="test utterances")
+    parser.add_argument("--split", choices=("valid", "test"), default="test",
+                        help="valid: to choose sampling settings without looking at the test sentences")
+    parser.add_argument("--max-items", type=int, default=100, help="held-out utterances")
     parser.add_argument("--modes", nargs="+", choices=MODES, default=list(MODES))
     parser.add_argument("--batch-size", type=int, default=16)
     parser.add_argument("--sampler", help="masked diffusion sampler (default: the model's recorded one)")
@@ -113,7 +115,7 @@ def main() -> None:
     torch.manual_seed(args.seed)
     judge = load_pretrained(args.judge)
     encoder = load_pretrained(args.speaker_encoder) if args.speaker_encoder else None
-    floor = evaluate_recognizer(judge, args.data, split="test", max_items=args.max_items)
+    floor = evaluate_recognizer(judge, args.data, split=args.split, max_items=args.max_items)
     rows = [{"model": "-", "speech": "real audio (floor)", "per %": percent(floor["per"]), "95 % interval": "-",
              "duration ratio": 1.0, "duration error": "-", "ended": "-", "generation_s": "-"}]
     sampling = {k: getattr(args, k) for k in SAMPLING_FLAGS if getattr(args, k) is not None}
@@ -121,7 +123,8 @@ def main() -> None:
     for name, folder in models.items():
         model_table, results[name] = model_rows(name, folder, judge, encoder, sampling, args)
         rows += model_table
-    text = (f"Test split of `{args.data}` ({floor['utterances']} held-out sentences); PER by `{args.judge}` with a "
+    text = (f"{args.split.capitalize()} split of `{args.data}` ({floor['utterances']} held-out sentences); "
+            f"PER by `{args.judge}` with a "
             "bootstrap 95 % interval over sentences; sampling (in brackets): each model's recorded defaults"
             + (f", overridden by {describe(sampling)}" if sampling else "")
             + f", seed {args.seed}. `duration ratio`: mean generated / real duration; `duration error`: mean "

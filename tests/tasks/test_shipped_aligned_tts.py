@@ -51,7 +51,7 @@ def test_the_aligned_release_says_new_sentences_at_their_real_length(name, new_s
     result = evaluate_tts(model, tokenizer, judge, new_sentences, split="train", max_items=8, batch_size=8,
                           **model.sampling_with())  # its recorded sampling, as `mmtok generate` uses it
     assert result["per"] <= highest_per, f"PER {result['per']:.3f}: {result['hypotheses'][:2]}"
-    assert result["duration_error"] < 0.2, f"lengths off by {result['duration_error']:.1%} on average"
+    assert result["duration_error"] < 0.1, f"lengths off by {result['duration_error']:.1%} on average (measured 2-3 %)"
 
 
 @pytest.mark.parametrize("name", ["tts-ar-xcodec-aligned", "tts-mdm-xcodec-aligned"])
