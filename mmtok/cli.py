@@ -107,6 +107,7 @@ def cmd_export(args: argparse.Namespace) -> None:
 
 def cmd_evaluate(args: argparse.Namespace) -> None:
     from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
+    from mmtok.codecs.seed import SeedTokenizer, evaluate_seed
     from mmtok.generators import TokenGenerator
     from mmtok.hub import load_pretrained
     from mmtok.judges.digits import DigitClassifier, evaluate_classifier
@@ -127,6 +128,8 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         scored = evaluate_speaker_encoder(model, args.data, split=args.split, max_items=args.max_items)
         per_speaker = scored.pop("per_speaker")
         rows = [{**scored, **{f"speaker_{name}": value for name, value in per_speaker.items()}}]
+    elif isinstance(model, SeedTokenizer):
+        rows = evaluate_seed(model, args.data, split=args.split, max_items=args.max_items, judge=judge)
     elif model.modality == "image":
         from mmtok.codecs.vq_image import evaluate_image_tokenizer
 
@@ -223,6 +226,19 @@ def cmd_encode(args: argparse.Namespace) -> None:
     print(f"wrote {written} token file(s) to {Path(args.output).resolve()}")
 
 
+def _decode_options(tokenizer, args: argparse.Namespace) -> dict:
+    """The decoding flags given (``--steps`` ...), each one the tokenizer's ``decode_options`` must name."""
+    given = {name: getattr(args, name) for name in ("sampler", "steps", "guidance", "seed")
+             if getattr(args, name) is not None}
+    for name, value in given.items():
+        if name not in tokenizer.decode_options:
+            raise UsageError(f"--{name}: {args.model} holds a {type(tokenizer).__name__}, whose decoding takes no "
+                             f"--{name} (it takes: {', '.join('--' + o for o in tokenizer.decode_options) or 'none'})")
+        if name == "steps" and value < 1:
+            raise UsageError(f"--steps {value}: must be ≥ 1")
+    return given
+
+
 def cmd_decode(args: argparse.Namespace) -> None:
     from mmtok.codecs.chunked import decode_chunks
     from mmtok.data.media_files import WRITE_SUFFIXES, write_media
@@ -232,13 +248,14 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from mmtok.tokens import Tokens
 
     tokenizer = load_pretrained(args.model)
+    options = _decode_options(tokenizer, args)
     pairs = _pairs(Path(args.input), Path(args.output), (".safetensors",), WRITE_SUFFIXES[tokenizer.modality])
 
     def decode(source: Path, target: Path) -> None:
         tokens = Tokens.load(source)
         tokenizer.check_tokens(tokens, source=str(source))
         if tokenizer.frame_rate is None:
-            media = tokenizer.decode(tokens, num_quantizers=args.num_quantizers)
+            media = tokenizer.decode(tokens, num_quantizers=args.num_quantizers, **options)
             write_media(target, media[0], tokenizer)
             return
         chunks = decode_chunks(tokenizer, tokens, chunk_seconds=args.chunk_seconds,
@@ -404,6 +421,11 @@ def build_parser() -> argparse.ArgumentParser:
         add_folder_arguments(p)
         if name == "decode":
             p.add_argument("--spectrogram", action="store_true", help="audio: also write a spectrogram png")
+            p.add_argument("--sampler", choices=("ddim", "dpm"),
+                           help="a diffusion de-tokenizer's sampler (SEED; default: the model's)")
+            p.add_argument("--steps", type=int, help="a diffusion de-tokenizer's steps (default: the model's)")
+            p.add_argument("--guidance", type=float, help="a diffusion de-tokenizer's classifier-free guidance")
+            p.add_argument("--seed", type=int, help="a diffusion de-tokenizer's noise seed (default: the model's)")
         p.set_defaults(func=func)
 
     tokenize = sub.add_parser("tokenize", help="encode a corpus once into a token cache for generator training")

@@ -15,6 +15,7 @@ import torch
 
 from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
 from mmtok.codecs.base import Tokenizer
+from mmtok.codecs.seed import SeedTokenizer, evaluate_seed
 from mmtok.errors import DataError, MissingFileError, UsageError
 from mmtok.generators import TokenGenerator
 from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class, round_to_half
@@ -159,8 +160,33 @@ def _speaker_card(encoder: SpeakerEncoder, data: str | None, split: str, max_ite
     return card
 
 
-CARD_BUILDERS = {Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card, TokenGenerator: _generator_card,
-                 DigitClassifier: _classifier_card, SpeakerEncoder: _speaker_card}
+def _seed_card(tokenizer: SeedTokenizer, data: str | None, split: str, max_items: int | None,
+               judge: str | None) -> dict:
+    n, size = tokenizer.num_queries, tokenizer.codebook_sizes[0]
+    card = {"description": (
+        f"A SEED tokenizer (Ge et al. 2023) trained with mmtok: {tokenizer.image_size[0]}x{tokenizer.image_size[1]} "
+        f"images -> {n} causal 1-D tokens (one codebook of {size} codes, "
+        f"{'causal' if tokenizer.qformer.causal else 'bidirectional'} Q-Former queries), decoded by a diffusion "
+        f"UNet de-tokenizer ({tokenizer.decode_defaults['sampler']}, {tokenizer.decode_defaults['steps']} steps by "
+        "default) that draws an image with the tokens' meaning, not their pixels."),
+        "usage": ("`mmtok encode MODEL image.png tokens.safetensors` and `mmtok decode MODEL tokens.safetensors "
+                  "image.png --steps 25` (files or folders); in Python `model.encode(images)` takes FloatTensor "
+                  "[B, C, H, W] in [0, 1] and gives codes [B, 1, N]; `model.decode(tokens, steps=, sampler=, seed=)`")}
+    if data is not None:
+        classifier = load_pretrained(judge) if judge else None
+        card["metrics"] = evaluate_seed(tokenizer, data, split=split, max_items=max_items, judge=classifier)
+        card["metrics_note"] = (
+            f"On the `{split}` split of `{data}`: zero-shot digit accuracy from the last query's embedding and from "
+            "the global embedding the tokens regress; caption -> image recall@k (a hit: an image of the caption's "
+            "digit); codebook usage and perplexity"
+            + (f"; `{judge}`'s accuracy on the images the de-tokenizer draws from the tokens and on the real ones, "
+               "and the Fréchet distance in its features to the train images of the drawn ones (frechet) and of the "
+               "real ones (frechet_real, the floor)" if judge else "") + ".")
+    return card
+
+
+CARD_BUILDERS = {SeedTokenizer: _seed_card, Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card,
+                 TokenGenerator: _generator_card, DigitClassifier: _classifier_card, SpeakerEncoder: _speaker_card}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,

@@ -37,6 +37,14 @@ class ReceptiveField:
             raise ValueError(f"a receptive field needs contexts ≥ 0 and alignment ≥ 1, got {self}")
 
 
+def check_image_batch(images: torch.Tensor, *, channels: int, image_size: tuple[int, int]) -> None:
+    """Raise ValueError unless ``images`` is [B, channels, H, W] with (H, W) == ``image_size``."""
+    expected = (channels, *image_size)
+    if images.dim() != 4 or tuple(images.shape[1:]) != expected:
+        raise ValueError(f"images must be [B, {expected[0]}, {expected[1]}, {expected[2]}] (B, C, H, W), "
+                         f"got shape {tuple(images.shape)}")
+
+
 class Tokenizer(nn.Module, HubMixin, ABC):
     """Media ⇄ discrete codes.
 
@@ -91,6 +99,9 @@ class Tokenizer(nn.Module, HubMixin, ABC):
         tokenizer is only ever run on whole inputs)."""
         return None
 
+    # keyword options of ``decode`` beyond num_quantizers that ``mmtok decode`` may pass (a diffusion
+    # de-tokenizer's sampler, steps, guidance, seed); none for a deterministic decoder
+    decode_options: tuple[str, ...] = ()
     dropped_code: int | None = None  # a code meaning "this codebook is not used here" (RVQ: -1), if any
 
     def check_tokens(self, tokens: Tokens, *, source: str = "tokens", allow_empty: bool = False) -> None:

@@ -40,7 +40,7 @@ from einops import rearrange
 from torch import nn
 from vector_quantize_pytorch import ResidualFSQ, ResidualLFQ
 
-from mmtok.codecs.base import Tokenizer
+from mmtok.codecs.base import Tokenizer, check_image_batch
 from mmtok.codecs.quantizers import dequantize, draw_dropout, nearest_codes, residual_vq, share_across_ranks
 from mmtok.tokens import Tokens
 
@@ -253,10 +253,7 @@ class VQImageTokenizer(Tokenizer):
 
     # -- pieces --------------------------------------------------------------------------------
     def _check_images(self, images: torch.Tensor) -> None:
-        expected = (self.channels, *self.image_size)
-        if images.dim() != 4 or tuple(images.shape[1:]) != expected:
-            raise ValueError(f"images must be [B, {expected[0]}, {expected[1]}, {expected[2]}] (B, C, H, W), "
-                             f"got shape {tuple(images.shape)}")
+        check_image_batch(images, channels=self.channels, image_size=self.image_size)
 
     def _latent(self, images: torch.Tensor) -> torch.Tensor:
         """images [B, C, H, W] in [0, 1] -> latent [B, D, h, w]."""
