@@ -273,7 +273,9 @@ class ImageDataset(ManifestDataset):
     when present. With ``image_size`` every image must have that (height, width): others raise
     MediaFileError naming the file, or with ``resize`` are resized (bilinear, antialiased). With
     ``skip_bad_files`` a bad file gives None (dropped by :func:`collate_images`), a logged warning
-    and one more :attr:`num_skipped`.
+    and one more :attr:`num_skipped`. With ``random_captions`` an entry's ``text`` is drawn anew, each
+    time it is loaded, from its ``captions`` (every phrasing), so that a model cannot tie an image to
+    one phrasing.
     """
 
     key = "image"
@@ -287,11 +289,13 @@ class ImageDataset(ManifestDataset):
         image_size: int | tuple[int, int] | None = None,
         resize: bool = False,
         skip_bad_files: bool = False,
+        random_captions: bool = False,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"ImageDataset: channels must be 1 or 3, got {channels}")
         super().__init__(entries, skip_bad_files=skip_bad_files)
         self.channels = channels
+        self.random_captions = random_captions
         self.image_size = _as_size(image_size, name="ImageDataset: image_size")
         self.resize = resize
 
@@ -309,6 +313,8 @@ class ImageDataset(ManifestDataset):
     def make_item(self, entry: dict, image: torch.Tensor) -> dict:
         item = {"image": image, "path": entry["image"]}
         item.update({key: entry[key] for key in ("text", "label") if key in entry})
+        if self.random_captions and entry.get("captions"):
+            item["text"] = random.choice(entry["captions"])
         return item
 
 
@@ -340,7 +346,8 @@ class ImageDataModule(ManifestDataModule):
     ``seed``) in ``path``. Images are loaded with ``channels`` 1 or 3 (converted as needed); with
     ``image_size`` they must have that size or, with ``resize``, are resized. With
     ``skip_bad_files`` bad manifest lines and bad files are skipped, logged and counted
-    (:attr:`num_skipped`); a batch whose items were all skipped arrives as None.
+    (:attr:`num_skipped`); a batch whose items were all skipped arrives as None. ``random_captions``:
+    training items draw their caption from every phrasing of theirs (see :class:`ImageDataset`).
     """
 
     key = "image"
@@ -364,6 +371,7 @@ class ImageDataModule(ManifestDataModule):
         embedded_source: str = "mnist",
         seed: int = 0,
         max_valid_items: int | None = None,
+        random_captions: bool = False,
     ) -> None:
         super().__init__(path=path, batch_size=batch_size, valid_batch_size=valid_batch_size, num_workers=num_workers,
                          skip_bad_files=skip_bad_files, build_embedded=build_embedded, seed=seed,
@@ -375,10 +383,12 @@ class ImageDataModule(ManifestDataModule):
         self.image_size = image_size
         self.resize = resize
         self.embedded_source = embedded_source
+        self.random_captions = random_captions
 
     def make_dataset(self, split: str, entries: list[dict]) -> ImageDataset:
         return ImageDataset(entries, channels=self.channels, image_size=self.image_size, resize=self.resize,
-                            skip_bad_files=self.skip_bad_files)
+                            skip_bad_files=self.skip_bad_files,
+                            random_captions=self.random_captions and split == "train")
 
     def build_corpus(self) -> None:
         build_digits_corpus(self.path, source=self.embedded_source, image_size=self.image_size, seed=self.seed)

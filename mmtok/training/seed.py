@@ -27,6 +27,7 @@ import torch.nn.functional as F
 from mmtok.codecs.seed import SeedTokenizer, contrastive_loss
 from mmtok.metrics.image import codebook_usage
 from mmtok.training.checkpoint import record_model
+from mmtok.training.classifier import random_shift
 from mmtok.training.media import log_image_examples
 from mmtok.training.optim import adamw_warmup_cosine
 
@@ -63,13 +64,14 @@ def retrieval_recall(text_embeds: torch.Tensor, image_embeds: torch.Tensor, text
 class SeedModule(L.LightningModule):
     """One SEED training stage (:data:`STAGES`). ``tokenizer`` builds a new one (stage 1); ``init_from``
     loads one from a Hub folder (any stage; required after stage 1). AdamW with linear warm-up then a
-    cosine decay over the run's steps, on the stage's parameters only."""
+    cosine decay over the run's steps, on the stage's parameters only. ``max_shift``: stage 1 moves each
+    training image by up to that many pixels (the images the later stages see are never moved)."""
 
     def __init__(self, *, stage: str, tokenizer: SeedTokenizer | None = None, init_from: str | None = None,
                  label_smoothing: float = 0.1, lambda_vq: float = 5.0, lambda_global: float = 0.5,
                  lambda_cosine: float = 2.0, condition_dropout: float = 0.1, lr: float = 5e-4,
                  weight_decay: float = 0.05, warmup_steps: int = 100, num_logged_examples: int = 10,
-                 decode_steps: int = 25):
+                 decode_steps: int = 25, max_shift: int = 0):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -91,6 +93,7 @@ class SeedModule(L.LightningModule):
             parameter.requires_grad_(name in TRAINED[stage])
         self._validation: dict[str, list] = {}
         self._noise_scheduler = tokenizer.noise_scheduler()
+        self.train()  # Lightning keeps the modes it finds, and a loaded tokenizer comes in eval mode
 
     def train(self, mode: bool = True):
         """Frozen children stay in eval mode (no dropout, no EMA codebook updates)."""
@@ -150,6 +153,8 @@ class SeedModule(L.LightningModule):
         if stage == "contrastive":
             if "text" not in batch:
                 raise ValueError("stage 'contrastive' needs captions: the corpus has no 'text' per image")
+            if self.training and self.hparams.max_shift:
+                images = random_shift(images, self.hparams.max_shift)
             return self.contrastive_losses(images, batch["text"])
         if stage == "tokens":
             return self.token_losses(images)

@@ -129,6 +129,7 @@ def test_detokenizer_loss_falls(tmp_path, digits):
 
     tiny().save_pretrained(tmp_path / "seed")
     module = SeedModule(stage="detokenizer", init_from=str(tmp_path / "seed"), lr=3e-3, condition_dropout=0.0)
+    assert module.tokenizer.unet.training and not module.tokenizer.qformer.training and not module.tokenizer.vq.training
     trainable = [p for p in module.tokenizer.parameters() if p.requires_grad]
     assert trainable and all(p is q for p, q in zip(trainable, module.tokenizer.unet.parameters()))
     data = ImageDataModule(path=str(digits), channels=1, image_size=32, batch_size=32)
