@@ -57,6 +57,21 @@ def test_captions_name_the_digit_in_several_phrasings():
     assert digit_captions(7)[0] == "a handwritten digit seven"
 
 
+def test_random_captions_draw_every_phrasing_in_training_only(digits):
+    from mmtok.data.images import ImageDataModule
+
+    module = ImageDataModule(path=str(digits), channels=1, random_captions=True)
+    module.setup()
+    train, valid = module.datasets["train"], module.datasets["valid"]
+    entry = train.entries[0]
+    drawn = {train[0]["text"] for _ in range(60)}
+    assert drawn == set(entry["captions"]), "all 5 phrasings come up, nothing else"
+    assert {valid[0]["text"] for _ in range(10)} == {valid.entries[0]["text"]}, "evaluation keeps the fixed caption"
+    fixed = ImageDataModule(path=str(digits), channels=1)
+    fixed.setup()
+    assert {fixed.datasets["train"][0]["text"] for _ in range(10)} == {entry["text"]}
+
+
 def test_manifest_matches_the_source_pixels_and_labels(digits):
     rows = _rows(digits / "manifest.jsonl")
     images, labels = load_digit_source("mnist")
