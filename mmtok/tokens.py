@@ -69,6 +69,12 @@ class Tokens:
         return replace(self, codes=self.codes.to(device), lengths=move(self.lengths),
                        media_lengths=move(self.media_lengths))
 
+    def first_codebooks(self, count: int) -> Tokens:
+        """The same tokens from their first ``count`` codebooks only (the coarse levels of an RVQ)."""
+        if not 1 <= count <= self.num_codebooks:
+            raise ValueError(f"Tokens have {self.num_codebooks} codebooks, asked for the first {count}")
+        return replace(self, codes=self.codes[:, :count])
+
     def __getitem__(self, index: int) -> Tokens:
         """Item ``index`` of the batch, trimmed to its valid length, as a batch of one."""
         index = range(self.batch_size)[index]  # negative counts from the end; out of range raises IndexError

@@ -1,4 +1,4 @@
-"""Shared fixtures: a tiny real speech corpus and the arguments of a tiny codec recipe."""
+"""Shared fixtures: a tiny real speech corpus, the arguments of a tiny codec recipe, the digits' test split."""
 
 from __future__ import annotations
 
@@ -33,6 +33,20 @@ def single_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="session")
+def digit_test_split() -> tuple[torch.Tensor, torch.Tensor]:
+    """The test split of the digits corpus (`mmtok data digits --image-size 32`: MNIST padded to 32 x 32,
+    seed 0), built in memory: images [500, 1, 32, 32] in [0, 1] and labels [500]."""
+    import numpy as np
+
+    from mmtok.data.images import digit_splits, fit_size, load_digit_source
+
+    images, labels = load_digit_source("mnist")
+    test = [i for i, split in enumerate(digit_splits(labels, seed=0)) if split == "test"]
+    pixels = np.stack([fit_size(images[i], size=32, mode="pad") for i in test]).astype(np.float32) / 255.0
+    return torch.from_numpy(pixels)[:, None], torch.from_numpy(labels[test].copy())
 
 
 @pytest.fixture(scope="session")

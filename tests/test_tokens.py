@@ -44,6 +44,16 @@ def test_grid_becomes_int_tuple_and_facts():
     assert (tokens.batch_size, tokens.num_codebooks, tokens.num_steps) == (2, 3, 5)
 
 
+def test_first_codebooks_keeps_the_coarse_levels_and_the_metadata():
+    tokens = _tokens()
+    coarse = tokens.first_codebooks(2)
+    assert torch.equal(coarse.codes, tokens.codes[:, :2]) and torch.equal(coarse.lengths, tokens.lengths)
+    assert (coarse.grid, coarse.frame_rate, coarse.sample_rate) == (tokens.grid, tokens.frame_rate, tokens.sample_rate)
+    for count in (0, 4):
+        with pytest.raises(ValueError, match="3 codebooks"):
+            tokens.first_codebooks(count)
+
+
 def _assert_equal(a: Tokens, b: Tokens) -> None:
     assert torch.equal(a.codes, b.codes) and a.codes.dtype == b.codes.dtype == torch.long
     for name in ("lengths", "media_lengths"):

@@ -84,7 +84,8 @@ class ImageTask(Task):
         images per request of :meth:`evaluation_requests`, the judge's accuracy on them (overall and per
         label) and their Fréchet distance to the real train images in the judge's feature space, with the
         time they took; next to the floor (the real test images against the same train images) and the
-        tokenizer's ceiling (its reconstructions of the test images, against them too). Every distance is
+        tokenizer's ceiling (its reconstructions of the test images from the codebooks the generator
+        draws, against them too). Every distance is
         to the train images, so the three compare alike: the distance of reconstructions to the very
         images they reconstruct would be far below anything a generator can reach. ``max_items`` is not
         used (every test image counts)."""
@@ -96,7 +97,8 @@ class ImageTask(Task):
         test, test_labels = labelled_images(data, split="test", channels=judge.channels)
         train, _ = labelled_images(data, split="train", channels=judge.channels)
         with torch.no_grad():
-            recon = torch.cat([tokenizer.decode(tokenizer.encode(test[i:i + batch_size])).clamp(0, 1)
+            recon = torch.cat([tokenizer.decode(tokenizer.encode(test[i:i + batch_size])
+                                                .first_codebooks(generator.num_codebooks)).clamp(0, 1)
                                for i in range(0, len(test), batch_size)])
         rows = [{"images": "real test vs real train (floor)", "count": len(test),
                  "accuracy": classifier_accuracy(test, test_labels, judge),

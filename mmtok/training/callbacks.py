@@ -24,7 +24,8 @@ class RunCheckpoint(ModelCheckpoint):
 
 class PlainProgress(L.Callback):
     """One line per ``every_n_steps`` training steps on stdout when it is not a terminal (a log file,
-    CI): ``fit step 500/4000 (12 %) | train/loss 2.345 | 1.02 s/step | 59.5 min left``.
+    CI): ``fit step 500/4000 (12 %) | train/loss 2.345 | 1.02 s/step | 59.5 min left``, and one line of
+    validation metrics after each validation.
 
     Lightning's progress bar (rich, when installed) draws only in a terminal, so a run sent to a file
     showed nothing until it ended. ``every_n_steps`` defaults to the trainer's ``log_every_n_steps``;
@@ -61,4 +62,17 @@ class PlainProgress(L.Callback):
         parts.append(f"{rate:.3g} s/step")
         if trainer.max_steps and trainer.max_steps > step:
             parts.append(f"{rate * (trainer.max_steps - step) / 60:.1f} min left")
+        print(" | ".join(parts), file=stream, flush=True)
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """``validation at step 500 | val/loss 1.234 | ...``: the validation metrics, which otherwise reach
+        only the logger (a plain log never showed whether a run had started to overfit)."""
+        import sys
+
+        stream = self.stream or sys.stdout
+        if not trainer.is_global_zero or not self._enabled(stream) or trainer.sanity_checking:
+            return
+        parts = [f"validation at step {trainer.global_step}"]
+        parts += [f"{name} {float(value):.4g}" for name, value in sorted(trainer.callback_metrics.items())
+                  if name.startswith("val") and getattr(value, "numel", lambda: 1)() == 1]
         print(" | ".join(parts), file=stream, flush=True)

@@ -5,12 +5,10 @@ from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 
 from conftest import REPO
-from mmtok.data.images import digit_splits, fit_size, load_digit_source
 from mmtok.hub import load_pretrained
 
 CHECKPOINT = REPO / "checkpoints" / "vq-digits"
@@ -20,16 +18,6 @@ JUDGE = REPO / "checkpoints" / "digit-classifier"
 @pytest.fixture(scope="module")
 def shipped():
     return load_pretrained(CHECKPOINT)
-
-
-@pytest.fixture(scope="module")
-def test_digits() -> tuple[torch.Tensor, torch.Tensor]:
-    """The test split of the digits corpus (`mmtok data digits --image-size 32`: MNIST padded to 32 x 32,
-    seed 0), built in memory: images [500, 1, 32, 32] in [0, 1] and labels [500]."""
-    images, labels = load_digit_source("mnist")
-    test = [i for i, split in enumerate(digit_splits(labels, seed=0)) if split == "test"]
-    pixels = np.stack([fit_size(images[i], size=32, mode="pad") for i in test]).astype(np.float32) / 255.0
-    return torch.from_numpy(pixels)[:, None], torch.from_numpy(labels[test].copy())
 
 
 def test_the_release_is_a_small_self_describing_hub_folder(shipped):
@@ -42,8 +30,8 @@ def test_the_release_is_a_small_self_describing_hub_folder(shipped):
     assert "## Measured metrics" in card and "## Quality (bench/image_tokenizer_quality.py)" in card
 
 
-def test_round_trip_keeps_the_digits_readable(shipped, test_digits):
-    images, labels = test_digits
+def test_round_trip_keeps_the_digits_readable(shipped, digit_test_split):
+    images, labels = digit_test_split
     judge = load_pretrained(JUDGE)
     tokens = shipped.encode(images)
     assert tokens.codes.shape == (500, shipped.num_codebooks, 64) and tokens.grid == (8, 8)
