@@ -6,7 +6,6 @@ from __future__ import annotations
 import json
 
 import pytest
-import torch
 
 from conftest import REPO
 from mmtok.hub import load_pretrained
