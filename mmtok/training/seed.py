@@ -65,13 +65,14 @@ class SeedModule(L.LightningModule):
     """One SEED training stage (:data:`STAGES`). ``tokenizer`` builds a new one (stage 1); ``init_from``
     loads one from a Hub folder (any stage; required after stage 1). AdamW with linear warm-up then a
     cosine decay over the run's steps, on the stage's parameters only. ``max_shift``: stage 1 moves each
-    training image by up to that many pixels (the images the later stages see are never moved)."""
+    training image by up to that many pixels (the images the later stages see are never moved).
+    ``prediction`` (stage ``detokenizer`` only): what the UNet learns, over the loaded tokenizer's."""
 
     def __init__(self, *, stage: str, tokenizer: SeedTokenizer | None = None, init_from: str | None = None,
                  label_smoothing: float = 0.1, lambda_vq: float = 5.0, lambda_global: float = 0.5,
                  lambda_cosine: float = 2.0, condition_dropout: float = 0.1, lr: float = 5e-4,
                  weight_decay: float = 0.05, warmup_steps: int = 100, num_logged_examples: int = 10,
-                 decode_steps: int = 25, max_shift: int = 0):
+                 decode_steps: int = 25, max_shift: int = 0, prediction: str | None = None):
         super().__init__()
         if stage not in STAGES:
             raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
@@ -86,6 +87,10 @@ class SeedModule(L.LightningModule):
             tokenizer = load_pretrained(init_from)
             if not isinstance(tokenizer, SeedTokenizer):
                 raise ValueError(f"init_from {init_from}: holds a {type(tokenizer).__name__}, expected a SeedTokenizer")
+        if prediction is not None:
+            if stage != "detokenizer":
+                raise ValueError(f"prediction sets what the de-tokenizer learns: stage 'detokenizer', not {stage!r}")
+            tokenizer.set_prediction(prediction)
         self.tokenizer = tokenizer
         for name, child in tokenizer.named_children():
             child.requires_grad_(name in TRAINED[stage])
@@ -145,7 +150,8 @@ class SeedModule(L.LightningModule):
         x0, noise = images * 2.0 - 1.0, torch.randn_like(images)
         t = torch.randint(0, scheduler.config.num_train_timesteps, (len(images),), device=images.device)
         noisy = scheduler.add_noise(x0, noise, t)
-        loss = F.mse_loss(tok.denoise(noisy, t, queries, global_embedding), noise)
+        target = tok.diffusion_target(x0, noise, t, scheduler)
+        loss = F.mse_loss(tok.denoise(noisy, t, queries, global_embedding), target)
         return loss, {}
 
     def _loss(self, batch: dict) -> tuple[torch.Tensor, dict]:

@@ -148,6 +148,23 @@ def test_detokenizer_loss_falls(tmp_path, digits):
     assert sum(losses[-10:]) / 10 < 0.6 * sum(losses[:5]) / 5, losses
 
 
+@pytest.mark.parametrize("prediction", ["v_prediction", "epsilon", "sample"])
+def test_diffusion_target_by_hand_and_recorded_by_the_detokenizer_stage(tmp_path, prediction):
+    tiny().save_pretrained(tmp_path / "seed")
+    module = SeedModule(stage="detokenizer", init_from=str(tmp_path / "seed"), prediction=prediction)
+    tokenizer, scheduler = module.tokenizer, module.tokenizer.noise_scheduler()
+    x0, noise, t = torch.rand(3, 1, 32, 32) * 2 - 1, torch.randn(3, 1, 32, 32), torch.tensor([0, 500, 999])
+    alpha_bar = scheduler.alphas_cumprod[t].view(-1, 1, 1, 1)
+    expected = {"epsilon": noise, "sample": x0,  # v = √ᾱ·ε − √(1−ᾱ)·x₀ (Salimans & Ho 2022, §4)
+                "v_prediction": alpha_bar.sqrt() * noise - (1 - alpha_bar).sqrt() * x0}[prediction]
+    assert torch.allclose(tokenizer.diffusion_target(x0, noise, t, scheduler), expected, atol=1e-5)
+    assert tokenizer.hub_config["prediction"] == prediction == scheduler.config.prediction_type
+    tokenizer.save_pretrained(tmp_path / "out")
+    assert load_pretrained(tmp_path / "out").schedule["prediction_type"] == prediction
+    with pytest.raises(ValueError, match="stage 'detokenizer'"):
+        SeedModule(stage="tokens", init_from=str(tmp_path / "seed"), prediction=prediction)
+
+
 def test_hub_round_trip_decodes_the_same_images(tmp_path):
     model = tiny().train()
     model.quantize(model.image_features(torch.rand(8, 1, 32, 32))[1])  # a k-means initialised codebook
