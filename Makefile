@@ -66,9 +66,11 @@ demo: $(STAMP)
 	@echo "demo outputs (wavs, spectrogram pngs, metrics.md, Hub folders, tts/, images/): $(abspath $(DEMO_OUT))"
 
 ## Images: build the digits corpus, fine-tune the shipped VQ image tokenizer briefly and measure it; fine-tune the
-## shipped class-conditional AR and masked diffusion generators on the shipped tokenizer's tokens, then write a
-## 10 x 10 class grid from each (AR; masked diffusion with its MaskGIT default), a 10 x 4 one with the
-## first-hitting sampler (128 calls per batch: the slow one) and the judge's metrics table to $(DEMO_OUT)/images.
+## shipped class-conditional AR and masked diffusion generators on the shipped tokenizer's tokens and the AR over
+## SEED's 16 causal tokens, then write a 10 x 10 class grid from each VQ generator (AR; masked diffusion with its
+## MaskGIT default), a 10 x 4 one with the first-hitting sampler (128 calls per batch: the slow one), a 10 x 4 one
+## from the SEED AR (its de-tokenizer draws each digit, 25 DDIM steps) and the judge's metrics table to
+## $(DEMO_OUT)/images.
 demo-images: $(STAMP)
 	$(BIN)/mmtok data digits --out data/digits --image-size 32
 	rm -rf $(DEMO_RUN)/images
@@ -80,8 +82,9 @@ demo-images: $(STAMP)
 	$(BIN)/mmtok export $(DEMO_RUN)/images/vq/checkpoints/last.ckpt $(DEMO_OUT)/images/vq-model
 	$(BIN)/mmtok evaluate $(DEMO_OUT)/images/vq-model data/digits --judge checkpoints/digit-classifier \
 	  --out $(DEMO_OUT)/images/tokenizer
-	for family in ar mdm; do \
-	  $(BIN)/mmtok fit -c recipes/images/$${family}_digits.yaml --model.init_args.init_from checkpoints/digits-$$family \
+	for pair in ar_digits:ar mdm_digits:mdm ar_digits_seed:ar-seed; do \
+	  recipe=$${pair%%:*}; family=$${pair##*:}; \
+	  $(BIN)/mmtok fit -c recipes/images/$$recipe.yaml --model.init_args.init_from checkpoints/digits-$$family \
 	    --model.init_args.lr 0.0002 --model.init_args.warmup_steps 10 \
 	    --trainer.max_steps $(DEMO_IMAGE_STEPS) --trainer.val_check_interval $(DEMO_IMAGE_STEPS) \
 	    --trainer.limit_val_batches 1 --trainer.default_root_dir $(DEMO_RUN)/images/$$family \
@@ -95,6 +98,8 @@ demo-images: $(STAMP)
 	  --sampler fhs --out $(DEMO_OUT)/images/mdm_fhs
 	$(BIN)/mmtok generate $(DEMO_OUT)/images/digits-mdm --tokenizer checkpoints/vq-digits --num-samples 10 \
 	  --sampler maskgit --out $(DEMO_OUT)/images/mdm_maskgit
+	$(BIN)/mmtok generate $(DEMO_OUT)/images/digits-ar-seed --tokenizer checkpoints/seed-digits --num-samples 4 \
+	  --out $(DEMO_OUT)/images/ar_seed
 	$(BIN)/python bench/image_generators.py --model ar=$(DEMO_OUT)/images/digits-ar \
 	  --model mdm=$(DEMO_OUT)/images/digits-mdm --judge checkpoints/digit-classifier --data data/digits \
 	  --samplers maskgit --samples-per-class 10 --out $(DEMO_OUT)/images/metrics.md

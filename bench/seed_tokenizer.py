@@ -1,6 +1,6 @@
 """SEED keeps meaning, the VQ grid keeps pixels: both tokenizers side by side on the digits' test split.
 
-For SEED (its de-tokenizer at each of ``--steps``, DDIM, and DPM-Solver at the smallest) and for the VQ
+For SEED (its de-tokenizer at each of ``--steps`` with DPM-Solver and with DDIM) and for the VQ
 tokenizer (from its first 1 .. Q codebooks): tokens and bits per image, the digit judge's accuracy on the
 decoded images, the Fréchet distance in the judge's features of the decoded images to the train images,
 PSNR, and decoding speed (images/s, and its ratio to the VQ decoder's, measured in the same run). The
@@ -63,7 +63,7 @@ def measure(seed, vq, judge, args) -> tuple[list[dict], int]:
         rows.append(row(f"VQ grid, {n} codebook(s)", vq_codes.shape[-1] * n, bits, decoded, speed, **common))
     codes = torch.cat([seed.encode(test[s:s + args.batch_size]).codes for s in range(0, len(test), args.batch_size)])
     bits = codes.shape[-1] * math.log2(seed.codebook_sizes[0])
-    settings = [("ddim", steps) for steps in args.steps] + [("dpm", min(args.steps))]
+    settings = [(sampler, steps) for sampler in ("dpm", "ddim") for steps in args.steps]
     for sampler, steps in settings:
         decoded, speed = decode_all(seed, codes, args.batch_size, sampler=sampler, steps=steps, seed=args.noise_seed)
         rows.append(row(f"SEED, {sampler} {steps} steps", codes.shape[-1], bits, decoded, speed, **common))
@@ -78,7 +78,8 @@ def main() -> None:
     parser.add_argument("--vq", required=True, help="VQ image tokenizer Hub folder")
     parser.add_argument("--judge", required=True, help="digit classifier Hub folder")
     parser.add_argument("--data", default="data/digits")
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50], help="de-tokenizer DDIM steps")
+    parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50],
+                        help="de-tokenizer steps (each with DPM-Solver and DDIM)")
     parser.add_argument("--noise-seed", type=int, default=0, help="the de-tokenizer's noise")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)

@@ -101,7 +101,8 @@ def cmd_export(args: argparse.Namespace) -> None:
 
     folder = export_checkpoint(args.checkpoint, args.out_dir, data=args.data, split=args.split,
                                max_items=args.max_items, judge=args.judge, half=args.half,
-                               sampling=parse_settings(args.sampling, flag="--sampling"))
+                               sampling=parse_settings(args.sampling, flag="--sampling"),
+                               decoding=parse_settings(args.decoding, flag="--decoding"))
     print(f"Hub folder written to {folder}")
 
 
@@ -377,6 +378,9 @@ def build_parser() -> argparse.ArgumentParser:
     export.add_argument("--sampling", nargs="+", default=[], metavar="KEY=VALUE",
                         help="generators: default sampling settings recorded in the config, e.g. cfg_scale=3 "
                              "sampler=maskgit (what `mmtok generate` uses unless a flag says otherwise)")
+    export.add_argument("--decoding", nargs="+", default=[], metavar="KEY=VALUE",
+                        help="diffusion de-tokenizers (SEED): default decoding settings recorded in the config, "
+                             "e.g. sampler=dpm steps=25 (what `mmtok decode` uses unless a flag says otherwise)")
     export.set_defaults(func=cmd_export)
 
     evaluate = sub.add_parser("evaluate", help="measure a tokenizer (audio at several bitrates, images), a "

@@ -191,12 +191,21 @@ CARD_BUILDERS = {SeedTokenizer: _seed_card, Tokenizer: _codec_card, PhonemeRecog
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,
                       split: str = "test", max_items: int | None = None, judge: str | None = None,
-                      half: bool = False, sampling: dict | None = None) -> Path:
+                      half: bool = False, sampling: dict | None = None, decoding: dict | None = None) -> Path:
     """Write ``out_dir`` as a Hub folder; with ``data``, measure metrics on its ``split`` for the card
     (for a codec, with ``judge``, a phoneme recognizer folder, also the PER of its reconstructions).
     ``half`` stores the weights in float16; the metrics are then measured with the rounded weights.
-    ``sampling``: a generator's default sampling settings (:meth:`TokenGenerator.record_sampling`)."""
+    ``sampling``: a generator's default sampling settings (:meth:`TokenGenerator.record_sampling`);
+    ``decoding``: a de-tokenizer's default decoding settings (its ``record_decoding``)."""
     model, ckpt = load_model_from_checkpoint(checkpoint)
+    if decoding:
+        if not getattr(model, "decode_options", ()):
+            raise UsageError(f"--decoding: {checkpoint} holds a {type(model).__name__}, which has no decoding "
+                             "settings (a diffusion de-tokenizer such as SEED's has)")
+        try:
+            model.record_decoding(**decoding)
+        except ValueError as error:
+            raise UsageError(f"--decoding: {error}") from None
     if sampling:
         if not isinstance(model, TokenGenerator):
             raise UsageError(f"--sampling: {checkpoint} holds a {type(model).__name__}, not a generator")

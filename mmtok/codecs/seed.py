@@ -473,6 +473,19 @@ class SeedTokenizer(Tokenizer):
 
     decode_options = ("sampler", "steps", "guidance", "seed")
 
+    def record_decoding(self, **settings) -> None:
+        """Set default decoding settings (keys of :attr:`decode_options`), recorded in the saved config as
+        ``decode_<key>`` (``mmtok export --decoding sampler=dpm steps=25``)."""
+        unknown = sorted(set(settings) - set(self.decode_options))
+        if unknown:
+            raise ValueError(f"unknown decoding settings {unknown}; expected some of {list(self.decode_options)}")
+        if "sampler" in settings and settings["sampler"] not in SAMPLERS:
+            raise ValueError(f"sampler must be one of {SAMPLERS}, got {settings['sampler']!r}")
+        if "steps" in settings and int(settings["steps"]) < 1:
+            raise ValueError(f"steps must be ≥ 1, got {settings['steps']}")
+        self.decode_defaults = {**self.decode_defaults, **settings}
+        self.record_config(**{f"decode_{key}": value for key, value in settings.items()})
+
     @torch.no_grad()
     def decode(self, tokens: Tokens, *, num_quantizers: int | None = None, sampler: str | None = None,
                steps: int | None = None, guidance: float | None = None, seed: int | None = None,

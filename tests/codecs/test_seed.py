@@ -165,6 +165,20 @@ def test_diffusion_target_by_hand_and_recorded_by_the_detokenizer_stage(tmp_path
         SeedModule(stage="tokens", init_from=str(tmp_path / "seed"), prediction=prediction)
 
 
+def test_recorded_decoding_settings_are_the_loaded_defaults(tmp_path):
+    tokenizer = tiny()
+    tokenizer.record_decoding(sampler="dpm", steps=2)
+    tokenizer.save_pretrained(tmp_path / "seed")
+    loaded = load_pretrained(tmp_path / "seed")
+    assert loaded.decode_defaults == {"sampler": "dpm", "steps": 2, "guidance": 1.0, "seed": 0}
+    tokens = loaded.encode(torch.rand(2, 1, 32, 32))
+    assert torch.equal(loaded.decode(tokens), loaded.decode(tokens, sampler="dpm", steps=2, seed=0))
+    for bad, match in [({"temperature": 1}, "unknown decoding settings"), ({"sampler": "euler"}, "sampler"),
+                       ({"steps": 0}, "steps")]:
+        with pytest.raises(ValueError, match=match):
+            tokenizer.record_decoding(**bad)
+
+
 def test_hub_round_trip_decodes_the_same_images(tmp_path):
     model = tiny().train()
     model.quantize(model.image_features(torch.rand(8, 1, 32, 32))[1])  # a k-means initialised codebook
