@@ -58,12 +58,14 @@ def main() -> None:
             measured = task.evaluate(generator, tokenizer, judge, args.data, samples_per_request=args.samples_per_class,
                                      rng=torch.Generator().manual_seed(args.seed), **sampling)
             for row in measured:
-                key = row["images"] if not row["images"].startswith("generated") else (name, sampler)
+                generated = row["images"].startswith("generated")
+                ceiling = row["images"].startswith("tokenizer")  # one per tokenizer (and codebooks drawn)
+                drawn = (generator.tokenizer_id, generator.num_codebooks) if ceiling else ""
+                key = (name, sampler) if generated else (row["images"], drawn)
                 if key in seen:
                     continue
                 seen.add(key)
-                generated = row["images"].startswith("generated")
-                rows.append({"model": name if generated else "-", **row,
+                rows.append({"model": name if generated or ceiling else "-", **row,
                              "sampling": describe_sampling(sampling) if generated else "-"})
     summary = ["model", "images", "sampling", "count", "accuracy", "frechet_distance", "images_per_s", "seconds",
                "denoiser_calls"]

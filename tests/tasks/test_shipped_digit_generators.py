@@ -1,6 +1,7 @@
-"""The released class-conditional digit generators (checkpoints/digits-ar, checkpoints/digits-mdm):
-small Hub folders that name the shipped VQ tokenizer, record the sampling their cards were measured
-with, and draw digits the shipped judge reads as the class asked for."""
+"""The released class-conditional digit generators (checkpoints/digits-ar and digits-mdm over the VQ
+grid, digits-ar-seed over SEED's 1-D tokens): small Hub folders that name the shipped tokenizer, record
+the sampling their cards were measured with, and draw digits the shipped judge reads as the class asked
+for."""
 
 from __future__ import annotations
 
@@ -15,10 +16,12 @@ from mmtok.tasks import build_task
 from mmtok.tasks.images import generate_images
 
 JUDGE = REPO / "checkpoints" / "digit-classifier"
-RELEASES = {"digits-ar": ("mmtok.ar.model.ARGenerator", "autoregressive"),
-            "digits-mdm": ("mmtok.diffusion.model.MaskedDiffusionGenerator", "maskgit")}
-# Below the judge's accuracy on 1,000 samples each (docs/benchmarks.md: 0.767 and 0.964), with room for 50 samples.
-MINIMUM_ACCURACY = {"digits-ar": 0.6, "digits-mdm": 0.85}
+RELEASES = {"digits-ar": ("mmtok.ar.model.ARGenerator", "autoregressive", "checkpoints/vq-digits", [8, 8]),
+            "digits-mdm": ("mmtok.diffusion.model.MaskedDiffusionGenerator", "maskgit", "checkpoints/vq-digits",
+                           [8, 8]),
+            "digits-ar-seed": ("mmtok.ar.model.ARGenerator", "autoregressive", "checkpoints/seed-digits", [16])}
+# Below the judge's accuracy on 1,000 samples each (docs/benchmarks.md: 0.767, 0.964 and SEED's), with room for 50.
+MINIMUM_ACCURACY = {"digits-ar": 0.6, "digits-mdm": 0.85, "digits-ar-seed": 0.7}
 
 
 @pytest.mark.parametrize("name", sorted(RELEASES))
@@ -28,7 +31,7 @@ def test_the_release_is_a_small_hub_folder_naming_the_shipped_tokenizer(name):
     assert (folder / "model.safetensors").stat().st_size <= 10 * 2**20
     config = json.loads((folder / "config.json").read_text())
     assert config["mmtok_class"] == RELEASES[name][0]
-    assert config["tokenizer"] == "checkpoints/vq-digits" and config["grid"] == [8, 8]
+    assert (config["tokenizer"], config["grid"]) == RELEASES[name][2:]
     assert config["task"]["class_path"] == "mmtok.tasks.images.ClassToImage"
     assert config["sampling"]["sampler"] == RELEASES[name][1] and config["sampling"]["cfg_scale"] > 1
     assert "## Samples judged (bench/image_generators.py)" in (folder / "README.md").read_text()
