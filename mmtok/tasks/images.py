@@ -85,10 +85,9 @@ class ImageTask(Task):
         label) and their Fréchet distance to the real train images in the judge's feature space, with the
         time they took; next to the floor (the real test images against the same train images) and the
         tokenizer's ceiling (its reconstructions of the test images from the codebooks the generator
-        draws, against them too). Every distance is
-        to the train images, so the three compare alike: the distance of reconstructions to the very
-        images they reconstruct would be far below anything a generator can reach. ``max_items`` is not
-        used (every test image counts)."""
+        draws, against them too). Every distance is to the train images, so the three compare alike: the
+        distance of reconstructions to the very images they reconstruct would be far below anything a
+        generator can reach. ``max_items`` is not used (every test image counts)."""
         import time
 
         from mmtok.judges.digits import labelled_images
