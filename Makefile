@@ -69,7 +69,7 @@ demo: $(STAMP)
 ## shipped class-conditional AR and masked diffusion generators on the shipped tokenizer's tokens and the AR over
 ## SEED's 16 causal tokens, then write a 10 x 10 class grid from each VQ generator (AR; masked diffusion with its
 ## MaskGIT default), a 10 x 4 one with the first-hitting sampler (128 calls per batch: the slow one), a 10 x 4 one
-## from the SEED AR (its de-tokenizer draws each digit, 25 DDIM steps) and the judge's metrics table to
+## from the SEED AR (its de-tokenizer draws each digit, 25 DPM-Solver steps) and the judge's metrics table to
 ## $(DEMO_OUT)/images.
 demo-images: $(STAMP)
 	$(BIN)/mmtok data digits --out data/digits --image-size 32

@@ -55,6 +55,11 @@ SAMPLERS = ("ddim", "dpm")  # diffusers' DDIMScheduler and DPMSolverMultistepSch
 PREDICTIONS = ("v_prediction", "epsilon", "sample")  # what the UNet predicts (diffusers' prediction_type)
 
 
+def _check_prediction(prediction: str) -> None:
+    if prediction not in PREDICTIONS:
+        raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+
+
 def contrastive_loss(image_embeds: torch.Tensor, text_embeds: torch.Tensor, temperature: torch.Tensor, *,
                      label_smoothing: float = 0.1) -> torch.Tensor:
     """BLIP-2's / SEED's image-text contrastive loss: item i's image and text are the positive pair, every
@@ -278,8 +283,7 @@ class SeedTokenizer(Tokenizer):
         size = (image_size, image_size) if isinstance(image_size, int) else tuple(int(s) for s in image_size)
         if decode_sampler not in SAMPLERS:
             raise ValueError(f"decode_sampler must be one of {SAMPLERS}, got {decode_sampler!r}")
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        _check_prediction(prediction)
         if len(unet_attention) != len(unet_channels):
             raise ValueError(f"unet_attention needs one entry per level of unet_channels {list(unet_channels)}")
         self.image_size, self.channels, self.num_queries = size, channels, num_queries
@@ -413,8 +417,7 @@ class SeedTokenizer(Tokenizer):
     def set_prediction(self, prediction: str) -> None:
         """Change what the (not yet trained) UNet predicts, recorded in the saved config: the de-tokenizer
         stage picks it for a tokenizer exported by an earlier stage."""
-        if prediction not in PREDICTIONS:
-            raise ValueError(f"prediction must be one of {PREDICTIONS}, got {prediction!r}")
+        _check_prediction(prediction)
         self.schedule = {**self.schedule, "prediction_type": prediction}
         self.record_config(prediction=prediction)
 
