@@ -52,6 +52,8 @@ def _codec_card(codec: Tokenizer, data: str | None, split: str, max_items: int |
 
     if codec.modality == "image":
         return _image_tokenizer_card(codec, data, split, max_items, judge)
+    if codec.modality == "video":
+        return _video_tokenizer_card(codec, data, split, max_items, judge)
     card = {"description": (
         f"A `{type(codec).__name__}` trained with mmtok: {codec.num_codebooks} codebooks of "
         f"{codec.codebook_sizes[0]} codes at {codec.frame_rate:g} frames/s ({codec.sample_rate} Hz audio); "
@@ -86,6 +88,32 @@ def _image_tokenizer_card(tokenizer: Tokenizer, data: str | None, split: str, ma
                                 "(L1 and MSE of pixels in [0, 1]; PSNR in dB; usage: fraction of codebook n's "
                                 "codes used, perplexity: exp of their entropy"
                                 + (f"; judge_accuracy: `{judge}`'s accuracy on them" if judge else "") + ").")
+    return card
+
+
+def _video_tokenizer_card(tokenizer: Tokenizer, data: str | None, split: str, max_items: int | None,
+                          judge: str | None) -> dict:
+    from mmtok.codecs.cvivit import evaluate_video_tokenizer
+
+    (height, width), (h, w), pt = tokenizer.frame_size, tokenizer.spatial_grid, tokenizer.temporal_patch_size
+    card = {"description": (
+        f"A `{type(tokenizer).__name__}` trained with mmtok: clips of 1 + k·{pt} frames of {height}x{width} "
+        f"({tokenizer.channels} channel(s), {tokenizer.fps:g} fps) -> (1 + k) x {h} x {w} tokens, causal in "
+        f"time (a clip's first frames encode to its first tokens), {tokenizer.num_codebooks} codebook(s) of "
+        f"{tokenizer.codebook_sizes[0]} codes."),
+        "usage": ("`mmtok encode MODEL clip.mp4 tokens.safetensors` and `mmtok decode MODEL tokens.safetensors "
+                  "clip.mp4` (files or folders; .mp4/.gif/.npz); in Python `model.encode(video, lengths)` takes "
+                  "FloatTensor [B, C, F, H, W] in [0, 1] and gives codes [B, Q, t·h·w] on the grid (t, h, w)")}
+    if data is not None:
+        classifier = load_pretrained(judge) if judge else None
+        card["metrics"] = evaluate_video_tokenizer(tokenizer, data, split=split, max_items=max_items,
+                                                   judge=classifier)
+        card["metrics_note"] = (f"Reconstructions of the `{split}` split of `{data}`, each clip cut to its first "
+                                "`frames` frames (the clips at least that long), all through one model: per-frame "
+                                "PSNR in dB and MSE of pixels in [0, 1]; usage and perplexity of the codebook"
+                                + (f"; judge_accuracy: `{judge}`'s accuracy on each frame's digit crop (at the "
+                                   "digit's true position), judge_accuracy_real on the real frames' crops"
+                                   if judge else "") + ").")
     return card
 
 

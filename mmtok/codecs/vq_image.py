@@ -49,15 +49,17 @@ from mmtok.tokens import Tokens
 class ImageTokenizerOutput:
     """What a training forward pass returns.
 
-    images: FloatTensor [B, C, H, W] reconstruction (not clamped); codes: LongTensor [B, Q, h · w]
-    (-1 for dropped quantizers); quantizer_loss: scalar (commitment, + LFQ's entropy term);
-    latent: FloatTensor [B, D, h, w] before quantization.
+    images: FloatTensor [B, C, H, W] reconstruction (not clamped), or [B, C, F, H, W] for video;
+    codes: LongTensor [B, Q, N] (-1 for dropped quantizers); quantizer_loss: scalar (commitment, +
+    LFQ's entropy term); latent: the vectors before quantization; lengths: LongTensor [B] of the
+    frames reconstructed per video item (None for images).
     """
 
     images: torch.Tensor
     codes: torch.Tensor
     quantizer_loss: torch.Tensor
     latent: torch.Tensor
+    lengths: torch.Tensor | None = None
 
 
 # ----------------------------------------------------------------------------- quantizers
@@ -158,6 +160,23 @@ class ResidualLFQQuantizer(_ImplicitQuantizer):
 QUANTIZERS = {"vq": ResidualVQQuantizer, "fsq": ResidualFSQQuantizer, "lfq": ResidualLFQQuantizer}
 
 
+def make_quantizer(name: str, *, dim: int, num_quantizers: int, dropout: bool, codebook_size: int,
+                   fsq_levels: Sequence[int], ema_decay: float, kmeans_init: bool, kmeans_iters: int,
+                   dead_code_threshold: float, commitment_weight: float, lfq_entropy_weight: float) -> nn.Module:
+    """The quantizer ``name`` (:data:`QUANTIZERS`) from a tokenizer's options; each takes the ones it uses."""
+    common = {"dim": dim, "num_quantizers": num_quantizers, "dropout": dropout}
+    if name == "vq":
+        return ResidualVQQuantizer(**common, codebook_size=codebook_size, ema_decay=ema_decay, kmeans_init=kmeans_init,
+                                   kmeans_iters=kmeans_iters, dead_code_threshold=dead_code_threshold,
+                                   commitment_weight=commitment_weight)
+    if name == "fsq":
+        return ResidualFSQQuantizer(**common, levels=fsq_levels)
+    if name == "lfq":
+        return ResidualLFQQuantizer(**common, codebook_size=codebook_size, entropy_weight=lfq_entropy_weight,
+                                    commitment_weight=commitment_weight)
+    raise ValueError(f"quantizer must be one of {sorted(QUANTIZERS)}, got {name!r}")
+
+
 # ----------------------------------------------------------------------------- the tokenizer
 
 
@@ -223,18 +242,12 @@ class VQImageTokenizer(Tokenizer):
                                up_block_types=("UpDecoderBlock2D",) * blocks, block_out_channels=tuple(block_channels),
                                layers_per_block=layers_per_block, norm_num_groups=norm_groups, act_fn="silu",
                                norm_type="group", mid_block_add_attention=mid_attention)
-        dropout = quantizer_dropout > 0 and num_quantizers > 1
-        common = {"dim": latent_dim, "num_quantizers": num_quantizers, "dropout": dropout}
-        if quantizer == "vq":
-            self.quantizer = ResidualVQQuantizer(
-                **common, codebook_size=codebook_size, ema_decay=ema_decay, kmeans_init=kmeans_init,
-                kmeans_iters=kmeans_iters, dead_code_threshold=dead_code_threshold, commitment_weight=commitment_weight)
-        elif quantizer == "fsq":
-            self.quantizer = ResidualFSQQuantizer(**common, levels=fsq_levels)
-        else:
-            self.quantizer = ResidualLFQQuantizer(**common, codebook_size=codebook_size,
-                                                  entropy_weight=lfq_entropy_weight,
-                                                  commitment_weight=commitment_weight)
+        self.quantizer = make_quantizer(
+            quantizer, dim=latent_dim, num_quantizers=num_quantizers,
+            dropout=quantizer_dropout > 0 and num_quantizers > 1, codebook_size=codebook_size, fsq_levels=fsq_levels,
+            ema_decay=ema_decay, kmeans_init=kmeans_init, kmeans_iters=kmeans_iters,
+            dead_code_threshold=dead_code_threshold, commitment_weight=commitment_weight,
+            lfq_entropy_weight=lfq_entropy_weight)
         self._distributed_sync = False
 
     # -- facts ---------------------------------------------------------------------------------

@@ -12,11 +12,11 @@ from pathlib import Path
 
 import torch
 
-from mmtok.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES
+from mmtok.media import AUDIO_SUFFIXES, IMAGE_SUFFIXES, VIDEO_SUFFIXES
 
-MEDIA_SUFFIXES = {"audio": AUDIO_SUFFIXES, "image": IMAGE_SUFFIXES}
-MEDIA_KEYS = {"audio": "audio", "image": "image"}  # the manifest key of each modality's files
-WRITE_SUFFIXES = {"audio": ".wav", "image": ".png"}
+MEDIA_SUFFIXES = {"audio": AUDIO_SUFFIXES, "image": IMAGE_SUFFIXES, "video": VIDEO_SUFFIXES}
+MEDIA_KEYS = {"audio": "audio", "image": "image", "video": "video"}  # the manifest key of each modality's files
+WRITE_SUFFIXES = {"audio": ".wav", "image": ".png", "video": ".mp4"}
 
 
 def _modality(tokenizer) -> str:
@@ -27,19 +27,23 @@ def _modality(tokenizer) -> str:
 
 def read_media(path: str | Path, tokenizer) -> torch.Tensor:
     """One media file as the tokenizer reads it, a batch of one: audio [1, 1, N] at its sample rate,
-    an image [1, C, H, W] in [0, 1] with its channels (a size other than its own is an error naming
-    the file)."""
-    if _modality(tokenizer) == "audio":
+    an image [1, C, H, W] or a video [1, C, F, H, W] in [0, 1] with its channels (a frame size other
+    than its own, or a frame count it cannot encode, is an error naming the file)."""
+    modality = _modality(tokenizer)
+    if modality == "audio":
         from mmtok.media import load_audio
 
         return load_audio(path, sample_rate=tokenizer.sample_rate)[None]
-    from mmtok.media import MediaFileError, read_image
+    from mmtok.media import MediaFileError, read_image, read_video
 
-    image = read_image(path, channels=tokenizer.channels)
-    if tuple(image.shape[-2:]) != tuple(tokenizer.image_size):
-        raise MediaFileError(f"{path}: image is {image.shape[-2]}x{image.shape[-1]} (H x W), the tokenizer "
+    pixels = read_image(path, channels=tokenizer.channels) if modality == "image" else read_video(
+        path, channels=tokenizer.channels)[0]
+    if tuple(pixels.shape[-2:]) != tuple(tokenizer.image_size):
+        raise MediaFileError(f"{path}: {modality} is {pixels.shape[-2]}x{pixels.shape[-1]} (H x W), the tokenizer "
                              f"reads {tokenizer.image_size[0]}x{tokenizer.image_size[1]}")
-    return image[None]
+    if modality == "video":
+        tokenizer.check_frame_count(pixels.shape[1], name=str(path))
+    return pixels[None]
 
 
 def open_media(path: str | Path, tokenizer):
@@ -53,9 +57,13 @@ def open_media(path: str | Path, tokenizer):
 
 
 def write_media(path: str | Path, media: torch.Tensor, tokenizer) -> Path:
-    """Write one decoded item: audio [1, N] as a wav, an image [C, H, W] as a png."""
-    from mmtok.media import write_png, write_wav
+    """Write one decoded item: audio [1, N] as a wav, an image [C, H, W] as a png, a video
+    [C, F, H, W] by its suffix (mp4, gif or npz) at the tokenizer's ``fps``."""
+    from mmtok.media import write_png, write_video, write_wav
 
-    if _modality(tokenizer) == "audio":
+    modality = _modality(tokenizer)
+    if modality == "audio":
         return write_wav(path, media, sample_rate=tokenizer.sample_rate)
+    if modality == "video":
+        return write_video(path, media.clamp(0, 1), fps=tokenizer.fps)
     return write_png(path, media.clamp(0, 1))

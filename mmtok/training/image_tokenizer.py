@@ -1,4 +1,10 @@
-"""Training of a VQGAN-style image tokenizer (Esser et al. 2021) as a LightningModule with manual optimization.
+"""Training of a VQGAN-style image or video tokenizer (Esser et al. 2021) as a LightningModule with manual
+optimization.
+
+Images and video share it: a batch carries the tokenizer's media under the key of its ``modality``
+(``"image"`` [B, C, H, W], or ``"video"`` [B, C, F, H, W] with ``lengths``); every loss and metric
+reads frames as images, each clip's own frames only (those its tokenizer reconstructs: a video
+tokenizer's ``usable_frames(lengths)``, e.g. C-ViViT's 1 + k · pt).
 
 Generator loss: ``λ_1 |x − x̂|₁ + λ_2 ‖x − x̂‖² + λ_p · perceptual(x̂, x) + λ_commit · quantizer loss
 + λ_adv · w · hinge_G(D(x̂))``; ``w`` is VQGAN's adaptive weight (eq. 7), the ratio of the gradient
@@ -22,6 +28,7 @@ from collections.abc import Sequence
 import lightning as L
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 from mmtok.codecs.base import Tokenizer
@@ -38,6 +45,9 @@ class ImageTokenizerModule(L.LightningModule):
     :class:`~mmtok.codecs.vq_image.ImageTokenizerOutput` (and that has a ``last_layer`` for the adaptive
     GAN weight). ``init_from`` (a Hub folder or repo id) starts from released weights.
 
+    ``perceptual_frames`` caps the images (or video frames) of a step that go through the perceptual
+    network: a random subset, an unbiased estimate of the full batch's distance at a fraction of its cost.
+
     Learning rate: linear warm-up over ``warmup_steps`` generator steps, then constant, or with
     ``lr_decay_steps`` a cosine decay to ``min_lr_ratio · lr`` at that many steps.
     """
@@ -52,6 +62,7 @@ class ImageTokenizerModule(L.LightningModule):
         lambda_l1: float = 1.0,
         lambda_l2: float = 0.0,
         lambda_perceptual: float = 1.0,
+        perceptual_frames: int | None = None,
         lambda_commit: float = 1.0,
         lambda_adv: float = 0.1,
         adaptive_adv_weight: bool = True,
@@ -79,7 +90,7 @@ class ImageTokenizerModule(L.LightningModule):
         if bad:
             raise ValueError(f"eval_quantizers {bad} outside 1..{tokenizer.num_codebooks} (the tokenizer's codebooks)")
         self.eval_quantizers = quantizers
-        self._val_codes: list[torch.Tensor] = []  # [B, Q, h·w] per validation batch, for codebook usage
+        self._val_codes: list[torch.Tensor] = []  # [1, Q, N_i] per validation item, for codebook usage
         self._examples: list[torch.Tensor] = []  # [k, 1 + len(eval_quantizers), C, H, W] per validation batch
         # Generator steps taken, kept in checkpoints so that resuming keeps the adversarial and lr schedules.
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
@@ -133,6 +144,9 @@ class ImageTokenizerModule(L.LightningModule):
         loss = hp.lambda_l1 * l1 + hp.lambda_l2 * mse
         logs = {"l1": l1.detach(), "mse": mse.detach()}
         if self.perceptual is not None and hp.lambda_perceptual > 0:
+            if hp.perceptual_frames is not None and len(images) > hp.perceptual_frames:
+                pick = torch.randperm(len(images), device=images.device)[: hp.perceptual_frames]
+                images, reconstruction = images[pick], reconstruction[pick]
             perceptual = self.perceptual(reconstruction, images)
             loss = loss + hp.lambda_perceptual * perceptual
             logs["perceptual"] = perceptual.detach()
@@ -153,18 +167,19 @@ class ImageTokenizerModule(L.LightningModule):
         optimizers, schedulers = self.optimizers(), self.lr_schedulers()
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
-        images = batch["image"]  # [B, C, H, W] in [0, 1]
-        out = self.tokenizer(images)
+        media, lengths = self._media(batch)
+        out = self.tokenizer(media) if lengths is None else self.tokenizer(media, lengths)
+        images, reconstructed = as_frames(media, lengths), as_frames(out.images, lengths)  # [N, C, H, W]
         adversarial = (self.discriminator is not None
                        and int(self.generator_steps) >= self.hparams.adversarial_start_step)
-        logs = {"d_loss": self._discriminator_step(images, out.images, optimizers[1])} if adversarial else {}
+        logs = {"d_loss": self._discriminator_step(images, reconstructed, optimizers[1])} if adversarial else {}
 
         self.toggle_optimizer(optimizers[0])  # the discriminator's parameters take no gradient here
-        reconstruction, rec_logs = self._reconstruction_loss(images, out.images)
+        reconstruction, rec_logs = self._reconstruction_loss(images, reconstructed)
         loss = reconstruction + self.hparams.lambda_commit * out.quantizer_loss
         logs.update(rec_logs, quantizer_loss=out.quantizer_loss.detach())
         if adversarial:
-            adv = hinge_generator_loss([self.discriminator(out.images)])
+            adv = hinge_generator_loss([self.discriminator(reconstructed)])
             weight = self._adversarial_weight(reconstruction, adv)
             loss = loss + self.hparams.lambda_adv * weight * adv
             logs.update(adv_loss=adv.detach(), adv_weight=weight)
@@ -175,13 +190,22 @@ class ImageTokenizerModule(L.LightningModule):
         for scheduler in schedulers[: 2 if adversarial else 1]:
             scheduler.step()
 
-        size = images.shape[0]
+        size = media.shape[0]
         logs["lr"] = optimizers[0].param_groups[0]["lr"]
         self.log_dict({f"train/{k}": v for k, v in logs.items()}, batch_size=size)
         self.log("l1", logs["l1"], prog_bar=True, batch_size=size, logger=False)
         skipped = getattr(self.trainer.datamodule, "num_skipped", 0) if self.trainer.datamodule else 0
         if skipped:
             self.log("data/skipped_files", float(skipped), batch_size=size)
+
+    def _media(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """The batch's media under the tokenizer's modality, and for video each clip's usable frames
+        (the clips cut to the longest of them)."""
+        media = batch[self.tokenizer.modality]
+        if "lengths" not in batch:
+            return media, None
+        lengths = self.tokenizer.usable_frames(batch["lengths"])
+        return media[:, :, : int(lengths.max())], lengths
 
     # -- evaluation ----------------------------------------------------------------------------
     def on_validation_epoch_start(self) -> None:
@@ -190,15 +214,17 @@ class ImageTokenizerModule(L.LightningModule):
     def _evaluate(self, batch: dict | None, batch_idx: int, stage: str) -> None:
         if batch is None:
             return
-        images = batch["image"]
-        tokens = self.tokenizer.encode(images)  # codes [B, Q, h·w]
-        size, full = images.shape[0], self.tokenizer.num_codebooks
+        media, lengths = self._media(batch)
+        tokens = self.tokenizer.encode(media, lengths)  # codes [B, Q, N]
+        size, full = media.shape[0], self.tokenizer.num_codebooks
         if stage == "val":
-            self._val_codes.append(tokens.codes)
+            self._val_codes.extend(item.codes for item in tokens)  # each [1, Q, N_i]: its own steps only
+        images = as_frames(media, lengths)
         reconstructions = []
         for n in self.eval_quantizers:
-            reconstruction = self.tokenizer.decode(tokens, num_quantizers=n)  # [B, C, H, W] in [0, 1]
-            reconstructions.append(reconstruction)
+            decoded = self.tokenizer.decode(tokens, num_quantizers=n)  # [B, C, (F,) H, W] in [0, 1]
+            reconstructions.append(decoded)
+            reconstruction = as_frames(decoded, lengths)
             metrics = {"l1": F.l1_loss(reconstruction, images), "mse": F.mse_loss(reconstruction, images),
                        "psnr": psnr(images, reconstruction).mean()}
             if self.perceptual is not None:
@@ -208,7 +234,7 @@ class ImageTokenizerModule(L.LightningModule):
                 self.log_dict({f"{stage}/{k}": v for k, v in metrics.items() if k in ("l1", "psnr")},
                               batch_size=size, sync_dist=True, prog_bar=True)
         if stage == "val":
-            self._keep_examples(images, reconstructions)
+            self._keep_examples(example_images(media, lengths), [example_images(r, lengths) for r in reconstructions])
 
     def _keep_examples(self, images: torch.Tensor, reconstructions: list[torch.Tensor]) -> None:
         """Evenly spaced items of every validation batch, ``num_logged_examples`` in all, so that the grid
@@ -226,11 +252,13 @@ class ImageTokenizerModule(L.LightningModule):
                                names=[f"{n}q" for n in self.eval_quantizers], count=len(examples))
         if not self._val_codes:
             return
-        codes = torch.cat(self._val_codes)  # [N, Q, h·w]
-        if self.trainer.world_size > 1:
-            codes = self.all_gather(codes).flatten(0, 1)
+        codes = torch.cat([c.flatten(2) for c in self._val_codes], -1)[0]  # [Q, steps of the split]
+        if self.trainer.world_size > 1:  # ranks may hold different step counts (clips): pad with -1, ignored
+            longest = int(self.all_gather(torch.tensor(codes.shape[1], device=codes.device)).max())
+            codes = F.pad(codes, (0, longest - codes.shape[1]), value=-1)
+            codes = self.all_gather(codes).transpose(0, 1).flatten(1)
         for q, size in enumerate(self.tokenizer.codebook_sizes):
-            usage = codebook_usage(codes[:, q], size)
+            usage = codebook_usage(codes[q], size)
             self.log_dict({f"val/usage@q{q}": usage["usage"], f"val/perplexity@q{q}": usage["perplexity"]})
         self._val_codes, self._examples = [], []
 
@@ -243,3 +271,26 @@ class ImageTokenizerModule(L.LightningModule):
     # -- checkpoints ---------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict) -> None:
         record_model(checkpoint, self.tokenizer, prefix="tokenizer.", trainer=self.trainer)
+
+
+EXAMPLE_FRAMES = 9  # frames of a clip shown in a row of the example grid
+
+
+def as_frames(media: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """Images [B, C, H, W] as they are; video [B, C, F, H, W] -> each clip's first ``lengths`` frames,
+    stacked [Σ lengths, C, H, W] (what per-frame losses and metrics read)."""
+    if lengths is None:
+        return media
+    valid = torch.arange(media.shape[2], device=media.device)[None, :] < lengths.to(media.device)[:, None]
+    return media.transpose(1, 2)[valid]
+
+
+def example_images(media: torch.Tensor, lengths: torch.Tensor | None) -> torch.Tensor:
+    """What an example grid shows of each item: images as they are, a clip as a strip of its first
+    :data:`EXAMPLE_FRAMES` frames side by side [B, C, H, k · W] (black past its end)."""
+    if lengths is None:
+        return media
+    frames = media[:, :, :EXAMPLE_FRAMES]
+    keep = torch.arange(frames.shape[2], device=media.device)[None, :] < lengths.to(media.device)[:, None]
+    frames = frames * keep[:, None, :, None, None]
+    return rearrange(frames, "b c f h w -> b c h (f w)")
