@@ -76,6 +76,14 @@ class Tokenizer(nn.Module, HubMixin, ABC):
     def num_codebooks(self) -> int:
         return len(self.codebook_sizes)
 
+    def _check_num_quantizers(self, num_quantizers: int | None) -> int:
+        """The codebooks to use: all for None, else ``num_quantizers`` checked to lie in 1..Q."""
+        if num_quantizers is None:
+            return self.num_codebooks
+        if not 1 <= num_quantizers <= self.num_codebooks:
+            raise ValueError(f"num_quantizers must be in 1..{self.num_codebooks}, got {num_quantizers}")
+        return num_quantizers
+
     @property
     def frame_rate(self) -> float | None:
         """Token steps per second for time-based media, else None."""

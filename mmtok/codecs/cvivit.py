@@ -311,13 +311,6 @@ class CViViTTokenizer(Tokenizer):
             video = video * keep[:, None, :, None, None]
         return video
 
-    def _check_num_quantizers(self, num_quantizers: int | None) -> int:
-        if num_quantizers is None:
-            return self.num_codebooks
-        if not 1 <= num_quantizers <= self.num_codebooks:
-            raise ValueError(f"num_quantizers must be in 1..{self.num_codebooks}, got {num_quantizers}")
-        return num_quantizers
-
 
 @torch.no_grad()
 def evaluate_video_tokenizer(tokenizer: CViViTTokenizer, data: str, *, split: str = "test",

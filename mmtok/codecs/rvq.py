@@ -207,10 +207,3 @@ class RVQCodec(Tokenizer):
         audio = audio[..., : int(tokens.media_lengths.max())]
         valid = torch.arange(audio.shape[-1], device=audio.device)[None, :] < tokens.media_lengths[:, None]
         return audio * valid[:, None, :]
-
-    def _check_num_quantizers(self, num_quantizers: int | None) -> int:
-        if num_quantizers is None:
-            return self.num_codebooks
-        if not 1 <= num_quantizers <= self.num_codebooks:
-            raise ValueError(f"num_quantizers must be in 1..{self.num_codebooks}, got {num_quantizers}")
-        return num_quantizers

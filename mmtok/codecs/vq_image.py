@@ -337,13 +337,6 @@ class VQImageTokenizer(Tokenizer):
         codes = tokens.codes[:, : self._check_num_quantizers(num_quantizers)]
         return self._pixels(self.dequantize(codes)).clamp(0.0, 1.0)
 
-    def _check_num_quantizers(self, num_quantizers: int | None) -> int:
-        if num_quantizers is None:
-            return self.num_codebooks
-        if not 1 <= num_quantizers <= self.num_codebooks:
-            raise ValueError(f"num_quantizers must be in 1..{self.num_codebooks}, got {num_quantizers}")
-        return num_quantizers
-
 
 # ----------------------------------------------------------------------------- training losses
 
