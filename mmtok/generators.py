@@ -6,7 +6,10 @@ folder or repo id and the first ``len(codebook_sizes)`` of its codebooks are mod
 generator folder stays small and any tokenizer (audio, image, video) plugs in. A tokenizer whose
 codebooks do not fit the backbone's vocabulary fails with both named. The facts of the tokens it
 produces (``grid``, ``frame_rate``, ``sample_rate``) are recorded from the tokenizer when training
-starts, so that generated :class:`~mmtok.tokens.Tokens` carry them.
+starts, so that generated :class:`~mmtok.tokens.Tokens` carry them. A tokenizer in a local folder is
+loaded and checked when the generator is built, so a recipe whose backbone does not fit its
+tokenizer fails before anything trains (phenaki-pytorch's users meet that as an index error
+mid-training); a Hub repo id is checked when it is first loaded.
 
 Every family implements ``generate(conditions, *, lengths, rng, sampler, **sampling) -> Tokens``:
 ``conditions`` is a dict of batch fields (what the conditions read), ``lengths [B]`` the frames to
@@ -18,6 +21,7 @@ records (``task``) without the generator ever reading it.
 
 from __future__ import annotations
 
+import math
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Sequence
@@ -31,10 +35,15 @@ from mmtok.conditioning import Conditioner, Prefix, build_condition
 from mmtok.errors import UsageError
 from mmtok.hub import HubMixin, build_from_spec
 from mmtok.patterns import build_pattern, pattern_spec
-from mmtok.tokens import Tokens
+from mmtok.tokens import Tokens, concrete_grid
 
 POSITION_SCHEMES = ("sequential", "aligned")
 SAMPLING_SETTINGS = ("sampler", "steps", "temperature", "top_k", "top_p", "cfg_scale")
+
+
+def _layout(grid) -> tuple[int | None, ...] | None:
+    """A recorded grid as a tuple, None (JSON null) kept for an open axis."""
+    return None if grid is None else tuple(None if size is None else int(size) for size in grid)
 
 
 def check_sampling(values: dict, *, source: str = "sampling") -> dict:
@@ -85,9 +94,12 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
                              "coordinates: use positions 'aligned'")
         self.pattern = build_pattern(pattern)
         self.conditioner = Conditioner([build_condition(spec, dim=self.backbone.dim) for spec in conditions])
-        self.grid = None if grid is None else tuple(int(g) for g in grid)
+        self.grid = _layout(grid)
         self.frame_rate, self.sample_rate, self.task = frame_rate, sample_rate, task
         self.sampling = check_sampling(sampling or {})
+        self._loaded: list = []  # [name, tokenizer] once loaded (a list: not a submodule)
+        if os.path.isdir(tokenizer):  # a local tokenizer is checked now; a Hub repo id when it is loaded
+            self.load_tokenizer()
         # The config keeps what was resolved (inventories, class names), so a Hub folder is self-contained.
         self.record_config(backbone=self.backbone.spec(), conditions=self.conditioner.specs(),
                            pattern=pattern_spec(self.pattern))
@@ -116,13 +128,16 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
         name = tokenizer or self.tokenizer_id
         if not os.path.exists(name) and near is not None and (Path(near).parent / Path(name).name).is_dir():
             name = str(Path(near).parent / Path(name).name)
+        if self._loaded and self._loaded[0] == name:
+            return self._loaded[1]
         model = load_pretrained(name).eval()
         self.check_tokenizer(model.codebook_sizes, name=name)
+        self._loaded = [name, model]
         return model
 
     def record_token_facts(self, tokenizer) -> None:
         """Take the tokens' grid, frame rate and sample rate from ``tokenizer`` (and record them)."""
-        grid = None if tokenizer.grid is None else tuple(int(g) for g in tokenizer.grid)
+        grid = _layout(tokenizer.grid)
         if self.grid is not None and grid != self.grid:
             raise ValueError(f"the generator's grid {self.grid} is not the tokenizer's {grid}")
         self.grid, self.frame_rate, self.sample_rate = grid, tokenizer.frame_rate, tokenizer.sample_rate
@@ -153,23 +168,27 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
 
     def tokens(self, codes: torch.Tensor, lengths: torch.Tensor) -> Tokens:
         """Generated codes as :class:`Tokens` with the tokenizer's facts."""
-        return Tokens(codes=codes, lengths=lengths, grid=self.grid, frame_rate=self.frame_rate,
+        grid = None if self.grid is None else concrete_grid(self.grid, codes.shape[-1])
+        return Tokens(codes=codes, lengths=lengths, grid=grid, frame_rate=self.frame_rate,
                       sample_rate=self.sample_rate)
 
     # -- positions -------------------------------------------------------------------------------
     def coordinates(self, index: torch.Tensor) -> torch.Tensor:
         """Frame indices [S] -> their coordinates: [S] (float) on a time axis, [S, A] on a grid
-        (a frame is a grid cell in raster order; indices past the grid are clipped to its last cell)."""
+        (a frame is a grid cell in raster order; indices past a closed grid are clipped to its last
+        cell; an open first axis, (None, h, w), goes on as far as the indices do)."""
         axes = self.backbone.coordinate_axes
         if axes == 1:
             return index.float()
         if self.grid is None or len(self.grid) != axes:
             raise ValueError(f"the backbone takes {axes}-axis coordinates but the generator's grid is {self.grid}")
-        rest = index.clamp(0, int(torch.tensor(self.grid).prod()) - 1)
+        cells = concrete_grid(self.grid, 1)
+        rest = index.clamp(0, None if self.grid[0] is None else math.prod(cells) - 1)
         coordinates = []
-        for size in reversed(self.grid):  # raster order: the last axis varies fastest
+        for size in reversed(cells[1:]):  # raster order: the last axis varies fastest
             coordinates.append(rest % size)
             rest = rest // size
+        coordinates.append(rest)
         return torch.stack(coordinates[::-1], dim=-1).float()
 
     def full_positions(self, prefix: Prefix | None, steps: torch.Tensor, batch_size: int) -> torch.Tensor | None:

@@ -7,11 +7,32 @@ and write ``Tokens`` without knowing which modality produced them.
 from __future__ import annotations
 
 import json
+import math
+from collections.abc import Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file, save_file
+
+
+def grid_fits(grid: Sequence[int], layout: Sequence[int | None]) -> bool:
+    """Whether a batch's ``grid`` (e.g. (t, h, w)) is of ``layout``, a tokenizer's or generator's grid
+    whose first axis may be open (None: video of any length, ``(None, h, w)``)."""
+    return len(grid) == len(layout) and all(size is None or int(g) == size for g, size in zip(grid, layout))
+
+
+def concrete_grid(layout: Sequence[int | None], steps: int) -> tuple[int, ...]:
+    """The grid of ``steps`` steps laid out by ``layout``: an open first axis is as long as the steps fill."""
+    if layout[0] is not None:
+        return tuple(int(size) for size in layout)
+    cells = math.prod(int(size) for size in layout[1:])
+    return (math.ceil(steps / cells), *(int(size) for size in layout[1:]))
+
+
+def layout_cells(layout: Sequence[int | None]) -> int:
+    """Steps in one slice along the first axis of a layout ((h, w) -> h · w ... (None, h, w) -> h · w)."""
+    return math.prod(int(size) for size in layout[1:]) if layout[0] is None else math.prod(layout)
 
 
 @dataclass

@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from mmtok.hub import HubMixin
-from mmtok.tokens import Tokens
+from mmtok.tokens import Tokens, concrete_grid, grid_fits, layout_cells
 
 
 @dataclass(frozen=True)
@@ -95,10 +95,11 @@ class Tokenizer(nn.Module, HubMixin, ABC):
         return None
 
     @property
-    def grid(self) -> tuple[int, ...] | None:
+    def grid(self) -> tuple[int | None, ...] | None:
         """The layout of a sequence's steps for media of a fixed shape: ``(h, w)`` for images (the
-        codes of an item are its h · w grid cells in raster order), ``(t, h, w)`` for video; None for
-        a time axis of any length (audio)."""
+        codes of an item are its h · w grid cells in raster order), ``(None, h, w)`` for video (an
+        open time axis: t frame groups of h · w cells, t set by each clip's length); None for a time
+        axis of any length without a grid (audio)."""
         return None
 
     @property
@@ -132,11 +133,16 @@ class Tokenizer(nn.Module, HubMixin, ABC):
                 allowed = f"0..{size - 1}" + ("" if self.dropped_code is None else f" or {self.dropped_code}")
                 raise DataError(f"{source}: codebook {q} holds {int(codes[bad][0])}, expected {allowed} "
                                 f"(codebook sizes {self.codebook_sizes})")
-        for fact in ("grid", "frame_rate", "sample_rate"):
+        for fact in ("frame_rate", "sample_rate"):
             theirs, ours = getattr(tokens, fact), getattr(self, fact)
-            if theirs is not None and ours is not None and (tuple(theirs) if fact == "grid" else theirs) != (
-                    tuple(ours) if fact == "grid" else ours):
+            if theirs is not None and ours is not None and theirs != ours:
                 raise DataError(f"{source}: tokens of {fact} {theirs}, this tokenizer's is {ours}")
-        if self.grid is not None and tokens.num_steps != math.prod(self.grid):
-            raise DataError(f"{source}: {tokens.num_steps} steps, this tokenizer's {self.grid} grid has "
-                            f"{math.prod(self.grid)}")
+        if tokens.grid is not None and self.grid is not None and not grid_fits(tokens.grid, self.grid):
+            raise DataError(f"{source}: tokens of grid {tokens.grid}, this tokenizer's is {self._grid_name}")
+        if self.grid is not None and tokens.num_steps != math.prod(concrete_grid(self.grid, tokens.num_steps)):
+            raise DataError(f"{source}: {tokens.num_steps} steps, this tokenizer's {self._grid_name} grid has "
+                            f"{'a multiple of ' if self.grid[0] is None else ''}{layout_cells(self.grid)}")
+
+    @property
+    def _grid_name(self) -> str:
+        return "(" + ", ".join("t" if size is None else str(size) for size in self.grid) + ")"

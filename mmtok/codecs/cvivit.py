@@ -133,6 +133,11 @@ class CViViTTokenizer(Tokenizer):
         return (self.frame_size[0] // self.patch_size, self.frame_size[1] // self.patch_size)
 
     @property
+    def grid(self) -> tuple[None, int, int]:
+        """(None, h, w): frame groups of h · w cells along an open time axis."""
+        return (None, *self.spatial_grid)
+
+    @property
     def image_size(self) -> tuple[int, int]:
         """The frame size (H, W): what per-frame losses and writers read."""
         return self.frame_size
@@ -180,14 +185,10 @@ class CViViTTokenizer(Tokenizer):
         return lengths.to(video.device)
 
     def check_tokens(self, tokens: Tokens, *, source: str = "tokens", allow_empty: bool = False) -> None:
-        """The base checks, and a (t, h, w) grid with this model's (h, w) and t · h · w steps."""
+        """The base checks (a grid (t, h, w) of this model's (h, w), whole frame groups of steps) and
+        each item's length in whole frame groups."""
         super().check_tokens(tokens, source=source, allow_empty=allow_empty)
-        grid = tokens.grid
-        if grid is None or len(grid) != 3 or tuple(grid[1:]) != self.spatial_grid:
-            raise DataError(f"{source}: grid {grid}, expected (t, {self.spatial_grid[0]}, {self.spatial_grid[1]})")
-        if tokens.num_steps != grid[0] * grid[1] * grid[2]:
-            raise DataError(f"{source}: {tokens.num_steps} steps, its grid {grid} has {grid[0] * grid[1] * grid[2]}")
-        cells = grid[1] * grid[2]
+        cells = self.spatial_grid[0] * self.spatial_grid[1]
         if tokens.lengths is not None and bool((tokens.lengths % cells).any()):
             raise DataError(f"{source}: lengths {tokens.lengths.tolist()} are not whole frame groups of {cells} steps")
 

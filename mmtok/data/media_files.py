@@ -25,10 +25,12 @@ def _modality(tokenizer) -> str:
     return tokenizer.modality
 
 
-def read_media(path: str | Path, tokenizer) -> torch.Tensor:
+def read_media(path: str | Path, tokenizer, *, crop_frames: bool = False) -> torch.Tensor:
     """One media file as the tokenizer reads it, a batch of one: audio [1, 1, N] at its sample rate,
     an image [1, C, H, W] or a video [1, C, F, H, W] in [0, 1] with its channels (a frame size other
-    than its own, or a frame count it cannot encode, is an error naming the file)."""
+    than its own, or a frame count it cannot encode, is an error naming the file; with ``crop_frames``
+    a video is cut to the most frames it can encode instead, as a token cache of clips of any length
+    needs)."""
     modality = _modality(tokenizer)
     if modality == "audio":
         from mmtok.media import load_audio
@@ -41,6 +43,8 @@ def read_media(path: str | Path, tokenizer) -> torch.Tensor:
     if tuple(pixels.shape[-2:]) != tuple(tokenizer.image_size):
         raise MediaFileError(f"{path}: {modality} is {pixels.shape[-2]}x{pixels.shape[-1]} (H x W), the tokenizer "
                              f"reads {tokenizer.image_size[0]}x{tokenizer.image_size[1]}")
+    if modality == "video" and crop_frames:
+        pixels = pixels[:, : int(tokenizer.usable_frames(torch.tensor(pixels.shape[1])))]
     if modality == "video":
         tokenizer.check_frame_count(pixels.shape[1], name=str(path))
     return pixels[None]

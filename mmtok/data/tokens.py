@@ -1,7 +1,8 @@
 """A corpus tokenized once and cached on disk, and the datasets generators train on.
 
-``mmtok tokenize MODEL MANIFEST OUT`` runs a tokenizer over every item of a manifest (audio or
-images, whichever the tokenizer reads) and writes::
+``mmtok tokenize MODEL MANIFEST OUT`` runs a tokenizer over every item of a manifest (audio, images
+or video, whichever the tokenizer reads; a video is cut to the most frames the tokenizer encodes,
+1 + k · pt for C-ViViT, and its entry's ``num_frames`` says how many) and writes::
 
     OUT/tokens.safetensors   codes int32 [Q, total steps] (all items end to end) and offsets [N + 1]
     OUT/manifest.jsonl       the source manifest's entries (conditions: text, phonemes, speaker, label,
@@ -34,6 +35,7 @@ from tqdm import tqdm
 from mmtok.data.manifest import manifest_path, read_manifest
 from mmtok.data.media_files import MEDIA_KEYS, read_media
 from mmtok.errors import DataError
+from mmtok.tokens import layout_cells
 
 TOKENS_NAME, INFO_NAME, MANIFEST_NAME = "tokens.safetensors", "info.json", "manifest.jsonl"
 CONDITION_FIELDS = ("text", "phonemes", "durations", "speaker", "label")  # carried from the manifest to batches
@@ -84,7 +86,8 @@ def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *
         align = PhonemeAligner.from_pretrained(aligner)
     media_key = MEDIA_KEYS[model.modality]
     entries = read_manifest(manifest, key=media_key)
-    step = 1 if model.modality == "audio" else batch_size
+    fixed_shape = model.grid is not None and model.grid[0] is not None  # images: batched; audio, video: one by one
+    step = batch_size if fixed_shape else 1
     items, failures, waves = [], [], []  # items: [entry, codes [Q, T]]; waves: audio awaiting alignment
     alignments = []
     with tqdm(total=len(entries), desc=f"tokenize {manifest.parent.name}", unit="item", disable=not progress) as bar:
@@ -92,8 +95,8 @@ def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *
             chunk, media = [], []
             for entry in entries[start:start + step]:
                 try:
-                    media.append(read_media(entry[media_key], model))
-                    chunk.append(entry)
+                    media.append(read_media(entry[media_key], model, crop_frames=True))
+                    chunk.append({**entry, "num_frames": media[-1].shape[2]} if media_key == "video" else entry)
                 except (DataError, OSError, ValueError) as error:  # goes on past a bad file
                     failures.append((entry[media_key], " ".join(str(error).split())))
             if chunk:
@@ -224,6 +227,9 @@ class TokenCorpus:
 
 class TokenDataset(Dataset):
     """Items of one split of a :class:`TokenCorpus`: ``codes`` [Q, T] plus the entry's text fields.
+    In training, an entry with several ``captions`` (the moving-digits phrasings) gives one of them
+    at random as its ``text``; evaluation keeps the entry's own ``text``. ``max_frames`` crops the
+    steps (on an open grid, (None, h, w), a multiple of h · w: whole frame groups).
 
     With ``prompt_seconds``, each item also gets ``prompt``: codes of up to that many seconds from
     *another* utterance of the same speaker (VALL-E's acoustic prompt). Training draws the utterance
@@ -259,16 +265,18 @@ class TokenDataset(Dataset):
         if self.max_frames is not None:
             codes = codes[:, : self.max_frames]
         item = {"codes": codes, **{k: entry[k] for k in CONDITION_FIELDS if k in entry}}
+        if self.train and len(entry.get("captions", ())) > 1:  # every phrasing of the clip's caption in turn
+            item["text"] = self._item_rng(index).choice(entry["captions"])
         if "durations" in item and codes.shape[1] < sum(item["durations"]):  # cropped: so are its phonemes
             item["phonemes"], item["durations"] = crop_durations(item["phonemes"], item["durations"], codes.shape[1])
         if self.prompt_frames:
-            item["prompt"] = self._prompt(index, self._prompt_rng(index))
+            item["prompt"] = self._prompt(index, self._item_rng(index))
         return item
 
-    def _prompt_rng(self, index: int) -> random.Random:
-        """Evaluation: one fixed draw per item. Training: a new draw each time, reproducible from the
-        seed and torch's seed of this process (which Lightning's seed_everything and every DataLoader
-        worker of every epoch set)."""
+    def _item_rng(self, index: int) -> random.Random:
+        """The draws of an item (prompt, caption). Evaluation: one fixed draw per item. Training: a new
+        draw each time, reproducible from the seed and torch's seed of this process (which Lightning's
+        seed_everything and every DataLoader worker of every epoch set)."""
         if not self.train:
             return random.Random(self.seed * 1_000_003 + index)
         self._draws += 1
@@ -336,6 +344,10 @@ class TokenDataModule(L.LightningDataModule):
             return
         hp = self.hparams
         self.corpus = TokenCorpus(hp.tokens)
+        grid = self.corpus.info.get("grid")
+        if hp.max_frames is not None and grid and grid[0] is None and hp.max_frames % layout_cells(grid):
+            raise ValueError(f"max_frames {hp.max_frames}: {hp.tokens} holds frame groups of {layout_cells(grid)} "
+                             f"steps (grid {grid}), so max_frames must be a multiple of {layout_cells(grid)}")
         splits: dict[str, list[int]] = {}
         for index, entry in enumerate(self.corpus.entries):
             splits.setdefault(entry.get("split", "train"), []).append(index)

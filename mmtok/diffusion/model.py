@@ -190,14 +190,29 @@ class MaskedDiffusionGenerator(TokenGenerator):
 
         return make(False), make(True)
 
+    def _primed(self, primer: torch.Tensor, lengths: torch.Tensor, num_frames: int) -> torch.Tensor:
+        """Steps [B, Q, S] holding ``primer``'s codes [B, Q, P] at the first P frames, the mask id elsewhere."""
+        batch, frames = lengths.shape[0], primer.shape[-1]
+        if primer.dim() != 3 or primer.shape[:2] != (batch, self.num_codebooks) or frames > int(lengths.min()):
+            raise UsageError(f"primer: codes of shape {tuple(primer.shape)}, expected [{batch}, {self.num_codebooks}, "
+                             f"P] with P ≤ every item's length ({int(lengths.min())})")
+        if bool(((primer < 0) | (primer >= self.mask_id)).any()):
+            raise UsageError(f"primer: codes outside 0..{self.mask_id - 1} (the codebooks of this generator)")
+        known = primer.new_full((batch, self.num_codebooks, num_frames), self.mask_id)
+        known[:, :, :frames] = primer
+        return self.pattern.build(known, fill=self.mask_id)[0]
+
     @torch.no_grad()
     def generate(self, conditions: dict, *, lengths: torch.Tensor, rng: torch.Generator | None = None,
                  sampler: str | None = None, steps: int | None = None, steps_per_token: float = 1.0,
-                 cfg_scale: float = 1.0, **sampling) -> Tokens:
+                 cfg_scale: float = 1.0, primer: torch.Tensor | None = None, **sampling) -> Tokens:
         """Codes of ``lengths`` frames per item by ``sampler`` (default ``fhs``); ``steps`` for the
         ancestral sampler (default ``steps_per_token`` × L for the L = Q · T tokens of the longest
-        item) and MaskGIT (default 16). The sampler's statistics (denoiser calls, categorical draws)
-        are kept in :attr:`last_stats`."""
+        item) and MaskGIT (default 16). ``primer`` (codes [B, Q, P], P at most every item's length)
+        gives the first P frames of each item: they are never masked and come back unchanged, and the
+        rest is sampled around them (Phenaki's priming: a video continued from its last frames'
+        tokens). The sampler's statistics (denoiser calls, categorical draws) are kept in
+        :attr:`last_stats`."""
         sampler = self.check_sampler(sampler)
         if steps is not None and steps < 1:
             raise UsageError(f"steps {steps}: must be ≥ 1")
@@ -206,6 +221,8 @@ class MaskedDiffusionGenerator(TokenGenerator):
         num_frames = int(lengths.max())
         _, real = self.slots(lengths, num_frames)
         initial = torch.where(real, self.mask_id, 0)  # slots without a code are given, never sampled
+        if primer is not None:
+            initial = torch.where(real, self._primed(primer.to(device), lengths, num_frames), 0)
         denoiser, unconditional = self.denoisers(conditions, lengths)
         flat = initial.flatten(1)
         options = dict(mask_id=self.mask_id, unconditional=unconditional if cfg_scale != 1.0 else None,

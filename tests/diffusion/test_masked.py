@@ -114,8 +114,10 @@ def test_adapting_from_an_ar_generator_copies_every_shared_tensor_and_drops_the_
     torch.testing.assert_close(model.backbone.transformer.state_dict(), ar.backbone.transformer.state_dict())
     phonemes = model.conditioner.conditions[1].embedding.weight
     torch.testing.assert_close(phonemes, ar.conditioner.conditions[1].embedding.weight)
+    other = CodebookTransformer(codebook_sizes=[16, 16], dim=32, num_layers=2, num_heads=2, end_token=True)
+    ARGenerator(tokenizer="a/hub-codec-of-16", backbone=other, pattern="delay").save_pretrained(tmp_path / "ar16")
     with pytest.raises(ValueError, match="do not start with"):
-        tiny_mdm(tiny_codec_folder, codebook_sizes=[16, 16]).adapt_from_autoregressive(str(tmp_path / "ar"))
+        model.adapt_from_autoregressive(str(tmp_path / "ar16"))
     model.save_pretrained(tmp_path / "mdm")
     with pytest.raises(ValueError, match="an ARGenerator Hub folder is needed"):
         tiny_mdm(tiny_codec_folder).adapt_from_autoregressive(str(tmp_path / "mdm"))
@@ -125,9 +127,9 @@ def test_the_generator_needs_one_codebook_size_and_a_fitting_tokenizer(tiny_code
     from mmtok.hub import load_pretrained
 
     with pytest.raises(ValueError, match="codebooks of one size"):
-        tiny_mdm(tiny_codec_folder, codebook_sizes=[32, 16])
+        tiny_mdm("a/hub-codec", codebook_sizes=[32, 16])  # a repo id: its vocabulary is checked when loaded
     with pytest.raises(ValueError, match=r"vocabulary is \[64, 64\]"):
-        tiny_mdm(tiny_codec_folder, codebook_sizes=[64, 64]).load_tokenizer()
+        tiny_mdm(tiny_codec_folder, codebook_sizes=[64, 64])  # a local tokenizer: checked at construction
     model = tiny_mdm(tiny_codec_folder, time_conditioning=True, positions="aligned", pattern="delay").eval()
     model.save_pretrained(tmp_path / "mdm")
     loaded = load_pretrained(tmp_path / "mdm")

