@@ -142,3 +142,37 @@ def cli_error(argv: list[str], capsys) -> tuple[int, str]:
     lines = [line for line in err.strip().splitlines() if line.startswith("mmtok ")]
     assert len(lines) == 1 and "Traceback" not in err, err  # progress bars of loaders may precede it
     return exit_info.value.code, lines[0]
+
+
+def tiny_moving_digits(folder: Path) -> tuple[Path, Path]:
+    """(24 one-digit clips of 5-9 frames at 32 x 32, a tiny random digit judge's Hub folder) under ``folder``."""
+    from mmtok.data.video import build_moving_digits
+    from mmtok.judges.digits import DigitClassifier
+
+    torch.manual_seed(0)
+    corpus = folder / "clips"
+    build_moving_digits(corpus, num_clips=24, frame_size=32, min_frames=5, max_frames=9, max_digits=1,
+                        video_format="npz", source="sklearn", progress=False)
+    DigitClassifier(widths=[4, 8]).save_pretrained(folder / "judge")
+    return corpus, folder / "judge"
+
+
+def fit_tiny_cvivit(corpus: Path, judge: Path, run: Path, *, max_steps: int, lr: float = 0.003) -> None:
+    """`mmtok fit` of the C-ViViT recipe at tiny size on :func:`tiny_moving_digits`, CSV-logged to ``run``."""
+    from mmtok.cli import main
+
+    tokenizer = "--model.init_args.tokenizer.init_args."
+    main(["fit", "-c", str(REPO / "recipes" / "codec" / "cvivit_moving_digits.yaml"),
+          "--data.init_args.path", str(corpus), "--data.init_args.build_embedded", "false",
+          "--data.init_args.frame_size", "32", "--data.init_args.num_frames", "9", "--data.init_args.batch_size", "4",
+          "--data.init_args.valid_batch_size", "4", "--data.init_args.max_valid_items", "4",
+          tokenizer + "frame_size", "32", tokenizer + "patch_size", "8", tokenizer + "dim", "32",
+          tokenizer + "num_heads", "2", tokenizer + "spatial_layers", "1", tokenizer + "temporal_layers", "1",
+          tokenizer + "codebook_size", "32", "--model.init_args.perceptual_network", str(judge),
+          "--model.init_args.perceptual_frames", "8", "--model.init_args.warmup_steps", "2",
+          "--model.init_args.lr_decay_steps", str(max_steps), "--model.init_args.lr", str(lr),
+          "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", str(max(1, max_steps // 2)),
+          "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+          "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+          "--trainer.default_root_dir", str(run), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
+          "--trainer.logger.init_args.save_dir", str(run), "--trainer.logger.init_args.name", "csv"])

@@ -19,16 +19,28 @@ from mmtok.training.optim import warmup_cosine
 def log_generated_examples(module: L.LightningModule, modality: str, generated: list[torch.Tensor],
                            references: list[torch.Tensor], *, sample_rate: int | None) -> None:
     """The writer of a modality for generated items next to real ones (each [C, ...] as decoded):
-    audio as wavs and spectrograms, images as one png grid (real row over generated row)."""
+    audio as wavs and spectrograms, images as one png grid (real row over generated row), video as
+    the same grid of strips of each clip's first frames."""
     if modality == "audio":
         log_generated_audio(module, generated, references, sample_rate=sample_rate)
-    elif modality == "image":
+    elif modality in ("image", "video"):
         from mmtok.training.media import log_image_examples
 
+        if modality == "video":
+            references, generated = _clip_strips(references), _clip_strips(generated)
         log_image_examples(module, torch.stack(references), [torch.stack(generated)], names=["generated"],
                            count=len(generated), name="generated")
     else:
         raise ValueError(f"no example writer for {modality!r} media")
+
+
+def _clip_strips(clips: list[torch.Tensor]) -> list[torch.Tensor]:
+    """Clips [C, F_i, H, W] -> strips of their first frames (black past each one's end), one width."""
+    from mmtok.training.image_tokenizer import example_images
+
+    longest = max(clip.shape[1] for clip in clips)
+    padded = torch.stack([torch.nn.functional.pad(clip, (0, 0, 0, 0, 0, longest - clip.shape[1])) for clip in clips])
+    return list(example_images(padded, torch.tensor([clip.shape[1] for clip in clips])))
 
 
 def take(batch: dict, count: int) -> dict:

@@ -10,14 +10,13 @@ from pathlib import Path
 import pytest
 import torch
 
+from conftest import fit_tiny_cvivit, tiny_moving_digits
 from mmtok.cli import main
 from mmtok.codecs.cvivit import CViViTTokenizer, evaluate_video_tokenizer, valid_frame_counts
 from mmtok.errors import DataError
 from mmtok.hub import load_pretrained
 from mmtok.media import read_video, write_video
 from mmtok.tokens import Tokens
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def tiny(**kwargs) -> CViViTTokenizer:
@@ -157,31 +156,9 @@ def _rows(run: Path) -> list[dict]:
 
 
 def test_recipe_fits_on_moving_digits_and_exports_with_metrics(tmp_path):
-    from mmtok.data.video import build_moving_digits
-    from mmtok.judges.digits import DigitClassifier
-
-    torch.manual_seed(0)
-    corpus = tmp_path / "clips"
-    build_moving_digits(corpus, num_clips=24, frame_size=32, min_frames=5, max_frames=9, max_digits=1,
-                        video_format="npz", source="sklearn", progress=False)
-    DigitClassifier(widths=[4, 8]).save_pretrained(tmp_path / "judge")
-    tokenizer = "--model.init_args.tokenizer.init_args."
+    corpus, judge = tiny_moving_digits(tmp_path)
     run = tmp_path / "run"
-    main(["fit", "-c", str(REPO / "recipes" / "codec" / "cvivit_moving_digits.yaml"),
-          "--data.init_args.path", str(corpus), "--data.init_args.build_embedded", "false",
-          "--data.init_args.frame_size", "32", "--data.init_args.num_frames", "9", "--data.init_args.batch_size", "4",
-          "--data.init_args.valid_batch_size", "4", "--data.init_args.max_valid_items", "4",
-          tokenizer + "frame_size", "32", tokenizer + "patch_size", "8", tokenizer + "dim", "32",
-          tokenizer + "num_heads", "2",
-          tokenizer + "spatial_layers", "1", tokenizer + "temporal_layers", "1", tokenizer + "codebook_size", "32",
-          "--model.init_args.perceptual_network", str(tmp_path / "judge"), "--model.init_args.perceptual_frames", "8",
-          "--model.init_args.warmup_steps", "2", "--model.init_args.lr_decay_steps", "12",
-          "--model.init_args.lr", "0.003",
-          "--trainer.max_steps", "12", "--trainer.val_check_interval", "6", "--trainer.limit_val_batches", "1",
-          "--trainer.log_every_n_steps", "1", "--trainer.enable_progress_bar", "false",
-          "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(run),
-          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-          "--trainer.logger.init_args.save_dir", str(run), "--trainer.logger.init_args.name", "csv"])
+    fit_tiny_cvivit(corpus, judge, run, max_steps=12)
     rows = _rows(run)
     losses = [float(r["train/l1"]) for r in rows if r.get("train/l1")]
     assert len(losses) == 12
@@ -190,7 +167,7 @@ def test_recipe_fits_on_moving_digits_and_exports_with_metrics(tmp_path):
     assert sorted((run / "media").rglob("reconstructions.png")), "validation writes strips of frames"
 
     main(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "hub"), "--data", str(corpus),
-          "--judge", str(tmp_path / "judge"), "--split", "valid"])
+          "--judge", str(judge), "--split", "valid"])
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "## Measured metrics" in card and "judge_accuracy_real" in card and "psnr" in card
     loaded = load_pretrained(tmp_path / "hub")

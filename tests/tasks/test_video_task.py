@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import cli_error
+from conftest import cli_error, fit_tiny_cvivit, tiny_moving_digits
 from mmtok.cli import main
 from mmtok.codecs.cvivit import CViViTTokenizer
 from mmtok.codebook_transformer import CodebookTransformer
@@ -160,3 +160,40 @@ def test_the_task_flags_parse():
     TextToVideo.add_arguments(parser)
     args = parser.parse_args(["--text", "a", "--text", "b", "--story", "--frames", "9", "--prime-frames", "5"])
     assert args.text == ["a", "b"] and args.story and args.frames == 9 and args.prime_frames == 5
+
+
+@pytest.mark.slow
+def test_recipes_end_to_end_clips_tokenizer_tokens_maskgit_export_mp4(tmp_path):
+    from mmtok.media import read_video
+
+    corpus, judge = tiny_moving_digits(tmp_path)
+    fit_tiny_cvivit(corpus, judge, tmp_path / "tok", max_steps=4)
+    quiet = ["--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
+             "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
+             "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.name", "csv"]
+    main(["export", str(tmp_path / "tok" / "checkpoints" / "last.ckpt"), str(tmp_path / "cvivit")])
+    generator = "--model.init_args.generator.init_args."
+    task = {"class_path": "mmtok.tasks.video.TextToVideo", "init_args": {"longest": 5, "prime_frames": 1}}
+    main(["fit", "-c", str(REPO / "recipes" / "video" / "maskgit_moving_digits.yaml"),
+          generator + "tokenizer", str(tmp_path / "cvivit"),
+          generator + "backbone.init_args.codebook_sizes", "[32, 32]",
+          generator + "backbone.init_args.dim", "24", generator + "backbone.init_args.num_layers", "1",
+          generator + "backbone.init_args.num_heads", "2", generator + "task", json.dumps(task),
+          "--model.init_args.num_generated_examples", "2", "--model.init_args.warmup_steps", "2",
+          "--data.init_args.tokenizer", str(tmp_path / "cvivit"), "--data.init_args.tokens", str(tmp_path / "tokens"),
+          "--data.init_args.data", str(corpus), "--data.init_args.batch_size", "4", "--data.init_args.max_frames", "32",
+          "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.default_root_dir",
+          str(tmp_path / "mg"), "--trainer.logger.init_args.save_dir", str(tmp_path / "mg"), *quiet])
+    assert sorted((tmp_path / "mg" / "media").rglob("generated.png")), "validation writes generated strips"
+    main(["export", str(tmp_path / "mg" / "checkpoints" / "last.ckpt"), str(tmp_path / "phenaki"), "--half"])
+    loaded = load_pretrained(tmp_path / "phenaki")
+    assert loaded.grid == (None, 4, 4) and loaded.task["init_args"]["longest"] == 5
+    main(["generate", str(tmp_path / "phenaki"), "--text", "the digit 3 moves left", "--frames", "9",
+          "--sampler", "maskgit", "--steps", "2", "--out", str(tmp_path / "out")])
+    video, fps = read_video(tmp_path / "out" / "text0.mp4")
+    assert video.shape[1:3] == (9, 32) and fps == 10, "9 frames from a model trained on 5: primed segments"
+    rows = TextToVideo(longest=5, prime_frames=1).evaluate(
+        loaded, loaded.load_tokenizer(str(tmp_path / "cvivit")), load_pretrained(judge), corpus,
+        sampler="maskgit", steps=2, max_items=4, rng=torch.Generator().manual_seed(0))
+    assert [r["clips"].split(" ")[0] for r in rows] == ["real", "tokenizer", "generated"]
+    assert rows[2]["frame_count_rate"] == 1.0 and rows[2]["count"] == rows[0]["count"] >= 1
