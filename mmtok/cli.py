@@ -131,6 +131,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         rows = [{**scored, **{f"speaker_{name}": value for name, value in per_speaker.items()}}]
     elif isinstance(model, SeedTokenizer):
         rows = evaluate_seed(model, args.data, split=args.split, max_items=args.max_items, judge=judge)
+    elif model.modality == "video":
+        from mmtok.codecs.cvivit import evaluate_video_tokenizer
+
+        rows = evaluate_video_tokenizer(model, args.data, split=args.split, max_items=args.max_items, judge=judge)
     elif model.modality == "image":
         from mmtok.codecs.vq_image import evaluate_image_tokenizer
 

@@ -154,8 +154,8 @@ class TextToVideo(Task):
 
     def evaluate(self, generator, tokenizer, judge, data: str | Path, *, samples_per_request: int = 1,
                  rng: torch.Generator | None = None, max_items: int | None = None, batch_size: int = 32,
-                 **sampling) -> list[dict]:
-        """The three rates of the Phenaki issue on the ``data`` corpus' test clips (one clip generated
+                 split: str = "test", **sampling) -> list[dict]:
+        """The three rates of the Phenaki issue on the ``data`` corpus' ``split`` clips (one clip generated
         per test caption, at the clip's own frame count up to ``longest``): (a) the digit the caption
         names is the one the judge reads (majority over frames, on crops at each frame's centre of
         mass), (b) the motion over the first three frames follows the caption's direction, (c) the clip
@@ -167,10 +167,10 @@ class TextToVideo(Task):
         from mmtok.data.video import corpus_digit_size
         from mmtok.media import read_video
 
-        entries = [e for e in read_manifest(data, key="video") if e.get("split") == "test"
+        entries = [e for e in read_manifest(data, key="video") if e.get("split") == split
                    and len(e.get("digits", ())) == 1][:max_items]
         if not entries:
-            raise DataError(f"{data}: no one-digit test clips to evaluate on")
+            raise DataError(f"{data}: no one-digit {split} clips to evaluate on")
         digit_size = corpus_digit_size(Path(data) if Path(data).is_dir() else Path(data).parent) or 28
         counts = [min(int(tokenizer.usable_frames(torch.tensor(e["num_frames"]))), self.longest) for e in entries]
         real = [read_video(e["video"], channels=tokenizer.channels)[0][:, :n] for e, n in zip(entries, counts)]

@@ -170,6 +170,9 @@ def test_recipe_fits_on_moving_digits_and_exports_with_metrics(tmp_path):
           "--judge", str(judge), "--split", "valid"])
     card = (tmp_path / "hub" / "README.md").read_text()
     assert "## Measured metrics" in card and "judge_accuracy_real" in card and "psnr" in card
+    main(["evaluate", str(tmp_path / "hub"), str(corpus), "--judge", str(judge), "--split", "valid",
+          "--out", str(tmp_path / "evaluated")])
+    assert "judge_accuracy_real" in (tmp_path / "evaluated" / "metrics.md").read_text()
     loaded = load_pretrained(tmp_path / "hub")
     rows = evaluate_video_tokenizer(loaded, str(corpus), split="valid", frame_counts=(1, 5))
     assert [r["frames"] for r in rows] == [1, 5] and all(r["psnr"] > 5 for r in rows)
