@@ -284,6 +284,15 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     print(f"token cache written to {Path(out).resolve()}")
 
 
+def cmd_distill_pairs(args: argparse.Namespace) -> None:
+    from mmtok.distill.pairs import build_pairs
+
+    out = build_pairs(args.teacher, args.out, count=args.count, shard_size=args.shard_size, seed=args.seed,
+                      vector_dim=args.vector_dim, flow_steps=args.flow_steps, batch_size=args.batch_size,
+                      num_frames=args.num_frames, device=args.device)
+    print(f"teacher pairs written to {Path(out).resolve()}")
+
+
 def _generator_and_task(model: str):
     """The generator a Hub folder holds and the task its config records."""
     from mmtok.generators import TokenGenerator
@@ -325,9 +334,10 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("model", help="generator Hub folder or repo id")
     gen.add_argument("--out", required=True, help="output folder")
     gen.add_argument("--tokenizer", help="tokenizer Hub folder (default: the one the generator names)")
-    gen.add_argument("--sampler", choices=["autoregressive", *SAMPLERS],
+    gen.add_argument("--sampler", choices=["autoregressive", *SAMPLERS, "distilled"],
                      help="masked diffusion: fhs (first-hitting, default), ancestral (MDLM) or maskgit")
-    gen.add_argument("--steps", type=int, help="ancestral / maskgit steps (default: one per token / 16)")
+    gen.add_argument("--steps", type=int, help="ancestral / maskgit steps (default: one per token / 16); a distilled "
+                                               "student's passes, 1 or 2")
     gen.add_argument("--temperature", type=float,
                      help="0 decodes greedily (AR); default: the generator's recorded setting (its card), else 1")
     gen.add_argument("--top-k", type=int, default=None)
@@ -443,6 +453,21 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--align", metavar="RECOGNIZER", help="a CTC phoneme recognizer Hub folder: also store each "
                                                                 "utterance's frames per phoneme (forced alignment)")
     tokenize.set_defaults(func=cmd_tokenize)
+
+    pairs = sub.add_parser("distill-pairs", help="Distilled Decoding: (noise, tokens) pairs from an AR teacher alone, "
+                                                 "in shards (a rerun resumes)")
+    pairs.add_argument("teacher", help="autoregressive generator Hub folder or repo id")
+    pairs.add_argument("out", help="pairs folder (info.json, vectors.safetensors, shard_*.safetensors)")
+    pairs.add_argument("--count", type=int, default=20000, help="pairs to draw")
+    pairs.add_argument("--shard-size", type=int, default=1000)
+    pairs.add_argument("--seed", type=int, default=0, help="the same seed gives the same pairs")
+    pairs.add_argument("--vector-dim", type=int, default=8, help="dimensions of each token's flow vector (noise size)")
+    pairs.add_argument("--flow-steps", type=int, default=32, help="steps of the per-token flow")
+    pairs.add_argument("--batch-size", type=int, default=250, help="pairs drawn together")
+    pairs.add_argument("--num-frames", type=int, default=None,
+                       help="frames per pair for a teacher without a fixed grid")
+    pairs.add_argument("--device", default="cpu", help="where the teacher runs (cpu, cuda)")
+    pairs.set_defaults(func=cmd_distill_pairs)
 
     gen = sub.add_parser("generate", help="generate with a trained generator: its task (text to speech, class or "
                                           "caption to image) decides the flags and files; "

@@ -176,3 +176,45 @@ def fit_tiny_cvivit(corpus: Path, judge: Path, run: Path, *, max_steps: int, lr:
           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
           "--trainer.default_root_dir", str(run), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
           "--trainer.logger.init_args.save_dir", str(run), "--trainer.logger.init_args.name", "csv"])
+
+
+@pytest.fixture(scope="session")
+def digits16(tmp_path_factory) -> Path:
+    """200 real digits (scikit-learn's, upscaled to 16 x 16) with labels and captions."""
+    from mmtok.data.images import build_digits_corpus
+
+    folder = tmp_path_factory.mktemp("tiny_digits")
+    build_digits_corpus(folder, source="sklearn", image_size=16, resize="upscale", max_per_class=20, progress=False)
+    return folder
+
+
+@pytest.fixture(scope="session")
+def grid_tokenizer(digits16, tmp_path_factory) -> Path:
+    """A tiny VQ image tokenizer (16 x 16 -> a 4 x 4 grid, 2 codebooks of 16), its codebooks
+    k-means-initialised on real digits, as a Hub folder."""
+    from mmtok.codecs.vq_image import VQImageTokenizer
+    from mmtok.data.images import ImageDataModule
+
+    torch.manual_seed(0)
+    model = VQImageTokenizer(image_size=16, channels=1, block_channels=(8, 8, 8), norm_groups=4, latent_dim=8,
+                             num_quantizers=2, codebook_size=16)
+    module = ImageDataModule(path=str(digits16), channels=1, image_size=16, batch_size=64)
+    module.setup("fit")
+    with torch.no_grad():
+        model.train()(next(iter(module.train_dataloader()))["image"])
+    folder = tmp_path_factory.mktemp("tiny_vq")
+    model.eval().save_pretrained(folder)
+    return folder
+
+
+def grid_generator(tokenizer: Path, **overrides):
+    """A tiny class-conditional AR generator over ``grid_tokenizer``'s 4 x 4 grid of 2 codebooks of 16."""
+    from mmtok.ar.model import ARGenerator
+    from mmtok.codebook_transformer import CodebookTransformer
+
+    torch.manual_seed(0)
+    backbone = CodebookTransformer(codebook_sizes=[16, 16], dim=32, num_layers=2, num_heads=2, position_axes=2)
+    options = dict(tokenizer=str(tokenizer), backbone=backbone, pattern="parallel", positions="aligned", grid=(4, 4),
+                   conditions=[{"type": "class", "key": "label", "classes": 10}],
+                   task={"class_path": "mmtok.tasks.images.ClassToImage"})
+    return ARGenerator(**{**options, **overrides})

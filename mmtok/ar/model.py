@@ -5,7 +5,7 @@ The tokenizer is referenced, not embedded (:class:`~mmtok.generators.TokenGenera
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -98,9 +98,11 @@ class ARGenerator(TokenGenerator):
     @torch.no_grad()
     def generate(self, conditions: dict, *, lengths: torch.Tensor, rng: torch.Generator | None = None,
                  sampler: str | None = None, steps: int | None = None, cfg_scale: float = 1.0,
-                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None) -> Tokens:
+                 temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 draw: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> Tokens:
         """Codes for a batch of conditions, at most ``lengths`` frames per item (each item stops at its
-        end token when the backbone has one); ``cfg_scale`` ≠ 1 guides against the null condition."""
+        end token when the backbone has one); ``cfg_scale`` ≠ 1 guides against the null condition;
+        ``draw`` replaces the categorical draw of each step (:func:`mmtok.ar.sampling.generate`)."""
         self.check_sampler(sampler)
         if steps is not None:
             raise UsageError("steps: an autoregressive generator takes one step per code position, it has no steps")
@@ -120,7 +122,7 @@ class ARGenerator(TokenGenerator):
         codes, generated = generate(self.backbone, self.pattern, num_frames=num_frames, batch_size=batch_size,
                                     prefix=prefix, null_prefix=null, cfg_scale=cfg_scale, temperature=temperature,
                                     top_k=top_k, top_p=top_p, rng=rng, step_coordinates=step_coordinates,
-                                    step_embeddings=on_frames, null_step_embeddings=null_frames)
+                                    step_embeddings=on_frames, null_step_embeddings=null_frames, draw=draw)
         generated = torch.minimum(generated, lengths.to(generated.device))
         width = int(generated.max()) if batch_size else 0
         codes = codes[:, :, :width] * (torch.arange(width, device=codes.device) < generated[:, None, None])

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import torch
 
 from mmtok.codebook_transformer import CodebookTransformer
@@ -27,8 +29,13 @@ def generate(model: CodebookTransformer, pattern: Pattern, *, num_frames: int, b
              temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
              rng: torch.Generator | None = None, precision: str = "float64",
              step_coordinates: torch.Tensor | None = None, step_embeddings: torch.Tensor | None = None,
-             null_step_embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+             null_step_embeddings: torch.Tensor | None = None,
+             draw: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Returns (codes ``[B, Q, num_frames]``, lengths ``[B]``). ``temperature=0`` decodes greedily.
+
+    ``draw(logits [B, Q, V], s) -> tokens [B, Q]`` picks step s's tokens from its processed logits
+    (guided, tempered, filtered); the default is the float64 categorical draw with ``rng``. Distilled
+    Decoding's teacher pairs replace it by a deterministic flow from noise (:mod:`mmtok.distill`).
 
     Each step fills only the slots the pattern marks; the others get the codebook's special id, as in
     training. The condition ``prefix`` may be left-padded (``valid`` False on padding), so items with
@@ -100,8 +107,9 @@ def generate(model: CodebookTransformer, pattern: Pattern, *, num_frames: int, b
         if temperature == 0:
             tokens = logits.argmax(-1)
         else:
-            tokens = sample_categorical(process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p),
-                                        generator=rng, precision=precision)
+            logits = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
+            tokens = (draw(logits, s) if draw is not None
+                      else sample_categorical(logits, generator=rng, precision=precision))
         frames = layout[:, s].expand(batch_size, -1)  # [B, Q]
         if model.end_token:
             ends = (tokens[:, 0] == model.end_id) & (frames[:, 0] != EMPTY) & (frames[:, 0] < lengths)

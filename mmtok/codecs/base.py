@@ -108,6 +108,14 @@ class Tokenizer(nn.Module, HubMixin, ABC):
         tokenizer is only ever run on whole inputs)."""
         return None
 
+    def codebook_vectors(self) -> list[torch.Tensor]:
+        """What each codebook's codes stand for: per codebook q, FloatTensor [V_q, D], the vectors
+        that decoding adds up (a residual tokenizer's codewords in its latent space). Generators that
+        work in the codes' own geometry read them (Distilled Decoding's per-token flow)."""
+        from mmtok.errors import UsageError
+
+        raise UsageError(f"{type(self).__name__} does not expose codebook vectors")
+
     # keyword options of ``decode`` beyond num_quantizers that ``mmtok decode`` may pass (a diffusion
     # de-tokenizer's sampler, steps, guidance, seed); none for a deterministic decoder
     decode_options: tuple[str, ...] = ()

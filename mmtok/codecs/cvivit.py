@@ -242,6 +242,10 @@ class CViViTTokenizer(Tokenizer):
         codes = self.quantizer.nearest_codes(latent.flatten(1, 2))  # [B, t·h·w, Q]
         return rearrange(codes, "b n q -> b q n")
 
+    def codebook_vectors(self) -> list[torch.Tensor]:
+        """Per codebook, its codewords in the latent space, [V, latent_dim]."""
+        return self.quantizer.codebook_vectors()
+
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, Q', t · h · w] (Q' ≤ Q, entries of -1 skipped) -> latent [B, t, h · w, latent_dim]."""
         cells = self.spatial_grid[0] * self.spatial_grid[1]

@@ -56,6 +56,11 @@ def dequantize(rvq: ResidualVQ, codes: torch.Tensor) -> torch.Tensor:
     return rvq.project_out(vectors)
 
 
+def codewords(rvq: ResidualVQ) -> list[torch.Tensor]:
+    """Each codebook's codewords as decoding sees them, [V, D] per codebook (detached)."""
+    return [rvq.project_out(codebook).detach() for codebook in rvq.codebooks]
+
+
 def share_across_ranks(rvq: ResidualVQ) -> bool:
     """Share k-means init and EMA statistics across DDP ranks; True when there are several.
 

@@ -41,7 +41,8 @@ from torch import nn
 from vector_quantize_pytorch import ResidualFSQ, ResidualLFQ
 
 from mmtok.codecs.base import Tokenizer, check_image_batch
-from mmtok.codecs.quantizers import dequantize, draw_dropout, nearest_codes, residual_vq, share_across_ranks
+from mmtok.codecs.quantizers import (codewords, dequantize, draw_dropout, nearest_codes, residual_vq,
+                                     share_across_ranks)
 from mmtok.tokens import Tokens
 
 
@@ -92,6 +93,9 @@ class ResidualVQQuantizer(nn.Module):
         """codes [B, N, Q'] (entries of -1 skipped) -> [B, N, D]: Σ of the chosen codewords."""
         return dequantize(self.rvq, codes)
 
+    def codebook_vectors(self) -> list[torch.Tensor]:
+        return codewords(self.rvq)
+
     def enable_distributed_sync(self) -> bool:
         return share_across_ranks(self.rvq)
 
@@ -123,6 +127,10 @@ class _ImplicitQuantizer(nn.Module):
             index = codes[..., q]
             vectors = vectors + codebook[index.clamp(min=0)] * self.scale(q) * (index >= 0).unsqueeze(-1)
         return self.module.project_out(vectors)
+
+    def codebook_vectors(self) -> list[torch.Tensor]:
+        return [self.module.project_out(codebook * self.scale(q)).detach()
+                for q, codebook in enumerate(self.module.codebooks)]
 
 
 class ResidualFSQQuantizer(_ImplicitQuantizer):
@@ -281,6 +289,10 @@ class VQImageTokenizer(Tokenizer):
         """latent [B, D, h, w] -> codes [B, Q, h · w] (raster order), a pure function of the codebooks."""
         codes = self.quantizer.nearest_codes(rearrange(latent, "b d h w -> b (h w) d"))  # [B, h·w, Q]
         return rearrange(codes, "b n q -> b q n")
+
+    def codebook_vectors(self) -> list[torch.Tensor]:
+        """Per codebook, its codewords in the latent space, [V, latent_dim]."""
+        return self.quantizer.codebook_vectors()
 
     def dequantize(self, codes: torch.Tensor) -> torch.Tensor:
         """codes [B, Q', h · w] with Q' ≤ Q (entries of -1 skipped) -> latent [B, D, h, w]."""

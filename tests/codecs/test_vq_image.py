@@ -366,3 +366,15 @@ def test_log_image_examples_writes_originals_over_reconstructions_and_logs_to_wa
     assert float(grid[2:10, 2:10].max()) == 0.0 and float(grid[12:20, 2:10].min()) == 1.0
     assert logged[0]["key"] == "val_media/reconstructions" and logged[0]["step"] == 7
     assert logged[0]["images"][0].shape == (22, 32, 1) and logged[0]["caption"] == ["rows: original, 2q"]
+
+
+def test_codebook_vectors_are_what_decoding_adds_up(grid_tokenizer):
+    """Distilled Decoding's flow reads each codebook's vectors: their sum over the codebooks of a cell
+    is the latent the decoder gets."""
+    tokenizer = load_pretrained(grid_tokenizer)
+    vectors = tokenizer.codebook_vectors()
+    assert [tuple(v.shape) for v in vectors] == [(16, 8), (16, 8)]
+    codes = torch.randint(0, 16, (2, 2, 16), generator=torch.Generator().manual_seed(0))
+    summed = sum(vectors[q][codes[:, q]] for q in range(2))  # [B, h·w, D]
+    latent = tokenizer.dequantize(codes)  # [B, D, h, w]
+    assert torch.allclose(summed, latent.flatten(2).transpose(1, 2), atol=1e-6)

@@ -11,8 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from conftest import REPO, cli_error
-from mmtok.ar.model import ARGenerator
+from conftest import REPO, cli_error, grid_generator
 from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.cli import main
 from mmtok.hub import load_pretrained
@@ -20,46 +19,8 @@ from mmtok.hub import load_pretrained
 GRID = (4, 4)
 
 
-@pytest.fixture(scope="module")
-def digits(tmp_path_factory) -> Path:
-    """200 real digits (scikit-learn's, upscaled to 16 x 16) with labels and captions."""
-    from mmtok.data.images import build_digits_corpus
-
-    folder = tmp_path_factory.mktemp("tiny_digits")
-    build_digits_corpus(folder, source="sklearn", image_size=16, resize="upscale", max_per_class=20, progress=False)
-    return folder
-
-
-@pytest.fixture(scope="module")
-def image_tokenizer(digits, tmp_path_factory) -> Path:
-    """A tiny VQ image tokenizer (16 x 16 -> a 4 x 4 grid, 2 codebooks of 16), its codebooks
-    k-means-initialised on real digits, as a Hub folder."""
-    from mmtok.codecs.vq_image import VQImageTokenizer
-    from mmtok.data.images import ImageDataModule
-
-    torch.manual_seed(0)
-    model = VQImageTokenizer(image_size=16, channels=1, block_channels=(8, 8, 8), norm_groups=4, latent_dim=8,
-                             num_quantizers=2, codebook_size=16)
-    module = ImageDataModule(path=str(digits), channels=1, image_size=16, batch_size=64)
-    module.setup("fit")
-    with torch.no_grad():
-        model.train()(next(iter(module.train_dataloader()))["image"])
-    folder = tmp_path_factory.mktemp("tiny_vq")
-    model.eval().save_pretrained(folder)
-    return folder
-
-
-def grid_generator(tokenizer: Path, **overrides) -> ARGenerator:
-    torch.manual_seed(0)
-    backbone = CodebookTransformer(codebook_sizes=[16, 16], dim=32, num_layers=2, num_heads=2, position_axes=2)
-    options = dict(tokenizer=str(tokenizer), backbone=backbone, pattern="parallel", positions="aligned", grid=GRID,
-                   conditions=[{"type": "class", "key": "label", "classes": 10}],
-                   task={"class_path": "mmtok.tasks.images.ClassToImage"})
-    return ARGenerator(**{**options, **overrides})
-
-
-def test_grid_coordinates_are_the_raster_cells_and_the_prefix_sits_before_the_origin(image_tokenizer):
-    generator = grid_generator(image_tokenizer)
+def test_grid_coordinates_are_the_raster_cells_and_the_prefix_sits_before_the_origin(grid_tokenizer):
+    generator = grid_generator(grid_tokenizer)
     coordinates = generator.coordinates(torch.arange(6))
     assert coordinates.tolist() == [[0, 0], [0, 1], [0, 2], [0, 3], [1, 0], [1, 1]]
     assert generator.coordinates(torch.tensor([99])).tolist() == [[3, 3]], "past the grid: its last cell"
@@ -68,15 +29,15 @@ def test_grid_coordinates_are_the_raster_cells_and_the_prefix_sits_before_the_or
     assert positions.shape == (2, prefix.length + 6, 2)
     assert (positions[:, : prefix.length] < 0).all() and torch.equal(positions[0, prefix.length:], coordinates)
     with pytest.raises(ValueError, match="needs the steps' coordinates: use positions 'aligned'"):
-        grid_generator(image_tokenizer, positions="sequential")
+        grid_generator(grid_tokenizer, positions="sequential")
 
 
 @pytest.mark.parametrize("kind", ["rotary", "learned"])
-def test_cached_ar_logits_on_a_grid_equal_the_full_pass(kind, image_tokenizer):
+def test_cached_ar_logits_on_a_grid_equal_the_full_pass(kind, grid_tokenizer):
     torch.manual_seed(0)
     backbone = CodebookTransformer(codebook_sizes=[16, 16], dim=32, num_layers=2, num_heads=2,
                                    positions=kind, position_axes=2 if kind == "rotary" else 1, grid=GRID)
-    generator = grid_generator(image_tokenizer, backbone=backbone).eval()
+    generator = grid_generator(grid_tokenizer, backbone=backbone).eval()
     codes = torch.randint(0, 16, (2, 2, 16))
     steps, _ = generator.pattern.build(codes, fill=backbone.special_ids)
     inputs = backbone.shift_right(steps)
@@ -97,16 +58,16 @@ def test_cached_ar_logits_on_a_grid_equal_the_full_pass(kind, image_tokenizer):
     assert not torch.allclose(moved, full, atol=1e-4), "the logits depend on the 2-D coordinates"
 
 
-def test_a_generator_loaded_without_any_task_code_still_generates_tokens_with_the_grid(image_tokenizer, tmp_path):
-    generator = grid_generator(image_tokenizer).eval()
-    generator.record_token_facts(load_pretrained(image_tokenizer))
+def test_a_generator_loaded_without_any_task_code_still_generates_tokens_with_the_grid(grid_tokenizer, tmp_path):
+    generator = grid_generator(grid_tokenizer).eval()
+    generator.record_token_facts(load_pretrained(grid_tokenizer))
     generator.save_pretrained(tmp_path / "gen")
     loaded = load_pretrained(tmp_path / "gen")
     tokens = loaded.generate({"label": [4, 4, 9]}, lengths=torch.full((3,), 16), rng=torch.Generator().manual_seed(0))
     assert tokens.codes.shape == (3, 2, 16) and tokens.grid == GRID and tokens.lengths.tolist() == [16] * 3
     again = generator.generate({"label": [4, 4, 9]}, lengths=torch.full((3,), 16), rng=torch.Generator().manual_seed(0))
     assert torch.equal(tokens.codes, again.codes)
-    assert load_pretrained(image_tokenizer).decode(tokens).shape == (3, 1, 16, 16)
+    assert load_pretrained(grid_tokenizer).decode(tokens).shape == (3, 1, 16, 16)
 
 
 def image_recipe_args(recipe: str, digits: Path, tokenizer: Path, tokens: Path, run: Path, *, max_steps: int):
@@ -136,10 +97,10 @@ def _digest(path: Path) -> str:
 
 @pytest.mark.parametrize("recipe,sampler", [("ar_digits.yaml", []), ("mdm_digits.yaml", ["--sampler", "fhs"]),
                                             ("mdm_digits.yaml", ["--sampler", "maskgit", "--steps", "4"])])
-def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, sampler, digits, image_tokenizer,
+def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, sampler, digits16, grid_tokenizer,
                                                                         tmp_path, capsys):
     run, hub = tmp_path / "run", tmp_path / "hub"
-    main(image_recipe_args(recipe, digits, image_tokenizer, tmp_path / "tokens", run, max_steps=80))
+    main(image_recipe_args(recipe, digits16, grid_tokenizer, tmp_path / "tokens", run, max_steps=80))
     info = json.loads((tmp_path / "tokens" / "info.json").read_text())
     assert info["modality"] == "image" and info["grid"] == [4, 4] and info["count"] == 200
     rows = list(csv.DictReader(open(next(run.glob("csv/*/metrics.csv")))))
@@ -164,7 +125,7 @@ def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, 
     _recorded_sampling_is_the_default_and_flags_win(run, tmp_path, sampler, capsys)
     if not sampler:  # a fine-tune of a release keeps its recorded sampling
         tuned = tmp_path / "tuned"
-        main([*image_recipe_args(recipe, digits, image_tokenizer, tmp_path / "tokens", tuned, max_steps=2),
+        main([*image_recipe_args(recipe, digits16, grid_tokenizer, tmp_path / "tokens", tuned, max_steps=2),
               "--model.init_args.init_from", str(tmp_path / "hub_sampling")])
         main(["export", str(tuned / "checkpoints" / "last.ckpt"), str(tmp_path / "hub_tuned")])
         tuned_config = json.loads((tmp_path / "hub_tuned" / "config.json").read_text())
@@ -174,7 +135,7 @@ def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, 
 
     torch.manual_seed(0)
     DigitClassifier(widths=(4, 8)).eval().save_pretrained(judge)
-    main(["evaluate", str(hub), str(digits), "--judge", str(judge), "--samples", "3", *sampler,
+    main(["evaluate", str(hub), str(digits16), "--judge", str(judge), "--samples", "3", *sampler,
           "--out", str(tmp_path / "eval")])
     table = (tmp_path / "eval" / "metrics.md").read_text()
     assert "real test vs real train (floor)" in table and "tokenizer reconstructions (ceiling)" in table
@@ -203,9 +164,9 @@ def _recorded_sampling_is_the_default_and_flags_win(run: Path, tmp_path: Path, s
 
 
 def test_the_caption_recipe_reads_captions_with_the_packaged_minilm_and_writes_text_pngs(
-        digits, image_tokenizer, tmp_path, capsys):
+        digits16, grid_tokenizer, tmp_path, capsys):
     run, hub = tmp_path / "run", tmp_path / "hub"
-    main(image_recipe_args("ar_digit_captions.yaml", digits, image_tokenizer, tmp_path / "tokens", run,
+    main(image_recipe_args("ar_digit_captions.yaml", digits16, grid_tokenizer, tmp_path / "tokens", run,
                            max_steps=20))
     main(["export", str(run / "checkpoints" / "last.ckpt"), str(hub)])
     config = json.loads((hub / "config.json").read_text())
