@@ -22,7 +22,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any, Sequence
 
-import av
 import numpy as np
 import soundfile as sf
 import torch
@@ -523,6 +522,8 @@ def write_video(
 
 def _encode_video(path: Path, frames: np.ndarray, *, fps: float, crf: int, suffix: str) -> None:
     """frames uint8 [T, H, W, C] -> an mp4 (H.264) or gif at ``path``."""
+    import av  # PyAV only where video is written or read: importing mmtok.media stays light
+
     height, width, channels = frames.shape[1:]
     rate = Fraction(fps).limit_denominator(1001)
     with av.open(str(path), mode="w", format="mp4" if suffix == ".mp4" else "gif") as container:
@@ -595,6 +596,8 @@ def read_video(path: str | Path, *, channels: int = 3, max_frames: int | None = 
 
 def _decode_video(path: Path, *, channels: int, max_frames: int | None) -> tuple[np.ndarray, float]:
     """PyAV decode of the first video stream -> (uint8 [T, H, W, channels], fps)."""
+    import av
+
     pixel_format = "gray" if channels == 1 else "rgb24"
     pictures: list[np.ndarray] = []
     try:

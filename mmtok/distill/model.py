@@ -5,9 +5,11 @@ The teacher's pairs (:mod:`mmtok.distill.pairs`) make each token x_s a determini
 noise ε_{≤s} and the condition, so a causal network whose slot s reads ε_s can predict x_s from what it
 has seen. The student is the teacher's own backbone, started from its weights: the input of slot s is
 the teacher's (the token of step s − 1 where it is known, the start/empty id where it is not) plus, at
-slots not yet known, a projection of ε_s (one linear map per codebook) and a learned marker. Both are
-zero at the start, so with the teacher's weights and no training the student's logits equal the
-teacher's wherever the inputs agree (every slot up to the first unknown one).
+slots not yet known, a projection of ε_s (one linear map per codebook) and a learned marker (zero at
+the start). So with the teacher's weights and no training the student's logits equal the teacher's
+wherever the inputs agree: every slot before the first unknown one. The projection starts at the
+scale of a token embedding (each output coordinate of unit variance): started at zero, the noise
+was a signal too small to use, and the student sat at the naive baseline's loss for 400 steps.
 
 - 1 step: nothing known; one pass predicts every token (argmax: the map is deterministic).
 - 2 steps: the first ``known = round(intermediate · S)`` tokens of the first pass are kept and fed as
@@ -71,7 +73,7 @@ class DistilledGenerator(TokenGenerator):
         self.noise_in = nn.ModuleList(nn.Linear(vector_dim, dim, bias=False) for _ in self.codebook_sizes)
         self.noise_marker = nn.Parameter(torch.zeros(dim))
         for projection in self.noise_in:
-            nn.init.zeros_(projection.weight)
+            nn.init.normal_(projection.weight, std=vector_dim ** -0.5)
 
     @classmethod
     def from_teacher(cls, teacher: str, *, vector_dim: int = 8, inputs: str = "noise", intermediate: float = 0.5,

@@ -92,7 +92,8 @@ def pair_frames(teacher, num_frames: int | None) -> int:
 def build_pairs(teacher: str, out: str | Path, *, count: int, shard_size: int = 1000, seed: int = 0,
                 vector_dim: int = 8, flow_steps: int = FLOW_STEPS, batch_size: int = 250,
                 num_frames: int | None = None, device: str = "cpu", progress: bool = True) -> Path:
-    """Write ``count`` pairs from the AR teacher (a Hub folder) to ``out``, with its recorded sampling;
+    """Write ``count`` pairs (rounded up to whole shards) from the AR teacher (a Hub folder) to ``out``,
+    with its recorded sampling;
     shards already there are kept (a rerun resumes), provided ``info.json`` matches these settings.
     The teacher and the flow run on ``device``; the pairs are the same wherever they ran up to float
     rounding (the noise is always drawn on the CPU)."""

@@ -16,7 +16,7 @@ class DistillModule(GeneratorModule):
     :class:`~mmtok.training.generators.GeneratorModule`."""
 
     def __init__(self, *, teacher: str, inputs: str = "noise", vector_dim: int = 8, intermediate: float = 0.5,
-                 init_from: str | None = None, lr: float = 3e-4, weight_decay: float = 0.05,
+                 init_from: str | None = None, lr: float = 1e-3, weight_decay: float = 0.05,
                  betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 200, num_generated_examples: int = 10):
         generator = DistilledGenerator.from_teacher(teacher, vector_dim=vector_dim, inputs=inputs,
                                                     intermediate=intermediate)
