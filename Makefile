@@ -70,7 +70,8 @@ demo: $(STAMP)
 ## shipped class-conditional AR and masked diffusion generators on the shipped tokenizer's tokens and the AR over
 ## SEED's 16 causal tokens, then write a 10 x 10 class grid from each VQ generator (AR; masked diffusion with its
 ## MaskGIT default), a 10 x 4 one with the first-hitting sampler (128 calls per batch: the slow one), a 10 x 4 one
-## from the SEED AR (its de-tokenizer draws each digit, 25 DPM-Solver steps) and the judge's metrics table to
+## from the SEED AR (its de-tokenizer draws each digit, 25 DPM-Solver steps), 10 x 10 ones from the shipped
+## Distilled Decoding student of the AR model in one and in two network passes, and the judge's metrics table to
 ## $(DEMO_OUT)/images.
 demo-images: $(STAMP)
 	$(BIN)/mmtok data digits --out data/digits --image-size 32
@@ -101,6 +102,8 @@ demo-images: $(STAMP)
 	  --sampler maskgit --out $(DEMO_OUT)/images/mdm_maskgit
 	$(BIN)/mmtok generate $(DEMO_OUT)/images/digits-ar-seed --tokenizer checkpoints/seed-digits --num-samples 4 \
 	  --out $(DEMO_OUT)/images/ar_seed
+	for steps in 1 2; do $(BIN)/mmtok generate checkpoints/digits-dd --num-samples 10 --steps $$steps \
+	  --out $(DEMO_OUT)/images/dd_$${steps}step || exit 1; done
 	$(BIN)/python bench/image_generators.py --model ar=$(DEMO_OUT)/images/digits-ar \
 	  --model mdm=$(DEMO_OUT)/images/digits-mdm --judge checkpoints/digit-classifier --data data/digits \
 	  --samplers maskgit --samples-per-class 10 --out $(DEMO_OUT)/images/metrics.md

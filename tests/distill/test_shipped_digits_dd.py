@@ -1,0 +1,45 @@
+"""The released Distilled Decoding student of the AR digits generator (checkpoints/digits-dd): a small Hub
+folder naming its teacher and the shipped tokenizer, drawing in one or two network passes digits the shipped
+judge reads as the class asked for."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from conftest import REPO
+from mmtok.hub import load_pretrained
+from mmtok.tasks import build_task
+from mmtok.tasks.images import generate_images
+
+FOLDER = REPO / "checkpoints" / "digits-dd"
+JUDGE = REPO / "checkpoints" / "digit-classifier"
+# Below the judge's accuracy on 1,000 samples (docs/benchmarks.md: 0.961 in one pass, 0.953 in two), with room for 50.
+MINIMUM_ACCURACY = {1: 0.8, 2: 0.8}
+
+
+def test_the_release_is_a_small_hub_folder_naming_its_teacher():
+    assert {p.name for p in FOLDER.iterdir()} == {"config.json", "model.safetensors", "README.md"}
+    assert (FOLDER / "model.safetensors").stat().st_size <= 10 * 2**20
+    config = json.loads((FOLDER / "config.json").read_text())
+    assert config["mmtok_class"] == "mmtok.distill.model.DistilledGenerator"
+    assert (config["teacher"], config["tokenizer"], config["grid"]) == ("checkpoints/digits-ar",
+                                                                        "checkpoints/vq-digits", [8, 8])
+    assert config["teacher_sampling"] == {"cfg_scale": 3, "temperature": 0.7} and config["inputs"] == "noise"
+    assert "## Distilled Decoding (bench/distilled_decoding.py)" in (FOLDER / "README.md").read_text()
+
+
+@pytest.mark.parametrize("steps", [1, 2])
+def test_the_release_draws_the_digit_asked_for_in_its_passes(steps):
+    generator = load_pretrained(FOLDER)
+    tokenizer = generator.load_tokenizer(near=FOLDER)
+    classes, labels = build_task(generator.task).evaluation_requests(generator, None, 5)
+    calls = []
+    generator.backbone.register_forward_hook(lambda *_: calls.append(1))
+    images = generate_images(generator, tokenizer, {"label": classes}, rng=torch.Generator().manual_seed(0),
+                             steps=steps)
+    assert len(calls) == steps, "one batch of 50, one backbone call per step"
+    accuracy = float((load_pretrained(JUDGE).classify(images) == torch.tensor(labels)).float().mean())
+    assert accuracy >= MINIMUM_ACCURACY[steps], f"the judge reads {accuracy:.2f} of the {steps}-step digits as asked"
