@@ -21,7 +21,7 @@ def run_lightning_cli(args: list[str]) -> None:
     import lightning as L
     from lightning.pytorch.cli import LightningCLI
 
-    from mmtok.training.callbacks import PlainProgress
+    from mmtok.training.callbacks import PlainProgress, RandomStates, Throughput
 
     LightningCLI(
         model_class=L.LightningModule,
@@ -31,7 +31,8 @@ def run_lightning_cli(args: list[str]) -> None:
         args=args,
         save_config_kwargs={"overwrite": True},
         auto_configure_optimizers=False,
-        trainer_defaults={"callbacks": [PlainProgress()]},  # added to a recipe's own callbacks
+        # added to a recipe's own callbacks
+        trainer_defaults={"callbacks": [PlainProgress(), RandomStates(), Throughput()]},
     )
 
 

@@ -15,9 +15,12 @@ LongTensor [B] of valid samples, and ``text``/``phonemes``/``speaker``/``path`` 
 
 from __future__ import annotations
 
+import random
 from pathlib import Path
 
 import torch
+
+from mmtok.data.loading import unseeded_rng
 
 from mmtok.data.manifest import (  # noqa: F401  (SPLITS, assign_splits: re-exported)
     SPLITS,
@@ -59,7 +62,6 @@ class AudioDataset(ManifestDataset):
         sample_rate: int = 16000,
         crop_samples: int | None = None,
         skip_bad_files: bool = False,
-        generator: torch.Generator | None = None,
     ) -> None:
         if crop_samples is not None and crop_samples <= 0:
             raise ValueError(f"AudioDataset: crop_samples must be > 0 or None, got {crop_samples}")
@@ -68,23 +70,22 @@ class AudioDataset(ManifestDataset):
         super().__init__(entries, skip_bad_files=skip_bad_files)
         self.sample_rate = sample_rate
         self.crop_samples = crop_samples
-        self.generator = generator
 
-    def _crop(self, audio: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _crop(self, audio: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, int]:
         """audio [1, N] -> ([1, crop_samples], valid samples)."""
         crop, total = self.crop_samples, audio.shape[-1]
         if total >= crop:
-            start = int(torch.randint(0, total - crop + 1, (1,), generator=self.generator))
+            start = rng.randrange(total - crop + 1)
             return audio[:, start:start + crop], crop
         return torch.nn.functional.pad(audio, (0, crop - total)), total
 
     def load(self, path: str) -> torch.Tensor:
         return load_audio(path, sample_rate=self.sample_rate)  # [1, N]
 
-    def make_item(self, entry: dict, audio: torch.Tensor) -> dict:
+    def make_item(self, entry: dict, audio: torch.Tensor, rng: random.Random | None) -> dict:
         length = audio.shape[-1]
         if self.crop_samples is not None:
-            audio, length = self._crop(audio)
+            audio, length = self._crop(audio, rng or unseeded_rng())
         item = {"audio": audio, "length": length, "path": entry["audio"]}
         item.update({key: entry[key] for key in ("text", "phonemes", "speaker") if key in entry})
         return item
@@ -157,6 +158,10 @@ class AudioDataModule(ManifestDataModule):
         self.sample_rate = sample_rate
         self.crop_samples = None if crop_seconds is None else int(round(crop_seconds * sample_rate))
         self.num_utterances = num_utterances
+
+    def batch_measures(self, batch: dict) -> dict[str, float]:
+        """Items and seconds of audio (valid samples, padding left out)."""
+        return {"samples": len(batch["lengths"]), "audio_seconds": float(batch["lengths"].sum()) / self.sample_rate}
 
     def list_folder(self, folder: Path) -> list[dict]:
         """Audio files under ``folder`` (no sidecar captions)."""

@@ -41,6 +41,7 @@ import torch
 from PIL import Image
 from tqdm import tqdm
 
+from mmtok.data.loading import unseeded_rng
 from mmtok.data.manifest import (  # noqa: F401  (the manifest helpers are re-exported from here)
     ManifestDataModule,
     ManifestDataset,
@@ -310,11 +311,11 @@ class ImageDataset(ManifestDataset):
                                                   antialias=True, align_corners=False)
         return resized[0].clamp(0.0, 1.0)
 
-    def make_item(self, entry: dict, image: torch.Tensor) -> dict:
+    def make_item(self, entry: dict, image: torch.Tensor, rng: random.Random | None) -> dict:
         item = {"image": image, "path": entry["image"]}
         item.update({key: entry[key] for key in ("text", "label") if key in entry})
         if self.random_captions and entry.get("captions"):
-            item["text"] = random.choice(entry["captions"])
+            item["text"] = (rng or unseeded_rng()).choice(entry["captions"])
         return item
 
 

@@ -28,6 +28,7 @@ import torch
 from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
+from mmtok.data.loading import split_key, training_loader
 from mmtok.files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -265,10 +266,12 @@ class ManifestDataset(Dataset, ABC):
         """The media tensor of one file; raises the modality's error naming the file when it is bad."""
 
     @abstractmethod
-    def make_item(self, entry: dict, media: torch.Tensor) -> dict:
-        """The dataset item for ``entry`` whose file loaded as ``media``."""
+    def make_item(self, entry: dict, media: torch.Tensor, rng: random.Random | None) -> dict:
+        """The dataset item for ``entry`` whose file loaded as ``media``; its random draws (a crop) come
+        from ``rng``, the item's own generator (None: not seeded, see :func:`mmtok.data.loading.split_key`)."""
 
-    def __getitem__(self, index: int) -> dict | None:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
+        index, rng = split_key(key)
         entry = self.entries[index]
         try:
             media = self.load(entry[self.key])
@@ -278,7 +281,7 @@ class ManifestDataset(Dataset, ABC):
             self._skips.add()
             logging.getLogger(type(self).__module__).warning("skipping bad %s file: %s", self.key, error)
             return None
-        return self.make_item(entry, media)
+        return self.make_item(entry, media, rng)
 
 
 # ----------------------------------------------------------------------------- corpus cache
@@ -439,17 +442,29 @@ class ManifestDataModule(L.LightningDataModule, ABC):
         """Bad manifest lines plus bad files skipped so far (train/valid/test together)."""
         return self.num_skipped_lines + sum(dataset.num_skipped for dataset in self.datasets.values())
 
-    def _loader(self, split: str, *, batch_size: int, shuffle: bool) -> DataLoader:
+    def batch_measures(self, batch: dict) -> dict[str, float]:
+        """What a training batch holds, for the throughput a run reports (``train/<name>_per_s``)."""
+        return {"samples": len(batch["path"])}
+
+    def _dataset(self, split: str) -> Dataset:
         if not self.datasets:
             raise RuntimeError(f"{self._owner}: call setup() before asking for a dataloader")
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, num_workers=self.num_workers,
-                          collate_fn=self.collate, persistent_workers=self.num_workers > 0)
+        return self.datasets[split]
+
+    def _options(self) -> dict:
+        return dict(num_workers=self.num_workers, collate_fn=self.collate, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", batch_size=self.batch_size, shuffle=True)
+        """Shuffled, resumable mid-epoch and sharded over processes (:mod:`mmtok.data.loading`)."""
+        return training_loader(self, self._dataset("train"), batch_size=self.batch_size, seed=self.seed,
+                               **self._options())
+
+    def _evaluation_loader(self, split: str) -> DataLoader:
+        return DataLoader(self._dataset(split), batch_size=self.valid_batch_size,
+                          generator=torch.Generator().manual_seed(self.seed), **self._options())
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", batch_size=self.valid_batch_size, shuffle=False)
+        return self._evaluation_loader("valid")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", batch_size=self.valid_batch_size, shuffle=False)
+        return self._evaluation_loader("test")

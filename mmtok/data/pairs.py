@@ -7,6 +7,7 @@ import lightning as L
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from mmtok.data.loading import random_states_kept, split_key, training_loader
 from mmtok.distill.flow import FLOW_STEPS
 from mmtok.distill.pairs import build_pairs, read_pairs
 
@@ -20,7 +21,8 @@ class PairDataset(Dataset):
     def __len__(self) -> int:
         return len(self.codes)
 
-    def __getitem__(self, index: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, _ = split_key(key)  # nothing is drawn per item
         return {"noise": self.noise[index], "codes": self.codes[index], "lengths": self.codes.shape[-1],
                 **{key: values[index] for key, values in self.conditions.items()}}
 
@@ -42,8 +44,9 @@ class PairDataModule(L.LightningDataModule):
     def prepare_data(self) -> None:
         hp = self.hparams
         if hp.teacher is not None:
-            build_pairs(hp.teacher, hp.pairs, count=hp.count, shard_size=hp.shard_size, seed=hp.seed,
-                        vector_dim=hp.vector_dim, flow_steps=hp.flow_steps, batch_size=hp.pair_batch_size)
+            with random_states_kept():
+                build_pairs(hp.teacher, hp.pairs, count=hp.count, shard_size=hp.shard_size, seed=hp.seed,
+                            vector_dim=hp.vector_dim, flow_steps=hp.flow_steps, batch_size=hp.pair_batch_size)
 
     def setup(self, stage: str | None = None) -> None:
         if self.datasets:
@@ -59,10 +62,16 @@ class PairDataModule(L.LightningDataModule):
         self.datasets = {"train": PairDataset(noise[:cut], codes[:cut], {k: v[:cut] for k, v in conditions.items()}),
                          "valid": PairDataset(noise[cut:], codes[cut:], {k: v[cut:] for k, v in conditions.items()})}
 
+    def batch_measures(self, batch: dict) -> dict[str, float]:
+        """Teacher pairs."""
+        return {"samples": len(batch["codes"])}
+
     def train_dataloader(self) -> DataLoader:
-        return DataLoader(self.datasets["train"], batch_size=self.hparams.batch_size, shuffle=True, drop_last=True,
-                          num_workers=self.hparams.num_workers)
+        """Shuffled, resumable mid-epoch and sharded over processes (:mod:`mmtok.data.loading`)."""
+        return training_loader(self, self.datasets["train"], batch_size=self.hparams.batch_size, seed=self.hparams.seed,
+                               drop_last=True, num_workers=self.hparams.num_workers)
 
     def val_dataloader(self) -> DataLoader:
         return DataLoader(self.datasets["valid"], batch_size=self.hparams.valid_batch_size,
-                          num_workers=self.hparams.num_workers)
+                          num_workers=self.hparams.num_workers,
+                          generator=torch.Generator().manual_seed(self.hparams.seed))

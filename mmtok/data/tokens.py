@@ -32,6 +32,7 @@ from safetensors.torch import load_file, save_file
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
+from mmtok.data.loading import random_states_kept, split_key, training_loader, unseeded_rng
 from mmtok.data.manifest import manifest_path, read_manifest
 from mmtok.data.media_files import MEDIA_KEYS, read_media
 from mmtok.errors import DataError
@@ -243,7 +244,6 @@ class TokenDataset(Dataset):
         if prompt_seconds and not corpus.info.get("frame_rate"):
             raise ValueError(f"{corpus.folder}: prompt_seconds needs tokens on a time axis (a frame rate)")
         self.prompt_frames = None if not prompt_seconds else round(prompt_seconds * corpus.info["frame_rate"])
-        self._draws = 0
         self.by_speaker: dict[str, list[int]] = {}
         for index in indices:
             self.by_speaker.setdefault(str(corpus.entries[index].get("speaker")), []).append(index)
@@ -258,29 +258,29 @@ class TokenDataset(Dataset):
         start = rng.randrange(max(1, codes.shape[1] - self.prompt_frames + 1))
         return codes[:, start: start + self.prompt_frames]
 
-    def __getitem__(self, position: int) -> dict:
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        position, rng = split_key(key)
         index = self.indices[position]
         entry = self.corpus.entries[index]
         codes = self.corpus.codes(index)
         if self.max_frames is not None:
             codes = codes[:, : self.max_frames]
         item = {"codes": codes, **{k: entry[k] for k in CONDITION_FIELDS if k in entry}}
+        rng = self._item_rng(index, rng)
         if self.train and len(entry.get("captions", ())) > 1:  # every phrasing of the clip's caption in turn
-            item["text"] = self._item_rng(index).choice(entry["captions"])
+            item["text"] = rng.choice(entry["captions"])
         if "durations" in item and codes.shape[1] < sum(item["durations"]):  # cropped: so are its phonemes
             item["phonemes"], item["durations"] = crop_durations(item["phonemes"], item["durations"], codes.shape[1])
         if self.prompt_frames:
-            item["prompt"] = self._prompt(index, self._item_rng(index))
+            item["prompt"] = self._prompt(index, rng)
         return item
 
-    def _item_rng(self, index: int) -> random.Random:
-        """The draws of an item (prompt, caption). Evaluation: one fixed draw per item. Training: a new
-        draw each time, reproducible from the seed and torch's seed of this process (which Lightning's
-        seed_everything and every DataLoader worker of every epoch set)."""
+    def _item_rng(self, index: int, rng: random.Random | None) -> random.Random:
+        """The draws of an item (prompt, caption). Evaluation: one fixed draw per item. Training: the
+        item's own generator of this epoch (:func:`mmtok.data.loading.split_key`)."""
         if not self.train:
             return random.Random(self.seed * 1_000_003 + index)
-        self._draws += 1
-        return random.Random(hash((self.seed, torch.initial_seed(), index, self._draws)))
+        return rng or unseeded_rng()
 
 
 def crop_durations(phonemes: str, durations: list[int], frames: int) -> tuple[str, list[int]]:
@@ -336,8 +336,9 @@ class TokenDataModule(L.LightningDataModule):
 
     def prepare_data(self) -> None:
         if self.hparams.tokenizer is not None:
-            tokenize_corpus(self.hparams.tokenizer, self.hparams.data, self.hparams.tokens,
-                            aligner=self.hparams.aligner)
+            with random_states_kept():
+                tokenize_corpus(self.hparams.tokenizer, self.hparams.data, self.hparams.tokens,
+                                aligner=self.hparams.aligner)
 
     def setup(self, stage: str | None = None) -> None:
         if self.corpus is not None:
@@ -359,15 +360,23 @@ class TokenDataModule(L.LightningDataModule):
             indices = splits.get(split, [])[: hp.max_valid_items]
             self.datasets[split] = TokenDataset(self.corpus, indices, train=False, **options)
 
-    def _loader(self, split: str, batch_size: int, shuffle: bool) -> DataLoader:
-        return DataLoader(self.datasets[split], batch_size=batch_size, shuffle=shuffle, collate_fn=collate_tokens,
-                          num_workers=self.hparams.num_workers, drop_last=shuffle)
+    def batch_measures(self, batch: dict) -> dict[str, float]:
+        """Sequences and tokens (valid steps times codebooks, padding left out)."""
+        return {"samples": len(batch["lengths"]), "tokens": float(batch["lengths"].sum()) * batch["codes"].shape[1]}
 
     def train_dataloader(self) -> DataLoader:
-        return self._loader("train", self.hparams.batch_size, True)
+        """Shuffled, resumable mid-epoch and sharded over processes (:mod:`mmtok.data.loading`)."""
+        return training_loader(self, self.datasets["train"], batch_size=self.hparams.batch_size,
+                               seed=self.hparams.seed, drop_last=True, collate_fn=collate_tokens,
+                               num_workers=self.hparams.num_workers)
+
+    def _evaluation_loader(self, split: str) -> DataLoader:
+        return DataLoader(self.datasets[split], batch_size=self.hparams.valid_batch_size, collate_fn=collate_tokens,
+                          num_workers=self.hparams.num_workers,
+                          generator=torch.Generator().manual_seed(self.hparams.seed))
 
     def val_dataloader(self) -> DataLoader:
-        return self._loader("valid", self.hparams.valid_batch_size, False)
+        return self._evaluation_loader("valid")
 
     def test_dataloader(self) -> DataLoader:
-        return self._loader("test", self.hparams.valid_batch_size, False)
+        return self._evaluation_loader("test")

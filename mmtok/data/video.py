@@ -40,6 +40,7 @@ import torch
 from tqdm import tqdm
 
 from mmtok.data.images import DIGIT_WORDS, digit_splits, load_digit_source, passthrough
+from mmtok.data.loading import unseeded_rng
 from mmtok.data.manifest import (
     ManifestDataModule,
     ManifestDataset,
@@ -255,7 +256,6 @@ class VideoDataset(ManifestDataset):
         resize: bool = False,
         num_frames: int | None = None,
         skip_bad_files: bool = False,
-        generator: torch.Generator | None = None,
     ) -> None:
         if channels not in (1, 3):
             raise ValueError(f"VideoDataset: channels must be 1 or 3, got {channels}")
@@ -270,7 +270,6 @@ class VideoDataset(ManifestDataset):
         self.frame_size = None if frame_size is None else (int(frame_size[0]), int(frame_size[1]))
         self.resize = resize
         self.num_frames = num_frames
-        self.generator = generator
 
     def load(self, path: str) -> torch.Tensor:
         video, _ = read_video(path, channels=self.channels)  # [C, T, H, W]
@@ -284,18 +283,18 @@ class VideoDataset(ManifestDataset):
                                                  align_corners=False)
         return frames.transpose(0, 1).clamp(0.0, 1.0).contiguous()
 
-    def _crop(self, video: torch.Tensor) -> tuple[torch.Tensor, int]:
+    def _crop(self, video: torch.Tensor, rng: random.Random) -> tuple[torch.Tensor, int]:
         """video [C, T, H, W] -> ([C, num_frames, H, W], valid frames)."""
         crop, total = self.num_frames, video.shape[1]
         if total >= crop:
-            start = int(torch.randint(0, total - crop + 1, (1,), generator=self.generator))
+            start = rng.randrange(total - crop + 1)
             return video[:, start:start + crop], crop
         return torch.nn.functional.pad(video, (0, 0, 0, 0, 0, crop - total)), total
 
-    def make_item(self, entry: dict, video: torch.Tensor) -> dict:
+    def make_item(self, entry: dict, video: torch.Tensor, rng: random.Random | None) -> dict:
         length = video.shape[1]
         if self.num_frames is not None:
-            video, length = self._crop(video)
+            video, length = self._crop(video, rng or unseeded_rng())
         item = {"video": video, "length": length, "path": entry["video"]}
         item.update({key: entry[key] for key in ("text", "label") if key in entry})
         return item
@@ -378,6 +377,10 @@ class VideoDataModule(ManifestDataModule):
         self.num_clips = num_clips
         self.max_digits = max_digits
         self.video_format = video_format
+
+    def batch_measures(self, batch: dict) -> dict[str, float]:
+        """Clips and frames (valid frames, padding left out)."""
+        return {"samples": len(batch["lengths"]), "frames": float(batch["lengths"].sum())}
 
     def make_dataset(self, split: str, entries: list[dict]) -> VideoDataset:
         return VideoDataset(entries, channels=self.channels, frame_size=self.frame_size, resize=self.resize,
