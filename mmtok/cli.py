@@ -285,6 +285,16 @@ def cmd_tokenize(args: argparse.Namespace) -> None:
     print(f"token cache written to {Path(out).resolve()}")
 
 
+def cmd_shard(args: argparse.Namespace) -> None:
+    from mmtok.data.shards import write_shards
+
+    source = Path(args.corpus)
+    if not source.exists():
+        raise MissingFileError(f"{source}: no such corpus folder, manifest or token cache")
+    out = write_shards(source, args.out, chunk_bytes=args.chunk_bytes, num_workers=args.workers)
+    print(f"shards written to {Path(out).resolve()}")
+
+
 def cmd_distill_pairs(args: argparse.Namespace) -> None:
     from mmtok.distill.pairs import build_pairs
 
@@ -454,6 +464,14 @@ def build_parser() -> argparse.ArgumentParser:
     tokenize.add_argument("--align", metavar="RECOGNIZER", help="a CTC phoneme recognizer Hub folder: also store each "
                                                                 "utterance's frames per phoneme (forced alignment)")
     tokenize.set_defaults(func=cmd_tokenize)
+
+    shard = sub.add_parser("shard", help="write a corpus or token cache as litdata shards (one folder per split), "
+                                         "which every data module streams in place of a manifest")
+    shard.add_argument("corpus", help="corpus folder or manifest (audio, images or video), or a token cache folder")
+    shard.add_argument("out", help="output folder (train/, valid/, test/ and shards.json)")
+    shard.add_argument("--chunk-bytes", default="64MB", help="size of one litdata chunk (default 64MB)")
+    shard.add_argument("--workers", type=int, default=1, help="processes writing chunks (default 1)")
+    shard.set_defaults(func=cmd_shard)
 
     pairs = sub.add_parser("distill-pairs", help="Distilled Decoding: (noise, tokens) pairs from an AR teacher alone, "
                                                  "in shards (a rerun resumes)")

@@ -36,6 +36,39 @@ from mmtok.files import atomic_path, write_text_atomic
 AudioLike = torch.Tensor | np.ndarray
 
 
+class MediaBytes:
+    """A media file held in memory (a shard's item): its bytes and the name it had, whose suffix picks
+    the decoder and which error messages name. The readers below take it wherever they take a path."""
+
+    def __init__(self, name: str, data: bytes) -> None:
+        self.name, self.data = name, data
+        self.suffix = Path(name).suffix
+
+    def __str__(self) -> str:
+        return self.name
+
+    def __len__(self) -> int:
+        return len(self.data)
+
+    def open(self):
+        import io
+
+        return io.BytesIO(self.data)
+
+
+def _source(path) -> Path | MediaBytes:
+    return path if isinstance(path, MediaBytes) else Path(path)
+
+
+def _readable(source: Path | MediaBytes):
+    """What a decoder opens: the file's name, or a binary stream over bytes in memory."""
+    return source.open() if isinstance(source, MediaBytes) else str(source)
+
+
+def _exists(source: Path | MediaBytes) -> bool:
+    return isinstance(source, MediaBytes) or source.is_file()
+
+
 # ----------------------------------------------------------------------------- audio files
 
 AUDIO_SUFFIXES = (".wav", ".flac", ".ogg", ".mp3")
@@ -45,13 +78,13 @@ class AudioFileError(DataError):
     """An audio file that cannot be used: undecodable, truncated, empty, or holding NaN/Inf."""
 
 
-def _check_wav_complete(path: Path) -> None:
+def _check_wav_complete(path: Path | MediaBytes) -> None:
     """Raises AudioFileError when a RIFF/WAVE file's data chunk is shorter than its header says.
 
     libsndfile reads such files silently, returning only the samples present.
     """
-    size = path.stat().st_size
-    with path.open("rb") as handle:
+    size = len(path) if isinstance(path, MediaBytes) else path.stat().st_size
+    with path.open() if isinstance(path, MediaBytes) else path.open("rb") as handle:
         header = handle.read(12)
         if len(header) < 12 or header[:4] != b"RIFF" or header[8:12] != b"WAVE":
             return  # not RIFF/WAVE (or too short for it): soundfile decides
@@ -69,17 +102,17 @@ def _check_wav_complete(path: Path) -> None:
             offset += 8 + chunk_size + (chunk_size & 1)
 
 
-def load_audio(path: str | Path, *, sample_rate: int) -> torch.Tensor:
+def load_audio(path: str | Path | MediaBytes, *, sample_rate: int) -> torch.Tensor:
     """Reads an audio file of any rate and channel count as mono at ``sample_rate``.
 
     Returns FloatTensor [1, N] (float32, the mean of the channels). Raises AudioFileError naming
     the file when it cannot be decoded (missing, truncated, not audio), has no samples, or holds
     NaN/Inf.
     """
-    path = Path(path)
+    path = _source(path)
     try:
         _check_wav_complete(path)
-        data, rate = sf.read(str(path), dtype="float32", always_2d=True)  # [N, C]
+        data, rate = sf.read(_readable(path), dtype="float32", always_2d=True)  # [N, C]
     except (sf.SoundFileError, OSError) as error:
         raise AudioFileError(f"{path}: cannot decode audio ({error})") from error
     if data.shape[0] == 0 or data.shape[1] == 0:
@@ -190,11 +223,12 @@ def mel_spectrogram_db(
     own maximum (so the maximum is 0 dB) and floored at ``-top_db``; ``top_db=None`` returns the
     unnormalised dB of the mel power (10 log10, full-scale reference).
     """
-    mono = _as_channels(audio).mean(dim=0)  # [N]
+    mono = _as_channels(audio).float().mean(dim=0)  # [N]
     transform = torchaudio.transforms.MelSpectrogram(
         sample_rate=sample_rate, n_fft=n_fft, hop_length=hop_length, n_mels=n_mels, power=2.0
     )
-    power = transform(mono)  # [n_mels, frames]
+    with torch.autocast(mono.device.type, enabled=False):  # a run in bf16 mixed precision draws in float32
+        power = transform(mono)  # [n_mels, frames]
     db = torchaudio.functional.amplitude_to_DB(power, multiplier=10.0, amin=1e-10, db_multiplier=0.0)
     if top_db is None:
         return db
@@ -428,7 +462,7 @@ def _pil_to_array(image: Image.Image, *, channels: int) -> np.ndarray:
     return luma[..., None].astype(np.float32)
 
 
-def read_image(path: str | Path, *, channels: int = 3) -> torch.Tensor:
+def read_image(path: str | Path | MediaBytes, *, channels: int = 3) -> torch.Tensor:
     """Reads an image file as FloatTensor [channels, H, W] in [0, 1], channels = 1 or 3.
 
     Gray, gray + alpha, palette, RGBA, CMYK and 16-bit files are converted, not rejected: to RGB by
@@ -437,11 +471,11 @@ def read_image(path: str | Path, *, channels: int = 3) -> torch.Tensor:
     """
     if channels not in (1, 3):
         raise ValueError(f"mmtok/media.py read_image: channels must be 1 or 3, got {channels}")
-    path = Path(path)
-    if not path.is_file():
+    path = _source(path)
+    if not _exists(path):
         raise MediaFileError(f"{path}: image file does not exist")
     try:
-        with Image.open(path) as image:
+        with Image.open(_readable(path)) as image:
             image.load()  # decodes now: a truncated or corrupt file fails here, not later
             array = _pil_to_array(image, channels=channels)  # [H, W, C]
     except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as error:
@@ -551,10 +585,10 @@ def _encode_video(path: Path, frames: np.ndarray, *, fps: float, crf: int, suffi
         container.mux(stream.encode(None))
 
 
-def _read_npz_video(path: Path) -> tuple[np.ndarray, float]:
+def _read_npz_video(path: Path | MediaBytes) -> tuple[np.ndarray, float]:
     """An ``.npz`` written by :func:`write_video` -> (uint8 [T, H, W, C], fps)."""
     try:
-        with np.load(path, allow_pickle=False) as data:
+        with np.load(path.open() if isinstance(path, MediaBytes) else path, allow_pickle=False) as data:
             frames, fps = data["frames"], float(data["fps"]) if "fps" in data else 0.0
     except (OSError, ValueError, KeyError, EOFError) as error:
         raise MediaFileError(f"{path}: cannot read npz video ({type(error).__name__}: {error}); "
@@ -565,7 +599,8 @@ def _read_npz_video(path: Path) -> tuple[np.ndarray, float]:
     return (frames[..., None] if frames.ndim == 3 else frames), fps
 
 
-def read_video(path: str | Path, *, channels: int = 3, max_frames: int | None = None) -> tuple[torch.Tensor, float]:
+def read_video(path: str | Path | MediaBytes, *, channels: int = 3,
+               max_frames: int | None = None) -> tuple[torch.Tensor, float]:
     """Reads a video file (mp4/webm/gif/mov/mkv/avi via PyAV, or .npz) as float32 in [0, 1].
 
     Returns (FloatTensor [channels, T, H, W], frames per second; 0.0 when the file does not say).
@@ -577,8 +612,8 @@ def read_video(path: str | Path, *, channels: int = 3, max_frames: int | None = 
         raise ValueError(f"mmtok/media.py read_video: channels must be 1 or 3, got {channels}")
     if max_frames is not None and max_frames < 1:
         raise ValueError(f"mmtok/media.py read_video: max_frames must be >= 1 or None, got {max_frames}")
-    path = Path(path)
-    if not path.is_file():
+    path = _source(path)
+    if not _exists(path):
         raise MediaFileError(f"{path}: video file does not exist")
     if path.suffix.lower() == ".npz":
         frames, fps = _read_npz_video(path)
@@ -594,14 +629,14 @@ def read_video(path: str | Path, *, channels: int = 3, max_frames: int | None = 
     return video, fps
 
 
-def _decode_video(path: Path, *, channels: int, max_frames: int | None) -> tuple[np.ndarray, float]:
+def _decode_video(path: Path | MediaBytes, *, channels: int, max_frames: int | None) -> tuple[np.ndarray, float]:
     """PyAV decode of the first video stream -> (uint8 [T, H, W, channels], fps)."""
     import av
 
     pixel_format = "gray" if channels == 1 else "rgb24"
     pictures: list[np.ndarray] = []
     try:
-        with av.open(str(path), mode="r") as container:
+        with av.open(_readable(path), mode="r") as container:
             if not container.streams.video:
                 raise MediaFileError(f"{path}: no video stream (streams: {[s.type for s in container.streams]})")
             stream = container.streams.video[0]

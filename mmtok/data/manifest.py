@@ -29,6 +29,7 @@ from torch.utils.data import DataLoader, Dataset, get_worker_info
 from tqdm import tqdm
 
 from mmtok.data.loading import split_key, training_loader
+from mmtok.data.shards import is_shards, read_split, streaming_dataset, streaming_loader
 from mmtok.files import write_text_atomic
 
 log = logging.getLogger(__name__)
@@ -273,8 +274,13 @@ class ManifestDataset(Dataset, ABC):
     def __getitem__(self, key: int | tuple[int, int]) -> dict | None:
         index, rng = split_key(key)
         entry = self.entries[index]
+        return self.item_from(entry, entry[self.key], rng)
+
+    def item_from(self, entry: dict, source, rng: random.Random | None) -> dict | None:
+        """The item of ``entry`` whose media is ``source`` (its path, or a
+        :class:`~mmtok.media.MediaBytes` from a shard), or None when it is bad and skipped."""
         try:
-            media = self.load(entry[self.key])
+            media = self.load(source)
         except self.error as error:
             if not self.skip_bad_files:
                 raise
@@ -398,6 +404,7 @@ class ManifestDataModule(L.LightningDataModule, ABC):
         self.max_valid_items = max_valid_items
         self.num_skipped_lines = 0
         self.datasets: dict[str, Dataset] = {}
+        self._decoders: dict[str, ManifestDataset] = {}
 
     @property
     def _owner(self) -> str:
@@ -422,8 +429,12 @@ class ManifestDataModule(L.LightningDataModule, ABC):
             self.build_corpus()
 
     def setup(self, stage: str | None = None) -> None:
-        """Reads the source and makes the train/valid/test datasets (all stages at once)."""
+        """Reads the source and makes the train/valid/test datasets (all stages at once): from shards
+        (:mod:`mmtok.data.shards`), a streamed train split and the valid/test items in order."""
         if self.datasets:
+            return
+        if is_shards(self.path):
+            self._setup_shards()
             return
         hint = ("call prepare_data() first" if self.build_embedded
                 else f"set build_embedded=True to build the embedded {self.corpus} there")
@@ -437,10 +448,20 @@ class ManifestDataModule(L.LightningDataModule, ABC):
         self.datasets = split_datasets(entries, path=self.path, max_valid_items=self.max_valid_items,
                                        owner=self._owner, make=self.make_dataset)
 
+    def _setup_shards(self) -> None:
+        """Shard items are made by each split's dataset (with no entries of its own: the decoder)."""
+        self._decoders = {split: self.make_dataset(split, []) for split in SPLITS}
+        self.datasets = {"train": streaming_dataset(self.path, "train", key=self.key, train=True, seed=self.seed,
+                                                    make_item=self._decoders["train"].item_from)}
+        for split in ("valid", "test"):
+            self.datasets[split] = read_split(self.path, split, key=self.key, make_item=self._decoders[split].item_from,
+                                              limit=self.max_valid_items if split == "valid" else None)
+
     @property
     def num_skipped(self) -> int:
         """Bad manifest lines plus bad files skipped so far (train/valid/test together)."""
-        return self.num_skipped_lines + sum(dataset.num_skipped for dataset in self.datasets.values())
+        datasets = self._decoders or self.datasets
+        return self.num_skipped_lines + sum(dataset.num_skipped for dataset in datasets.values())
 
     def batch_measures(self, batch: dict) -> dict[str, float]:
         """What a training batch holds, for the throughput a run reports (``train/<name>_per_s``)."""
@@ -455,9 +476,13 @@ class ManifestDataModule(L.LightningDataModule, ABC):
         return dict(num_workers=self.num_workers, collate_fn=self.collate, persistent_workers=self.num_workers > 0)
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, resumable mid-epoch and sharded over processes (:mod:`mmtok.data.loading`)."""
-        return training_loader(self, self._dataset("train"), batch_size=self.batch_size, seed=self.seed,
-                               **self._options())
+        """Shuffled, resumable mid-epoch and sharded over processes (:mod:`mmtok.data.loading`); from
+        shards, litdata's StreamingDataLoader (which is all of that too)."""
+        dataset = self._dataset("train")
+        if is_shards(self.path):
+            return streaming_loader(dataset, batch_size=self.batch_size, collate_fn=self.collate,
+                                    num_workers=self.num_workers)
+        return training_loader(self, dataset, batch_size=self.batch_size, seed=self.seed, **self._options())
 
     def _evaluation_loader(self, split: str) -> DataLoader:
         return DataLoader(self._dataset(split), batch_size=self.valid_batch_size,

@@ -21,6 +21,7 @@ with its reason).
 
 from __future__ import annotations
 
+import functools
 import json
 import random
 import sys
@@ -35,6 +36,7 @@ from tqdm import tqdm
 from mmtok.data.loading import random_states_kept, split_key, training_loader, unseeded_rng
 from mmtok.data.manifest import manifest_path, read_manifest
 from mmtok.data.media_files import MEDIA_KEYS, read_media
+from mmtok.data.shards import is_shards, read_shards_info, read_split, streaming_dataset, streaming_loader
 from mmtok.errors import DataError
 from mmtok.tokens import layout_cells
 
@@ -261,26 +263,32 @@ class TokenDataset(Dataset):
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         position, rng = split_key(key)
         index = self.indices[position]
-        entry = self.corpus.entries[index]
-        codes = self.corpus.codes(index)
-        if self.max_frames is not None:
-            codes = codes[:, : self.max_frames]
-        item = {"codes": codes, **{k: entry[k] for k in CONDITION_FIELDS if k in entry}}
-        rng = self._item_rng(index, rng)
-        if self.train and len(entry.get("captions", ())) > 1:  # every phrasing of the clip's caption in turn
-            item["text"] = rng.choice(entry["captions"])
-        if "durations" in item and codes.shape[1] < sum(item["durations"]):  # cropped: so are its phonemes
-            item["phonemes"], item["durations"] = crop_durations(item["phonemes"], item["durations"], codes.shape[1])
+        rng = random.Random(self.seed * 1_000_003 + index) if not self.train else rng or unseeded_rng()
+        item = token_item(self.corpus.entries[index], self.corpus.codes(index), max_frames=self.max_frames,
+                          train=self.train, rng=rng)
         if self.prompt_frames:
             item["prompt"] = self._prompt(index, rng)
         return item
 
-    def _item_rng(self, index: int, rng: random.Random | None) -> random.Random:
-        """The draws of an item (prompt, caption). Evaluation: one fixed draw per item. Training: the
-        item's own generator of this epoch (:func:`mmtok.data.loading.split_key`)."""
-        if not self.train:
-            return random.Random(self.seed * 1_000_003 + index)
-        return rng or unseeded_rng()
+
+def token_item(entry: dict, codes: torch.Tensor, *, max_frames: int | None, train: bool, rng: random.Random) -> dict:
+    """A token item: ``codes`` [Q, T] (the first ``max_frames`` steps) and the entry's condition fields; in
+    training, an entry with several ``captions`` gives one of them, drawn from ``rng``, as its ``text``
+    (evaluation keeps the entry's own). The same for a cache and for its shards."""
+    if max_frames is not None:
+        codes = codes[:, : max_frames]
+    item = {"codes": codes, **{k: entry[k] for k in CONDITION_FIELDS if k in entry}}
+    if train and len(entry.get("captions", ())) > 1:  # every phrasing of the clip's caption in turn
+        item["text"] = rng.choice(entry["captions"])
+    if "durations" in item and codes.shape[1] < sum(item["durations"]):  # cropped: so are its phonemes
+        item["phonemes"], item["durations"] = crop_durations(item["phonemes"], item["durations"], codes.shape[1])
+    return item
+
+
+def _shard_item(entry: dict, codes: torch.Tensor, rng: random.Random | None, *, max_frames: int | None,
+                train: bool) -> dict:
+    rng = rng or (unseeded_rng() if train else random.Random(0))  # evaluation draws nothing
+    return token_item(entry, codes, max_frames=max_frames, train=train, rng=rng)
 
 
 def crop_durations(phonemes: str, durations: list[int], frames: int) -> tuple[str, list[int]]:
@@ -317,9 +325,11 @@ def collate_tokens(items: list[dict]) -> dict:
 class TokenDataModule(L.LightningDataModule):
     """Batches of cached tokens with their conditions (phonemes, speaker, voice prompt, caption, label).
 
-    ``tokens`` is the cache folder. With ``tokenizer`` and ``data`` (a corpus folder or manifest) the
-    cache is built there first when missing or stale (``prepare_data``), as ``mmtok tokenize`` would,
-    aligned by ``aligner`` (a phoneme recognizer Hub folder) when it is given.
+    ``tokens`` is the cache folder, or its shards (``mmtok shard CACHE OUT``, :mod:`mmtok.data.shards`:
+    the train split streamed, no voice prompts, which need other utterances at random). With
+    ``tokenizer`` and ``data`` (a corpus folder or manifest) the cache is built there first when
+    missing or stale (``prepare_data``), as ``mmtok tokenize`` would, aligned by ``aligner`` (a phoneme
+    recognizer Hub folder) when it is given.
     """
 
     def __init__(self, *, tokens: str, tokenizer: str | None = None, data: str | None = None,
@@ -331,8 +341,12 @@ class TokenDataModule(L.LightningDataModule):
             raise ValueError("TokenDataModule: give both `tokenizer` and `data` to build the cache, or neither")
         if aligner is not None and tokenizer is None:
             raise ValueError("TokenDataModule: `aligner` aligns the cache it builds: give `tokenizer` and `data` too")
+        if is_shards(tokens) and (tokenizer is not None or prompt_seconds):
+            raise ValueError(f"TokenDataModule: {tokens} holds shards: they are written from a finished cache (no "
+                             f"`tokenizer`/`data`) and give no voice prompts (no `prompt_seconds`)")
         self.save_hyperparameters()
         self.corpus: TokenCorpus | None = None
+        self.datasets: dict = {}
 
     def prepare_data(self) -> None:
         if self.hparams.tokenizer is not None:
@@ -340,15 +354,22 @@ class TokenDataModule(L.LightningDataModule):
                 tokenize_corpus(self.hparams.tokenizer, self.hparams.data, self.hparams.tokens,
                                 aligner=self.hparams.aligner)
 
+    def _check_max_frames(self, info: dict) -> None:
+        grid, max_frames = info.get("grid"), self.hparams.max_frames
+        if max_frames is not None and grid and grid[0] is None and max_frames % layout_cells(grid):
+            raise ValueError(f"max_frames {max_frames}: {self.hparams.tokens} holds frame groups of "
+                             f"{layout_cells(grid)} steps (grid {grid}), so max_frames must be a multiple of "
+                             f"{layout_cells(grid)}")
+
     def setup(self, stage: str | None = None) -> None:
-        if self.corpus is not None:
+        if self.datasets:
             return
         hp = self.hparams
+        if is_shards(hp.tokens):
+            self._setup_shards()
+            return
         self.corpus = TokenCorpus(hp.tokens)
-        grid = self.corpus.info.get("grid")
-        if hp.max_frames is not None and grid and grid[0] is None and hp.max_frames % layout_cells(grid):
-            raise ValueError(f"max_frames {hp.max_frames}: {hp.tokens} holds frame groups of {layout_cells(grid)} "
-                             f"steps (grid {grid}), so max_frames must be a multiple of {layout_cells(grid)}")
+        self._check_max_frames(self.corpus.info)
         splits: dict[str, list[int]] = {}
         for index, entry in enumerate(self.corpus.entries):
             splits.setdefault(entry.get("split", "train"), []).append(index)
@@ -360,12 +381,27 @@ class TokenDataModule(L.LightningDataModule):
             indices = splits.get(split, [])[: hp.max_valid_items]
             self.datasets[split] = TokenDataset(self.corpus, indices, train=False, **options)
 
+    def _setup_shards(self) -> None:
+        hp = self.hparams
+        self._check_max_frames(read_shards_info(hp.tokens).get("info") or {})
+        self.datasets = {"train": streaming_dataset(hp.tokens, "train", key=None, train=True, seed=hp.seed,
+                                                    make_item=functools.partial(_shard_item, max_frames=hp.max_frames,
+                                                                                train=True))}
+        for split in ("valid", "test"):
+            self.datasets[split] = read_split(hp.tokens, split, key=None, limit=hp.max_valid_items,
+                                              make_item=functools.partial(_shard_item, max_frames=hp.max_frames,
+                                                                          train=False))
+
     def batch_measures(self, batch: dict) -> dict[str, float]:
         """Sequences and tokens (valid steps times codebooks, padding left out)."""
         return {"samples": len(batch["lengths"]), "tokens": float(batch["lengths"].sum()) * batch["codes"].shape[1]}
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled, resumable mid-epoch and sharded over processes (:mod:`mmtok.data.loading`)."""
+        """Shuffled, resumable mid-epoch and sharded over processes (:mod:`mmtok.data.loading`); from
+        shards, litdata's StreamingDataLoader (:func:`mmtok.data.shards.streaming_loader`)."""
+        if is_shards(self.hparams.tokens):
+            return streaming_loader(self.datasets["train"], batch_size=self.hparams.batch_size,
+                                    collate_fn=collate_tokens, num_workers=self.hparams.num_workers)
         return training_loader(self, self.datasets["train"], batch_size=self.hparams.batch_size,
                                seed=self.hparams.seed, drop_last=True, collate_fn=collate_tokens,
                                num_workers=self.hparams.num_workers)

@@ -54,6 +54,15 @@ def test_codec(tiny_corpus, tmp_path):
     assert torch.load(tmp_path / "checkpoints" / "last.ckpt", weights_only=True)["global_step"] == 3
 
 
+def test_codec_from_shards(tiny_corpus, tmp_path):
+    from mmtok.data.shards import write_shards
+
+    shards = write_shards(tiny_corpus, tmp_path / "shards")
+    ranks = run_ddp(tiny_codec_args(shards, tmp_path, max_steps=3, adversarial_start_step=1), tmp_path / "probe")
+    assert_shared_out_and_in_step(ranks)
+    assert len(ranks[0]["items"]) == len(ranks[1]["items"]) == 8, "litdata: equal batches on every rank"
+
+
 @pytest.mark.parametrize("recipe", ["ar_rvq_speech.yaml", "mdm_xcodec_speech.yaml"])
 def test_generators(recipe, tiny_corpus, tiny_codec_folder, tiny_tokens, tmp_path):
     adapt_from = tiny_ar_folder(tiny_corpus, tiny_codec_folder, tmp_path / "ar") if recipe.startswith("mdm") else None
