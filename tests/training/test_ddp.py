@@ -125,3 +125,34 @@ def test_digit_classifier(digits16, tmp_path):
             "16", classifier + "widths", "[8, 16]", "--model.init_args.warmup_steps", "1",
             *short_run(tmp_path, 2)]
     assert_shared_out_and_in_step(run_ddp(args, tmp_path / "probe"))
+
+
+def test_seed_tokenizer(tmp_path):
+    from mmtok.data.images import build_digits_corpus
+
+    digits = build_digits_corpus(tmp_path / "digits", source="sklearn", image_size=32, resize="upscale",
+                                 max_per_class=4, progress=False).parent
+    tiny = {"vit_dim": 32, "vit_layers": 1, "vit_heads": 2, "num_queries": 4, "dim": 32, "qformer_layers": 1,
+            "num_heads": 2, "embed_dim": 16, "codebook_size": 16, "codebook_dim": 8, "unet_channels": [16, 16],
+            "unet_attention": [False, True], "unet_head_dim": 8, "unet_norm_groups": 8}
+    tokenizer = [f"--model.init_args.tokenizer.init_args.{key}={json.dumps(value)}" for key, value in tiny.items()]
+    args = ["fit", "-c", str(REPO / "recipes/codec/seed_digits_stage1.yaml"), "--data.init_args.path", str(digits),
+            "--data.init_args.build_embedded", "false", "--data.init_args.batch_size", "8", *tokenizer,
+            *short_run(tmp_path, 2)]
+    assert_shared_out_and_in_step(run_ddp(args, tmp_path / "probe"))
+
+
+def test_distilled_decoding_student(grid_tokenizer, tmp_path):
+    from conftest import grid_generator
+    from mmtok.hub import load_pretrained
+
+    teacher = grid_generator(grid_tokenizer).eval()
+    teacher.record_token_facts(load_pretrained(grid_tokenizer))
+    teacher.save_pretrained(tmp_path / "teacher")
+    args = ["fit", "-c", str(REPO / "recipes" / "distill" / "dd_digits.yaml"),
+            "--model.init_args.teacher", str(tmp_path / "teacher"), "--model.init_args.vector_dim", "4",
+            "--model.init_args.warmup_steps", "1", "--data.init_args.pairs", str(tmp_path / "pairs"),
+            "--data.init_args.teacher", str(tmp_path / "teacher"), "--data.init_args.count", "96",
+            "--data.init_args.shard_size", "48", "--data.init_args.vector_dim", "4", "--data.init_args.flow_steps", "8",
+            "--data.init_args.valid_count", "16", "--data.init_args.batch_size", "8", *short_run(tmp_path, 2)]
+    assert_shared_out_and_in_step(run_ddp(args, tmp_path / "probe"))
