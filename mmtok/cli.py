@@ -445,8 +445,9 @@ def build_parser() -> argparse.ArgumentParser:
         p.add_argument("input")
         p.add_argument("output")
         p.add_argument("--num-quantizers", type=int, default=None, help="keep the first N codebooks")
-        p.add_argument("--chunk-seconds", type=float, default=10.0,
-                       help="audio: coded in chunks of this length (memory grows with it, not with the file)")
+        p.add_argument("--chunk-seconds", type=float, default=4.0,
+                       help="audio: coded in chunks of this length (memory grows with it, not with the file; "
+                            "4 s: 0.1 GB less than 10 s for 5-6 %% more time)")
         add_folder_arguments(p)
         if name == "decode":
             p.add_argument("--spectrogram", action="store_true", help="audio: also write a spectrogram png")

@@ -66,13 +66,17 @@ def encode_chunked(tokenizer: Tokenizer, audio: torch.Tensor | AudioSource, *, c
     hop, frame_rate = _hop(tokenizer), tokenizer.frame_rate
     num_samples = len(audio)
     total = math.ceil(num_samples / hop)
-    pieces = []
+    codes = None  # filled in place: joining the chunks at the end held the codes twice
     spans = _plan(tokenizer, total, chunk_seconds, context_seconds, "encode")
     for start, end, lo, hi in tqdm(spans, desc="encode", unit="chunk", disable=not progress):
         window = audio.read(lo * hop, hi * hop)[None]  # [1, 1, n]
-        codes = tokenizer.encode(window, num_quantizers=num_quantizers).codes
-        pieces.append(codes[..., start - lo: end - lo])
-    return Tokens(codes=torch.cat(pieces, dim=-1), frame_rate=frame_rate, sample_rate=tokenizer.sample_rate,
+        chunk = tokenizer.encode(window, num_quantizers=num_quantizers).codes
+        if codes is None:
+            codes = torch.empty(1, chunk.shape[1], total, dtype=chunk.dtype)
+        codes[..., start:end] = chunk[..., start - lo: end - lo]
+    if codes is None:
+        raise ValueError("encode_chunked: the signal holds no frame to encode")
+    return Tokens(codes=codes, frame_rate=frame_rate, sample_rate=tokenizer.sample_rate,
                   media_lengths=torch.tensor([num_samples]))
 
 
