@@ -212,21 +212,28 @@ def _pairs(source: Path, target: Path, in_suffixes: tuple[str, ...], out_suffix:
 
 
 def cmd_encode(args: argparse.Namespace) -> None:
-    from mmtok.codecs.chunked import encode_chunked
+    import torch
+
+    from mmtok.codecs.chunked import encode_chunked_codes
     from mmtok.data.media_files import MEDIA_SUFFIXES, open_media, read_media
     from mmtok.files import process_files
     from mmtok.hub import load_pretrained
+    from mmtok.tokens import write_tokens
 
     tokenizer = load_pretrained(args.model)
     pairs = _pairs(Path(args.input), Path(args.output), MEDIA_SUFFIXES[tokenizer.modality], ".safetensors")
 
     def encode(source: Path, target: Path) -> None:
-        if tokenizer.frame_rate is not None:  # a time axis: read and coded in chunks, the receptive field as context
-            tokens = encode_chunked(tokenizer, open_media(source, tokenizer), chunk_seconds=args.chunk_seconds,
-                                    num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
-        else:
-            tokens = tokenizer.encode(read_media(source, tokenizer), num_quantizers=args.num_quantizers)
-        tokens.save(target)
+        if tokenizer.frame_rate is None:
+            tokenizer.encode(read_media(source, tokenizer), num_quantizers=args.num_quantizers).save(target)
+            return
+        # a time axis: read and coded in chunks (the receptive field as context), the codes held as int16
+        dtype = torch.int16 if max(tokenizer.codebook_sizes) <= 2**15 else torch.int32
+        codes, samples = encode_chunked_codes(tokenizer, open_media(source, tokenizer),
+                                              chunk_seconds=args.chunk_seconds, num_quantizers=args.num_quantizers,
+                                              progress=len(pairs) == 1, dtype=dtype)
+        write_tokens(target, codes, media_lengths=torch.tensor([samples]), frame_rate=tokenizer.frame_rate,
+                     sample_rate=tokenizer.sample_rate)
 
     written = process_files(pairs, encode, desc="encode", overwrite=args.overwrite, fail_fast=args.fail_fast)
     print(f"wrote {written} token file(s) to {Path(args.output).resolve()}")
@@ -251,22 +258,25 @@ def cmd_decode(args: argparse.Namespace) -> None:
     from mmtok.files import process_files
     from mmtok.hub import load_pretrained
     from mmtok.media import write_spectrogram_png, write_wav_blocks
-    from mmtok.tokens import Tokens
+    from mmtok.tokens import Tokens, TokensFile
 
     tokenizer = load_pretrained(args.model)
     options = _decode_options(tokenizer, args)
     pairs = _pairs(Path(args.input), Path(args.output), (".safetensors",), WRITE_SUFFIXES[tokenizer.modality])
 
     def decode(source: Path, target: Path) -> None:
-        tokens = Tokens.load(source)
-        tokenizer.check_tokens(tokens, source=str(source))
         if tokenizer.frame_rate is None:
+            tokens = Tokens.load(source)
+            tokenizer.check_tokens(tokens, source=str(source))
             media = tokenizer.decode(tokens, num_quantizers=args.num_quantizers, **options)
             write_media(target, media[0], tokenizer)
             return
-        chunks = decode_chunks(tokenizer, tokens, chunk_seconds=args.chunk_seconds,
-                               num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
-        write_wav_blocks(target, (chunk[0] for chunk in chunks), sample_rate=tokenizer.sample_rate)
+        with TokensFile(source) as tokens:  # read and checked window by window: memory does not grow with the file
+            if tokens.num_steps == 0:
+                raise DataError(f"{source}: no steps, expected at least one")
+            chunks = decode_chunks(tokenizer, tokens, chunk_seconds=args.chunk_seconds, source=str(source),
+                                   num_quantizers=args.num_quantizers, progress=len(pairs) == 1)
+            write_wav_blocks(target, (chunk[0] for chunk in chunks), sample_rate=tokenizer.sample_rate)
         if args.spectrogram:
             from mmtok.data.audio import load_audio
 

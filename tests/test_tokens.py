@@ -145,3 +145,40 @@ def test_to_cuda_and_back():
     moved = tokens.to("cuda")
     assert moved.codes.is_cuda and moved.lengths.is_cuda and moved.media_lengths.is_cuda
     _assert_equal(moved.to("cpu"), tokens)
+
+
+def test_write_tokens_from_int16_codes_is_the_file_save_writes(tmp_path):
+    """A long file's codes may be held as int16: the file is the same (int64 codes, same tensors and
+    metadata, readable by safetensors), whatever the block size it is written in."""
+    from safetensors.torch import load_file
+
+    from mmtok.tokens import write_tokens
+
+    tokens = Tokens(codes=torch.randint(-1, 1024, (1, 8, 3001)), frame_rate=50.0, sample_rate=16000,
+                    media_lengths=torch.tensor([960300]))
+    tokens.save(tmp_path / "long.safetensors")
+    write_tokens(tmp_path / "short.safetensors", tokens.codes.to(torch.int16), media_lengths=tokens.media_lengths,
+                 frame_rate=50.0, sample_rate=16000, block=1000)
+    assert (tmp_path / "long.safetensors").read_bytes() == (tmp_path / "short.safetensors").read_bytes()
+    raw = load_file(str(tmp_path / "short.safetensors"))
+    assert raw["codes"].dtype == torch.int64 and torch.equal(raw["codes"], tokens.codes)
+
+
+def test_a_tokens_file_is_read_window_by_window(tmp_path):
+    from mmtok.errors import DataError
+    from mmtok.tokens import TokensFile
+
+    tokens = Tokens(codes=torch.randint(0, 1024, (1, 4, 500)), frame_rate=50.0, sample_rate=16000,
+                    media_lengths=torch.tensor([160000]))
+    tokens.save(tmp_path / "one.safetensors")
+    with TokensFile(tmp_path / "one.safetensors") as file:
+        assert (file.num_codebooks, file.num_steps, int(file.media_lengths[0])) == (4, 500, 160000)
+        window = file.window(120, 333)
+        assert torch.equal(window.codes, tokens.codes[..., 120:333]) and window.frame_rate == 50.0
+    batch = Tokens(codes=torch.zeros(2, 4, 10, dtype=torch.long), lengths=torch.tensor([10, 5]))
+    batch.save(tmp_path / "batch.safetensors")
+    with pytest.raises(DataError, match="batch.safetensors: read window by window only for one item"):
+        TokensFile(tmp_path / "batch.safetensors")
+    save_file({"x": torch.zeros(3)}, str(tmp_path / "other.safetensors"))
+    with pytest.raises(DataError, match="other.safetensors: not a tokens"):
+        TokensFile(tmp_path / "other.safetensors")

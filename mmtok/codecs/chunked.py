@@ -18,7 +18,7 @@ import torch
 from tqdm import tqdm
 
 from mmtok.codecs.base import Tokenizer
-from mmtok.tokens import Tokens
+from mmtok.tokens import Tokens, TokensFile
 
 
 def _spans(total: int, chunk: int, context: int, alignment: int = 1):
@@ -59,11 +59,25 @@ def encode_chunked(tokenizer: Tokenizer, audio: torch.Tensor | AudioSource, *, c
     -> [1, n]``, e.g. :class:`mmtok.data.audio.AudioReader`, so that memory does not grow with the
     file) -> Tokens with codes [1, Q, ceil(N / hop)]. ``context_seconds`` overrides the tokenizer's
     receptive field (less than it gives other codes near chunk edges)."""
+    codes, num_samples = encode_chunked_codes(tokenizer, audio, chunk_seconds=chunk_seconds,
+                                              context_seconds=context_seconds, num_quantizers=num_quantizers,
+                                              progress=progress)
+    return Tokens(codes=codes, frame_rate=tokenizer.frame_rate, sample_rate=tokenizer.sample_rate,
+                  media_lengths=torch.tensor([num_samples]))
+
+
+@torch.no_grad()
+def encode_chunked_codes(tokenizer: Tokenizer, audio: torch.Tensor | AudioSource, *, chunk_seconds: float = 10.0,
+                         context_seconds: float | None = None, num_quantizers: int | None = None,
+                         progress: bool = False, dtype: torch.dtype = torch.long) -> tuple[torch.Tensor, int]:
+    """What :func:`encode_chunked` computes, as (codes [1, Q, T] in ``dtype``, the signal's samples): the
+    codes fill one tensor chunk by chunk, so `mmtok encode` can hold 10 hours of them as int16 and write
+    them with :func:`mmtok.tokens.write_tokens`."""
     if isinstance(audio, torch.Tensor):
         if audio.dim() != 3 or audio.shape[:2] != (1, 1):
             raise ValueError(f"encode_chunked takes one signal [1, 1, N], got {tuple(audio.shape)}")
         audio = TensorSource(audio)
-    hop, frame_rate = _hop(tokenizer), tokenizer.frame_rate
+    hop = _hop(tokenizer)
     num_samples = len(audio)
     total = math.ceil(num_samples / hop)
     codes = None  # filled in place: joining the chunks at the end held the codes twice
@@ -72,12 +86,11 @@ def encode_chunked(tokenizer: Tokenizer, audio: torch.Tensor | AudioSource, *, c
         window = audio.read(lo * hop, hi * hop)[None]  # [1, 1, n]
         chunk = tokenizer.encode(window, num_quantizers=num_quantizers).codes
         if codes is None:
-            codes = torch.empty(1, chunk.shape[1], total, dtype=chunk.dtype)
-        codes[..., start:end] = chunk[..., start - lo: end - lo]
+            codes = torch.empty(1, chunk.shape[1], total, dtype=dtype)
+        codes[..., start:end] = chunk[..., start - lo: end - lo].to(dtype)
     if codes is None:
         raise ValueError("encode_chunked: the signal holds no frame to encode")
-    return Tokens(codes=codes, frame_rate=frame_rate, sample_rate=tokenizer.sample_rate,
-                  media_lengths=torch.tensor([num_samples]))
+    return codes, num_samples
 
 
 class AudioSource(Protocol):
@@ -100,18 +113,25 @@ class TensorSource:
 
 
 @torch.no_grad()
-def decode_chunks(tokenizer: Tokenizer, tokens: Tokens, *, chunk_seconds: float = 10.0,
+def decode_chunks(tokenizer: Tokenizer, tokens: Tokens | TokensFile, *, chunk_seconds: float = 10.0,
                   context_seconds: float | None = None, num_quantizers: int | None = None,
-                  progress: bool = False) -> Iterator[torch.Tensor]:
+                  progress: bool = False, source: str | None = None) -> Iterator[torch.Tensor]:
     """Tokens of one item [1, Q, T] -> the audio chunk by chunk, FloatTensors [1, 1, n] that end to end
-    are the whole signal (N samples, from ``media_lengths`` when known): what a streaming writer takes."""
-    if tokens.batch_size != 1:
+    are the whole signal (N samples, from ``media_lengths`` when known): what a streaming writer takes.
+    From a :class:`~mmtok.tokens.TokensFile` each window's codes are read from the file when needed and
+    checked (:meth:`Tokenizer.check_tokens`, naming ``source``), so memory does not grow with the file."""
+    if isinstance(tokens, Tokens) and tokens.batch_size != 1:
         raise ValueError(f"decode_chunked takes one item, got a batch of {tokens.batch_size}")
-    hop, frame_rate = _hop(tokenizer), tokenizer.frame_rate
+    hop = _hop(tokenizer)
     limit = None if tokens.media_lengths is None else int(tokens.media_lengths[0])
     spans = _plan(tokenizer, tokens.num_steps, chunk_seconds, context_seconds, "decode")
     for start, end, lo, hi in tqdm(spans, desc="decode", unit="chunk", disable=not progress):
-        window = Tokens(codes=tokens.codes[..., lo:hi], frame_rate=frame_rate, sample_rate=tokens.sample_rate)
+        if isinstance(tokens, Tokens):
+            window = Tokens(codes=tokens.codes[..., lo:hi], frame_rate=tokenizer.frame_rate,
+                            sample_rate=tokens.sample_rate)
+        else:
+            window = tokens.window(lo, hi)
+            tokenizer.check_tokens(window, source=source or str(tokens.path))
         audio = tokenizer.decode(window, num_quantizers=num_quantizers)
         piece_end = (end - lo) * hop if limit is None else min((end - lo) * hop, limit - lo * hop)
         yield audio[..., (start - lo) * hop: piece_end]

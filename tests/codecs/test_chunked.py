@@ -81,6 +81,15 @@ def test_decode_chunked_equals_whole_signal_decode(codec, whole):
     assert reference.abs().max() > 0.01
 
 
+def test_decoding_from_a_tokens_file_window_by_window_is_decoding_the_tokens(codec, whole, tmp_path):
+    from mmtok.tokens import TokensFile
+
+    whole.save(tmp_path / "whole.safetensors")
+    with TokensFile(tmp_path / "whole.safetensors") as file:
+        streamed = torch.cat(list(decode_chunks(codec, file, chunk_seconds=0.3)), dim=-1)
+    assert torch.equal(streamed, decode_chunked(codec, whole, chunk_seconds=0.3))
+
+
 def test_chunking_without_context_differs(codec, long_audio, whole):
     """The context is what makes chunking exact: without it the chunk edges show."""
     tokens = encode_chunked(codec, long_audio, chunk_seconds=0.5, context_seconds=0.0)
