@@ -185,10 +185,16 @@ class RandomStates(L.Callback):
         _unpack_random_states({key: value[trainer.global_rank] for key, value in states.items()})
 
     def on_validation_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
-        from lightning.fabric.utilities.seed import seed_everything
+        import random
+
+        import numpy as np
+        import torch
 
         self._training_states = _pack_random_states()
-        seed_everything(self.validation_seed, verbose=False)
+        # not seed_everything: it would also set PL_GLOBAL_SEED, the run's own seed for later processes
+        torch.manual_seed(self.validation_seed)  # CUDA's generators too
+        np.random.seed(self.validation_seed)
+        random.seed(self.validation_seed)
 
     def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         if self._training_states is not None:
