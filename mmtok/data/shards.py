@@ -114,6 +114,7 @@ def write_shards(source: str | Path, out: str | Path, *, chunk_bytes: str = "64M
     (out / SHARDS_INFO).unlink(missing_ok=True)
     for split, items in splits.items():
         if not items:
+            shutil.rmtree(out / split, ignore_errors=True)  # a split an earlier write left there
             continue
         partial = out / f".{split}.partial"
         shutil.rmtree(partial, ignore_errors=True)
