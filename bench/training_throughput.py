@@ -4,7 +4,7 @@ shards) data path side by side, in one run: each recipe is fitted for ``--steps`
 run itself logged (``train/samples_per_s`` of :class:`mmtok.training.callbacks.Throughput`, the mean of
 the last half of the steps: data loading counted, start-up not) and their ratio, streaming / map.
 
-    python bench/training_throughput.py --steps 40 --threads 1 --out docs/throughput.md
+    python bench/training_throughput.py --steps 40 --threads 1 --out outputs/bench/throughput.md
     python bench/training_throughput.py --device cuda --precision bf16-mixed   # on a GPU
 
 Needs the corpora (`mmtok data speech --out data/speech`, `mmtok data digits --out data/digits`); the
