@@ -355,10 +355,10 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("model", help="generator Hub folder or repo id")
     gen.add_argument("--out", required=True, help="output folder")
     gen.add_argument("--tokenizer", help="tokenizer Hub folder (default: the one the generator names)")
-    gen.add_argument("--sampler", choices=["autoregressive", *SAMPLERS, "distilled"],
-                     help="masked diffusion: fhs (first-hitting, default), ancestral (MDLM) or maskgit")
-    gen.add_argument("--steps", type=int, help="ancestral / maskgit steps (default: one per token / 16); a distilled "
-                                               "student's passes, 1 or 2")
+    gen.add_argument("--sampler", choices=["autoregressive", *SAMPLERS, "resgen", "distilled"],
+                     help="masked diffusion: fhs (first-hitting, default), ancestral (MDLM) or maskgit; ResGen: resgen")
+    gen.add_argument("--steps", type=int, help="ancestral / maskgit / resgen steps (default: one per token / 16 / 16); "
+                                               "a distilled student's passes, 1 or 2")
     gen.add_argument("--temperature", type=float,
                      help="0 decodes greedily (AR); default: the generator's recorded setting (its card), else 1")
     gen.add_argument("--top-k", type=int, default=None)

@@ -21,7 +21,10 @@ coordinate along every axis (``grid`` gives the sizes: VQGAN's transformer, Esse
 attention uses rotary positions over the sequence order.
 
 Shapes: ``steps: LongTensor [B, Q, S]`` -> ``logits: FloatTensor [B, Q, S, V]`` with V the widest
-head, and ``-inf`` past a smaller head's size.
+head, and ``-inf`` past a smaller head's size. With ``heads=False`` the backbone has no token heads
+and gives hidden states only (:meth:`hidden`), for a generator with its own output head (ResGen's
+mixture of Gaussians): heads it never trains would be dead weights, and DDP refuses parameters
+without gradients.
 """
 
 from __future__ import annotations
@@ -43,7 +46,7 @@ class CodebookTransformer(nn.Module):
 
     def __init__(self, *, codebook_sizes: Sequence[int], dim: int = 256, num_layers: int = 6, num_heads: int = 4,
                  ff_mult: float = 8 / 3, dropout: float = 0.0, end_token: bool = False, positions: str = "rotary",
-                 position_axes: int = 1, grid: Sequence[int] | None = None):
+                 position_axes: int = 1, grid: Sequence[int] | None = None, heads: bool = True):
         super().__init__()
         if not codebook_sizes or any(size < 1 for size in codebook_sizes):
             raise ValueError(f"codebook_sizes must be positive integers, got {list(codebook_sizes)}")
@@ -54,7 +57,7 @@ class CodebookTransformer(nn.Module):
         self.init_args = dict(codebook_sizes=[int(size) for size in codebook_sizes], dim=dim, num_layers=num_layers,
                               num_heads=num_heads, ff_mult=ff_mult, dropout=dropout, end_token=end_token,
                               positions=positions, position_axes=position_axes,
-                              grid=None if grid is None else [int(g) for g in grid])
+                              grid=None if grid is None else [int(g) for g in grid], heads=heads)
         self.codebook_sizes = self.init_args["codebook_sizes"]
         self.embeddings = nn.ModuleList(nn.Embedding(size + 1, dim) for size in self.codebook_sizes)
         self.positions = positions
@@ -64,7 +67,7 @@ class CodebookTransformer(nn.Module):
                                 else None)
         self.end_token = end_token
         self.head_sizes = [size + (end_token and q == 0) for q, size in enumerate(self.codebook_sizes)]
-        self.heads = nn.ModuleList(nn.Linear(dim, size) for size in self.head_sizes)
+        self.heads = nn.ModuleList(nn.Linear(dim, size) for size in self.head_sizes) if heads else None
 
     def spec(self) -> dict:
         """``{"class_path", "init_args"}``: what a generator's config records to rebuild this backbone."""
@@ -73,6 +76,10 @@ class CodebookTransformer(nn.Module):
     @property
     def dim(self) -> int:
         return self.init_args["dim"]
+
+    @property
+    def device(self) -> torch.device:
+        return self.embeddings[0].weight.device
 
     @property
     def coordinate_axes(self) -> int:
@@ -132,6 +139,8 @@ class CodebookTransformer(nn.Module):
             if positions is None:
                 raise ValueError("a backbone with learned positions needs the steps' coordinates")
             coordinates = positions[:, -inputs.shape[2]:].round().long()
+            if coordinates.dim() == 2:  # a time axis: [B, S] -> [B, S, 1]
+                coordinates = coordinates[..., None]
             x = x + sum(table(coordinates[..., axis].clamp(0, table.num_embeddings - 1))
                         for axis, table in enumerate(self.axis_embeddings))
             positions = None

@@ -214,7 +214,7 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
         """The frame-placed conditions at each step, [B, S, D] (None without any): step s takes the
         embedding of frame ``step_frames[s]`` (its latest code's; -1: none, zeros), zeros past an
         item's ``lengths``."""
-        device = self.backbone.heads[0].weight.device
+        device = self.backbone.device
         num_frames = max(int(step_frames.max()) + 1, 1) if len(step_frames) else 1
         on_frames = self.conditioner.frames(conditions, lengths=lengths.to(device), num_frames=num_frames,
                                             device=device, null=null)
@@ -231,7 +231,7 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
 
     def prefix(self, conditions: dict, *, batch_size: int, null: bool = False) -> Prefix | None:
         """The condition prefix of a batch of conditions (the null condition with ``null``)."""
-        device = self.backbone.heads[0].weight.device
+        device = self.backbone.device
         return self.conditioner(conditions, batch_size=batch_size, null=null, device=device)
 
     # -- the contract ----------------------------------------------------------------------------

@@ -23,7 +23,7 @@ import torch.nn.functional as F
 from einops import rearrange
 
 from mmtok.codecs.base import ReceptiveField, Tokenizer
-from mmtok.codecs.quantizers import dequantize, draw_dropout, nearest_codes, residual_vq, share_across_ranks
+from mmtok.codecs.quantizers import codewords, dequantize, draw_dropout, nearest_codes, residual_vq, share_across_ranks
 from mmtok.codecs.seanet import ConvDecoder, ConvEncoder, conv_receptive_field
 from mmtok.tokens import Tokens
 
@@ -155,6 +155,11 @@ class RVQCodec(Tokenizer):
         if codes.shape[1] > self.num_codebooks:
             raise ValueError(f"codes have {codes.shape[1]} codebooks, the model has {self.num_codebooks}")
         return rearrange(dequantize(self.quantizer, rearrange(codes, "b q t -> b t q")), "b t d -> b d t")
+
+    def codebook_vectors(self) -> list[torch.Tensor]:
+        """Per codebook, its codewords [V, D] in the latent space the decoder reads (their sum is
+        :meth:`dequantize`)."""
+        return codewords(self.quantizer)
 
     # -- training ------------------------------------------------------------------------------
     def forward(self, audio: torch.Tensor, lengths: torch.Tensor | None = None) -> CodecOutput:

@@ -120,7 +120,7 @@ class MaskedDiffusionGenerator(TokenGenerator):
         prefix = self.prefix(conditions, batch_size=batch_size, null=null)
         if self.time_embedding is None:
             return prefix
-        device = self.backbone.heads[0].weight.device
+        device = self.backbone.device
         time = Prefix(self.time_embedding(t.to(device)), torch.ones(batch_size, 1, dtype=torch.bool, device=device),
                       torch.full((batch_size, 1), -1.0, device=device))  # one more vector, just before step 0
         return time if prefix is None else prefix.then(time)
@@ -216,7 +216,7 @@ class MaskedDiffusionGenerator(TokenGenerator):
         sampler = self.check_sampler(sampler)
         if steps is not None and steps < 1:
             raise UsageError(f"steps {steps}: must be ≥ 1")
-        device = self.backbone.heads[0].weight.device
+        device = self.backbone.device
         lengths = lengths.to(device)
         num_frames = int(lengths.max())
         _, real = self.slots(lengths, num_frames)

@@ -180,7 +180,7 @@ class DistilledGenerator(TokenGenerator):
         if self.inputs == "noise" and (temperature not in (None, 1.0) or top_k is not None or top_p is not None):
             raise UsageError("temperature / top_k / top_p: a distilled student maps noise to tokens deterministically; "
                              "they apply to its teacher, whose settings it learned")
-        device = self.backbone.heads[0].weight.device
+        device = self.backbone.device
         batch_size, num_frames = len(lengths), int(lengths.max())
         filled = self._slots(num_frames, device)
         num_steps = filled.shape[1]

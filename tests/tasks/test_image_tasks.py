@@ -96,7 +96,8 @@ def _digest(path: Path) -> str:
 
 
 @pytest.mark.parametrize("recipe,sampler", [("ar_digits.yaml", []), ("mdm_digits.yaml", ["--sampler", "fhs"]),
-                                            ("mdm_digits.yaml", ["--sampler", "maskgit", "--steps", "4"])])
+                                            ("mdm_digits.yaml", ["--sampler", "maskgit", "--steps", "4"]),
+                                            ("resgen_digits.yaml", ["--sampler", "resgen", "--steps", "4"])])
 def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, sampler, digits16, grid_tokenizer,
                                                                         tmp_path, capsys):
     run, hub = tmp_path / "run", tmp_path / "hub"
