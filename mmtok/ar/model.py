@@ -10,7 +10,7 @@ from collections.abc import Callable, Sequence
 import torch
 import torch.nn.functional as F
 
-from mmtok.ar.sampling import generate
+from mmtok.ar.sampling import generate, last_step_before
 from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.errors import UsageError
 from mmtok.generators import TokenGenerator
@@ -102,7 +102,9 @@ class ARGenerator(TokenGenerator):
                  draw: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> Tokens:
         """Codes for a batch of conditions, at most ``lengths`` frames per item (each item stops at its
         end token when the backbone has one); ``cfg_scale`` ≠ 1 guides against the null condition;
-        ``draw`` replaces the categorical draw of each step (:func:`mmtok.ar.sampling.generate`)."""
+        ``draw`` replaces the categorical draw of each step (:func:`mmtok.ar.sampling.generate`). The
+        network calls (one KV-cached step each, on a batch doubled by guidance) are kept in
+        :attr:`last_stats`, as the other families keep theirs."""
         self.check_sampler(sampler)
         if steps is not None:
             raise UsageError("steps: an autoregressive generator takes one step per code position, it has no steps")
@@ -123,6 +125,9 @@ class ARGenerator(TokenGenerator):
                                     prefix=prefix, null_prefix=null, cfg_scale=cfg_scale, temperature=temperature,
                                     top_k=top_k, top_p=top_p, rng=rng, step_coordinates=step_coordinates,
                                     step_embeddings=on_frames, null_step_embeddings=null_frames, draw=draw)
+        layout = self.pattern.layout(self.num_codebooks, num_frames)
+        calls = int(last_step_before(layout)[generated.cpu()].max()) + 1 if batch_size else 0
+        self.last_stats = {"denoiser_calls": min(calls, layout.shape[1])}  # one cached step per call
         generated = torch.minimum(generated, lengths.to(generated.device))
         width = int(generated.max()) if batch_size else 0
         codes = codes[:, :, :width] * (torch.arange(width, device=codes.device) < generated[:, None, None])

@@ -189,3 +189,19 @@ def test_a_resgen_generator_names_what_it_lacks(tiny_codec_folder):
     model = tiny_resgen(tiny_codec_folder)
     with pytest.raises(Exception, match="sampler 'fhs'"):
         model.generate({"speaker": ["a"]}, lengths=torch.tensor([3]), sampler="fhs")
+
+
+def test_resgen_over_more_codebooks_starts_from_an_ar_generator_over_fewer(residual_codec_folder, tmp_path):
+    from mmtok.ar.model import ARGenerator
+
+    torch.manual_seed(1)
+    speaker = {"type": "class", "key": "speaker", "classes": ["a", "b"]}
+    backbone = CodebookTransformer(codebook_sizes=[32, 32], dim=32, num_layers=2, num_heads=2, end_token=True)
+    ar = ARGenerator(tokenizer=str(residual_codec_folder), backbone=backbone, pattern="delay", conditions=[speaker])
+    ar.save_pretrained(tmp_path / "ar")
+    model = tiny_resgen(residual_codec_folder)
+    untouched = model.adapt_from_autoregressive(str(tmp_path / "ar"))
+    assert {"backbone.embeddings.2.weight", "backbone.embeddings.3.weight"} <= set(untouched)
+    assert all(name.startswith(("backbone.embeddings.", "head.")) for name in untouched), untouched
+    torch.testing.assert_close(model.backbone.embeddings[1].weight, ar.backbone.embeddings[1].weight)
+    torch.testing.assert_close(model.backbone.transformer.state_dict(), ar.backbone.transformer.state_dict())

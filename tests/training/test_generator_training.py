@@ -1,4 +1,4 @@
-"""The TTS recipes (AR and masked diffusion) end to end at tiny size: LightningCLI fit from the token
+"""The TTS recipes (AR, masked diffusion, ResGen) end to end at tiny size: LightningCLI fit from the token
 cache, export, `mmtok generate`."""
 
 from __future__ import annotations
@@ -66,14 +66,17 @@ def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir
 
 @pytest.mark.parametrize("recipe", ["ar_xcodec_speech.yaml", "ar_rvq_speech.yaml", "mdm_xcodec_speech.yaml",
                                     "ar_xcodec_speech_aligned.yaml", "ar_rvq_speech_aligned.yaml",
-                                    "mdm_xcodec_speech_aligned.yaml"])
+                                    "mdm_xcodec_speech_aligned.yaml", "resgen_xcodec_speech_aligned.yaml"])
 def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_corpus, tiny_codec_folder, tmp_path,
                                                                  capsys):
     run = tmp_path / "run"
     aligned = recipe.endswith("_aligned.yaml")
-    adapt_from = tiny_ar_folder(tiny_corpus, tiny_codec_folder, tmp_path / "ar") if recipe.startswith("mdm") else None
+    bidirectional = recipe.startswith(("mdm", "resgen"))
+    adapt_from = tiny_ar_folder(tiny_corpus, tiny_codec_folder, tmp_path / "ar") if bidirectional else None
+    deeper = ["--model.init_args.generator.init_args.backbone.init_args.codebook_sizes", "[32, 32, 32, 32]"]
     main(tiny_tts_args(REPO / "recipes" / "tts" / recipe, tiny_corpus, tiny_codec_folder, tmp_path / "tokens", run,
-                       max_steps=40, adapt_from=adapt_from, aligned=aligned))
+                       max_steps=40, adapt_from=adapt_from, aligned=aligned)
+         + (deeper if recipe.startswith("resgen") else []))  # ResGen over all 4 codebooks, from an AR over 2
     assert (tmp_path / "tokens" / "tokens.safetensors").is_file(), "the recipe built the token cache"
     rows = list(csv.DictReader(open(next(run.glob("csv/*/metrics.csv")))))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
@@ -91,7 +94,7 @@ def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_co
     assert "mmtok generate" in card and "TextToSpeech" in card
     config = json.loads((tmp_path / "hub" / "config.json").read_text())
     assert (config["frame_rate"], config["sample_rate"], config["grid"]) == (50.0, 16000, None), "the tokens' facts"
-    if recipe.startswith("mdm"):
+    if bidirectional:
         from mmtok.data.tokens import TokenCorpus
         from mmtok.tasks.tts import TextToSpeech
 
@@ -100,7 +103,8 @@ def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_co
         task.measure(TokenCorpus(tmp_path / "tokens"))
         assert measured == pytest.approx(task.frames_per_phoneme) and measured != 5.0
     prompt = next((tiny_corpus / "wavs").glob("*.wav"))
-    sampler = ["--sampler", "maskgit", "--steps", "4"] if recipe.startswith("mdm") else []
+    sampler = {"mdm": ["--sampler", "maskgit", "--steps", "4"], "resgen": ["--sampler", "resgen", "--steps", "4"]}
+    sampler = sampler.get(recipe.split("_")[0], [])
     if aligned:
         assert "duration_predictor" in config["conditions"][0], "the predictor is part of the released generator"
         sampler += ["--pace", "1.5"]
