@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 from pathlib import Path
 
 import lightning as L
@@ -14,6 +15,8 @@ from mmtok.tokens import Tokens
 from mmtok.training.checkpoint import record_model
 from mmtok.training.media import log_generated_audio
 from mmtok.training.optim import warmup_cosine
+
+log = logging.getLogger(__name__)
 
 
 def log_generated_examples(module: L.LightningModule, modality: str, generated: list[torch.Tensor],
@@ -64,18 +67,27 @@ class GeneratorModule(L.LightningModule):
     AdamW with linear warm-up and cosine decay over the run's ``max_steps``. ``init_from`` (a Hub
     folder or repo id) starts from released weights, for fine-tuning; its config must build the same
     generator (a mismatch names every differing tensor), and a fine-tune keeps its recorded sampling
-    settings unless the recipe's generator sets its own. When training starts, the generator records
-    the tokens' facts (grid, frame rate) from the tokenizer, and its task measures what it needs on
-    the token cache (:meth:`mmtok.tasks.Task.measure`).
+    settings unless the recipe's generator sets its own. ``adapt_from`` (an AR generator's Hub folder)
+    starts from its weights instead (:meth:`~mmtok.generators.TokenGenerator.adapt_from_autoregressive`:
+    masked models from an AR one, or any generator from an AR one over fewer codebooks). When
+    training starts, the generator records the tokens' facts (grid, frame rate) from the tokenizer,
+    and its task measures what it needs on the token cache (:meth:`mmtok.tasks.Task.measure`).
     """
 
-    def __init__(self, *, generator, init_from: str | None = None, lr: float = 5e-4,
-                 weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 300,
-                 num_generated_examples: int = 2, temperature: float = 1.0, top_k: int | None = None,
-                 sampler: str | None = None):
+    def __init__(self, *, generator, init_from: str | None = None, adapt_from: str | None = None,
+                 lr: float = 5e-4, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
+                 warmup_steps: int = 300, num_generated_examples: int = 2, temperature: float = 1.0,
+                 top_k: int | None = None, sampler: str | None = None):
         super().__init__()
         self.sampler = generator.check_sampler(sampler)
         self.save_hyperparameters(ignore=["generator"])
+        if adapt_from is not None and init_from is not None:
+            raise ValueError("give init_from (a generator of this family to fine-tune) or adapt_from (an AR "
+                             "generator to start from), not both")
+        if adapt_from is not None:
+            untouched = generator.adapt_from_autoregressive(adapt_from)
+            if untouched:
+                log.info("adapted from %s; kept the initialisation of %s", adapt_from, ", ".join(untouched))
         if init_from is not None:
             load_weights_strict(generator, resolve_file(init_from, WEIGHTS_NAME))
             recorded = json.loads(Path(resolve_file(init_from, CONFIG_NAME)).read_text()).get("sampling") or {}

@@ -66,17 +66,19 @@ def tiny_tts_args(recipe: Path, corpus: Path, codec: Path, tokens: Path, run_dir
 
 @pytest.mark.parametrize("recipe", ["ar_xcodec_speech.yaml", "ar_rvq_speech.yaml", "mdm_xcodec_speech.yaml",
                                     "ar_xcodec_speech_aligned.yaml", "ar_rvq_speech_aligned.yaml",
-                                    "mdm_xcodec_speech_aligned.yaml", "resgen_xcodec_speech_aligned.yaml"])
+                                    "mdm_xcodec_speech_aligned.yaml", "resgen_xcodec_speech_aligned.yaml",
+                                    "ar_xcodec8_speech_aligned.yaml"])
 def test_the_tts_recipe_trains_from_the_cache_exports_and_speaks(recipe, tiny_corpus, tiny_codec_folder, tmp_path,
                                                                  capsys):
     run = tmp_path / "run"
     aligned = recipe.endswith("_aligned.yaml")
     bidirectional = recipe.startswith(("mdm", "resgen"))
-    adapt_from = tiny_ar_folder(tiny_corpus, tiny_codec_folder, tmp_path / "ar") if bidirectional else None
+    all_codebooks = recipe.startswith(("resgen", "ar_xcodec8"))  # over all 4 codebooks, from an AR over 2
+    adapted = bidirectional or all_codebooks
+    adapt_from = tiny_ar_folder(tiny_corpus, tiny_codec_folder, tmp_path / "ar") if adapted else None
     deeper = ["--model.init_args.generator.init_args.backbone.init_args.codebook_sizes", "[32, 32, 32, 32]"]
     main(tiny_tts_args(REPO / "recipes" / "tts" / recipe, tiny_corpus, tiny_codec_folder, tmp_path / "tokens", run,
-                       max_steps=40, adapt_from=adapt_from, aligned=aligned)
-         + (deeper if recipe.startswith("resgen") else []))  # ResGen over all 4 codebooks, from an AR over 2
+                       max_steps=40, adapt_from=adapt_from, aligned=aligned) + (deeper if all_codebooks else []))
     assert (tmp_path / "tokens" / "tokens.safetensors").is_file(), "the recipe built the token cache"
     rows = list(csv.DictReader(open(next(run.glob("csv/*/metrics.csv")))))
     losses = [float(r["train/loss"]) for r in rows if r.get("train/loss")]
