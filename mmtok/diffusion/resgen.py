@@ -12,8 +12,10 @@ mmtok chooses are kept apart below (docs/research/resgen_method.md lists the sou
 - **Forward masking, finest first** (the paper's Sec. 3.1): a masked count n = ⌈γ · L · D⌉ is spread
   over positions as counts k_i by drawing n of the L · D slots uniformly without replacement (a
   multivariate hypergeometric draw, so k_i ≤ D), and position i masks its k_i deepest tokens
-  (depths D − k_i .. D − 1). γ = 1 − α(t) of a masking schedule at t ~ U(0, 1) (cosine by default,
-  MaskGIT's; the paper's exact γ was not recoverable).
+  (depths D − k_i .. D − 1). γ(r) with r ~ U(0, 1) is MaskGIT's masking ratio, cos(π r / 2) by default
+  (mean 2/π: most draws mask most tokens; the paper's exact γ was not recoverable). With the opposite
+  skew, 1 − cos(π r / 2), a position's coarse token is masked so rarely (all D of its slots must be
+  drawn) that a digits model at 500 steps ignored its context (docs/benchmarks.md).
 - **Target**: z_i = Σ_j e_j(x_ij) · (1 − m_ij) (m = 1: visible), the cumulative embedding of the masked
   tokens: :func:`cumulative_embedding`.
 - **Loss**: L_mask = −log p_θ(z_i | x ⊙ m), a mixture of K diagonal Gaussians per position
@@ -219,7 +221,8 @@ class ResGenGenerator(TokenGenerator):
 
     Arguments: :class:`~mmtok.generators.TokenGenerator`'s (the pattern can only be ``parallel``: a
     position is a frame or grid cell holding D depths), plus ``components`` (K of the mixture),
-    ``schedule`` (the masking schedule γ = 1 − α(t), ``"cosine"`` or ``"log_linear"``), and
+    ``schedule`` (the masking ratio γ(r) is the schedule's α(r): ``"cosine"``, cos(π r / 2), or
+    ``"log_linear"``, 1 − r: uniform ratios), and
     ``latent_dim`` / ``latent_scale`` (the codewords' width and the RMS of the first depth's
     codewords; taken from the tokenizer when it is a local folder, and recorded). The backbone needs
     no token heads (``heads: false``). The codewords are read from the tokenizer, never stored here:
@@ -305,7 +308,8 @@ class ResGenGenerator(TokenGenerator):
     def loss(self, batch: dict, *, rng: torch.Generator | None = None,
              t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The mixture NLL of the cumulative masked embedding per masked position, in nats per latent
-        dimension, at times drawn per item (or the given ``t`` [B]), plus the conditions' auxiliary losses."""
+        dimension, at ratios γ(r) drawn per item (r evenly spread over the batch, or the given ``t`` [B]
+        as r), plus the conditions' auxiliary losses."""
         codes = batch["codes"][:, : self.num_codebooks]
         batch_size, depth, length = codes.shape
         lengths = batch.get("lengths")
@@ -313,7 +317,7 @@ class ResGenGenerator(TokenGenerator):
         valid = torch.arange(length, device=codes.device)[None] < lengths[:, None]
         if t is None:
             t = sample_times(batch_size, generator=rng, device=codes.device)
-        masked = mask_finest_first(valid, depth, 1 - self.schedule.alpha(t), generator=rng)
+        masked = mask_finest_first(valid, depth, self.schedule.alpha(t), generator=rng)  # γ(r) at r = t
         target = cumulative_embedding(codes, masked, self.codewords) / self.latent_scale
         mixture = self.mixture(codes, masked, batch, lengths=lengths)
         scored = masked.any(1)  # [B, T] positions with something to predict
