@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from common import publish
-from mmtok.data.images import ImageDataModule
+from mmtok.judges.digits import labelled_images
 from mmtok.hub import load_pretrained
 from mmtok.media import markdown_table
 from mmtok.metrics.image import classifier_accuracy, codebook_usage, frechet_distance, psnr, ssim
@@ -32,12 +32,12 @@ SECTION = "## Quality (bench/image_tokenizer_quality.py)"
 
 
 def split_images(data: str, split: str, tokenizer, batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """(images [N, C, H, W] in [0, 1], labels [N]) of one split."""
-    module = ImageDataModule(path=data, channels=tokenizer.channels, image_size=tokenizer.image_size,
-                             batch_size=batch_size, valid_batch_size=batch_size)
-    module.setup("test")
-    batches = list(module._loader(split, batch_size=batch_size, shuffle=False))
-    return torch.cat([b["image"] for b in batches]), torch.cat([b["labels"] for b in batches])
+    """(images [N, C, H, W] in [0, 1], labels [N]) of one split, at the tokenizer's size."""
+    images, labels = labelled_images(data, split=split, channels=tokenizer.channels, batch_size=batch_size)
+    if tuple(images.shape[-2:]) != tuple(tokenizer.image_size):
+        raise SystemExit(f"{data}: {split} images are {tuple(images.shape[-2:])}, the tokenizer reads "
+                         f"{tuple(tokenizer.image_size)}")
+    return images, labels
 
 
 @torch.no_grad()
