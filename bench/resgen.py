@@ -1,5 +1,6 @@
-"""ResGen against the AR generator (delay pattern) and masked diffusion (flatten pattern, first-hitting
-sampler) on the same tokens: network calls, wall time and quality, in one run (issue 20).
+"""ResGen against the AR generator (delay pattern) and masked diffusion (first-hitting sampler: one call
+per token, whatever the pattern) on the same tokens: network calls, wall time and quality, in one run
+(issue 20).
 
 Every ``--model NAME=FOLDER`` is a generator Hub folder over the same residual tokenizer and task.
 A ResGen generator is sampled at each of ``--resgen-steps`` (default 8 16 32), the others with their
@@ -12,7 +13,7 @@ guidance doubles the batch, not the calls), one per step for ResGen and one per 
 first-hitting sampler, both doubled by guidance (a conditional and an unconditional pass).
 
     python bench/resgen.py --model resgen=checkpoints/digits-resgen --model ar=runs/.../ar-delay \\
-        --model mdm=runs/.../mdm-flatten --sampler mdm=fhs --judge checkpoints/digit-classifier \\
+        --model mdm=runs/.../mdm --sampler mdm=fhs --judge checkpoints/digit-classifier \\
         --data data/digits --samples-per-class 20
 """
 
