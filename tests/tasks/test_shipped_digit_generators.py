@@ -1,5 +1,5 @@
 """The released class-conditional digit generators (checkpoints/digits-ar and digits-mdm over the VQ
-grid, digits-ar-seed over SEED's 1-D tokens): small Hub folders that name the shipped tokenizer, record
+grid, digits-ar-seed over SEED's 1-D tokens, digits-resgen over the depth-4 residual grid): small Hub folders that name the shipped tokenizer, record
 the sampling their cards were measured with, and draw digits the shipped judge reads as the class asked
 for."""
 
@@ -19,9 +19,13 @@ JUDGE = REPO / "checkpoints" / "digit-classifier"
 RELEASES = {"digits-ar": ("mmtok.ar.model.ARGenerator", "autoregressive", "checkpoints/vq-digits", [8, 8]),
             "digits-mdm": ("mmtok.diffusion.model.MaskedDiffusionGenerator", "maskgit", "checkpoints/vq-digits",
                            [8, 8]),
-            "digits-ar-seed": ("mmtok.ar.model.ARGenerator", "autoregressive", "checkpoints/seed-digits", [16])}
-# Below the judge's accuracy on 1,000 samples each (docs/benchmarks.md: 0.767, 0.964 and SEED's), with room for 50.
-MINIMUM_ACCURACY = {"digits-ar": 0.6, "digits-mdm": 0.85, "digits-ar-seed": 0.7}
+            "digits-ar-seed": ("mmtok.ar.model.ARGenerator", "autoregressive", "checkpoints/seed-digits", [16]),
+            "digits-resgen": ("mmtok.diffusion.resgen.ResGenGenerator", "resgen", "checkpoints/vq-digits-residual",
+                              [8, 8])}
+# Below the judge's accuracy on 1,000 samples each (docs/benchmarks.md: 0.767, 0.964 and SEED's), with room for 50;
+# ResGen's 1,500-step release is far weaker (0.24 on 100, chance 0.1): its test only asks it to beat chance.
+MINIMUM_ACCURACY = {"digits-ar": 0.6, "digits-mdm": 0.85, "digits-ar-seed": 0.7, "digits-resgen": 0.15}
+CARD_SECTION = {"digits-resgen": "## ResGen against AR and masked diffusion (bench/resgen.py)"}
 
 
 @pytest.mark.parametrize("name", sorted(RELEASES))
@@ -34,7 +38,8 @@ def test_the_release_is_a_small_hub_folder_naming_the_shipped_tokenizer(name):
     assert (config["tokenizer"], config["grid"]) == RELEASES[name][2:]
     assert config["task"]["class_path"] == "mmtok.tasks.images.ClassToImage"
     assert config["sampling"]["sampler"] == RELEASES[name][1] and config["sampling"]["cfg_scale"] > 1
-    assert "## Samples judged (bench/image_generators.py)" in (folder / "README.md").read_text()
+    section = CARD_SECTION.get(name, "## Samples judged (bench/image_generators.py)")
+    assert section in (folder / "README.md").read_text()
 
 
 @pytest.mark.parametrize("name", sorted(RELEASES))
