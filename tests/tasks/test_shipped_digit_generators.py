@@ -1,7 +1,7 @@
 """The released class-conditional digit generators (checkpoints/digits-ar and digits-mdm over the VQ
-grid, digits-ar-seed over SEED's 1-D tokens, digits-resgen over the depth-4 residual grid): small Hub folders that name the shipped tokenizer, record
-the sampling their cards were measured with, and draw digits the shipped judge reads as the class asked
-for."""
+grid, digits-ar-seed over SEED's 1-D tokens, digits-resgen over the depth-4 residual grid): small Hub
+folders that name the shipped tokenizer, record the sampling their cards were measured with, and draw
+digits the shipped judge reads as the class asked for."""
 
 from __future__ import annotations
 
