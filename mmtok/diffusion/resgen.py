@@ -9,13 +9,13 @@ mixture of Gaussians, and sampling re-quantizes that vector into tokens, so the 
 calls does not depend on D (nor on L). The authors released no code; what the paper fixes and what
 mmtok chooses are kept apart below (docs/research/resgen_method.md lists the sources).
 
-- **Forward masking, finest first** (the paper's Sec. 3.1): a masked count n = ⌈γ · L · D⌉ is spread
+- **Forward masking, finest first**: a masked count n = ⌈γ · L · D⌉ is spread
   over positions as counts k_i by drawing n of the L · D slots uniformly without replacement (a
   multivariate hypergeometric draw, so k_i ≤ D), and position i masks its k_i deepest tokens
   (depths D − k_i .. D − 1). γ(r) with r ~ U(0, 1) is MaskGIT's masking ratio, cos(π r / 2) by default
   (mean 2/π: most draws mask most tokens; the paper's exact γ was not recoverable). With the opposite
   skew, 1 − cos(π r / 2), a position's coarse token is masked so rarely (all D of its slots must be
-  drawn) that a digits model at 500 steps ignored its context (docs/benchmarks.md).
+  drawn) that a digits model's predictions at 500 steps were no better than zero (docs/benchmarks.md).
 - **Target**: z_i = Σ_j e_j(x_ij) · (1 − m_ij) (m = 1: visible), the cumulative embedding of the masked
   tokens: :func:`cumulative_embedding`.
 - **Loss**: L_mask = −log p_θ(z_i | x ⊙ m), a mixture of K diagonal Gaussians per position
@@ -261,10 +261,10 @@ class ResGenGenerator(TokenGenerator):
         model = super().load_tokenizer(tokenizer, near=near)
         vectors = model.codebook_vectors()[: self.num_codebooks]
         width = vectors[0].shape[-1]
-        latent_dim, latent_scale = self._latent if hasattr(self, "_latent") else (None, None)
-        if getattr(self, "latent_dim", latent_dim) not in (None, width):
+        latent_dim, latent_scale = self._latent  # (None, None) until a tokenizer or the config gives them
+        if latent_dim not in (None, width):
             raise ValueError(f"tokenizer {tokenizer or self.tokenizer_id}: codewords of width {width}, but this "
-                             f"ResGen generator models vectors of width {self.latent_dim}")
+                             f"ResGen generator models vectors of width {latent_dim}")
         if latent_scale is None:
             latent_scale = float(vectors[0].float().pow(2).mean().sqrt())
         self._latent = (width, latent_scale)
