@@ -142,8 +142,8 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
         the backbone is the same, run bidirectionally. Every tensor with the same name and shape is
         copied (the first head drops the AR end-token row; "start" becomes "mask"); the codebooks the
         two share must have the same sizes, and a generator over more codebooks than the AR one (ResGen
-        over 8 from an AR TTS over 4) keeps the initialisation of the other codebooks' embeddings. Returns the names
-        of this model's tensors that were not copied.
+        over 8 from an AR TTS over 4) keeps the initialisation of the other codebooks' embeddings.
+        Returns the names of this model's tensors that were not copied.
 
         On the speech corpus this is what makes a small model read its phonemes within a CPU run
         (docs/benchmarks.md, TTS): from scratch, 400 steps leave it at the codes' marginals."""
