@@ -24,6 +24,7 @@ import argparse
 import torch
 
 from common import named_folders, publish
+from image_generators import describe_sampling
 from mmtok.hub import load_pretrained
 from mmtok.media import markdown_table
 from mmtok.tasks import build_task
@@ -80,16 +81,12 @@ def describe(row: dict, name: str, generator, sampling: dict, seen: set) -> list
             seen.add(row["images"])
             return [{"model": "-", "sampling": row["images"], "network calls": "-", "seconds": "-",
                      "count": row["count"], "accuracy": row["accuracy"], "frechet_distance": row["frechet_distance"]}]
-        return [{"model": name, "sampling": _sampling(sampling), "network calls": calls, "seconds": row["seconds"],
-                 "count": row["count"], "accuracy": row["accuracy"], "frechet_distance": row["frechet_distance"]}]
-    return [{"model": name, "sampling": _sampling(sampling), "mode": row["mode"], "network calls": calls,
+        return [{"model": name, "sampling": describe_sampling(sampling), "network calls": calls,
+                 "seconds": row["seconds"], "count": row["count"], "accuracy": row["accuracy"],
+                 "frechet_distance": row["frechet_distance"]}]
+    return [{"model": name, "sampling": describe_sampling(sampling), "mode": row["mode"], "network calls": calls,
              "seconds": row["generation_s"], "utterances": row["utterances"], "per": row["per"],
              "duration_ratio": row["duration_ratio"]}]
-
-
-def _sampling(sampling: dict) -> str:
-    rest = [f"{key} {value}" for key, value in sampling.items() if key != "sampler" and value is not None]
-    return ", ".join([sampling["sampler"], *rest])
 
 
 if __name__ == "__main__":
