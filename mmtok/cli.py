@@ -287,6 +287,16 @@ def cmd_decode(args: argparse.Namespace) -> None:
     print(f"wrote {written} file(s) to {Path(args.output).resolve()}")
 
 
+def cmd_convert(args: argparse.Namespace) -> None:
+    from mmtok.hub import load_pretrained
+    from mmtok.tasks.voice_conversion import conversion_pairs, convert_files
+
+    model = load_pretrained(args.model)
+    pairs = conversion_pairs(Path(args.source), Path(args.out))
+    written = convert_files(model, pairs, Path(args.prompt), overwrite=args.overwrite, fail_fast=args.fail_fast)
+    print(f"wrote {written} converted file(s) to {Path(args.out).resolve()}")
+
+
 # -- generators -------------------------------------------------------------------------------
 def cmd_tokenize(args: argparse.Namespace) -> None:
     from mmtok.data.tokens import tokenize_corpus
@@ -467,6 +477,15 @@ def build_parser() -> argparse.ArgumentParser:
             p.add_argument("--guidance", type=float, help="a diffusion de-tokenizer's classifier-free guidance")
             p.add_argument("--seed", type=int, help="a diffusion de-tokenizer's noise seed (default: the model's)")
         p.set_defaults(func=func)
+
+    convert = sub.add_parser("convert", help="zero-shot voice conversion: an audio file or folder into the voice "
+                                             "of a prompt (a Vec-Tok model)")
+    convert.add_argument("model", help="Vec-Tok Hub folder or repo id")
+    convert.add_argument("source", help="audio file or folder (searched recursively; the tree is mirrored)")
+    convert.add_argument("--prompt", required=True, help="audio of the target voice (its first 3 s are used)")
+    convert.add_argument("--out", required=True, help="folder for one wav per input, named after it")
+    add_folder_arguments(convert)
+    convert.set_defaults(func=cmd_convert)
 
     tokenize = sub.add_parser("tokenize", help="encode a corpus once into a token cache for generator training")
     tokenize.add_argument("model", help="tokenizer Hub folder or repo id")

@@ -16,6 +16,7 @@ import torch
 from mmtok.asr import PhonemeRecognizer, evaluate_recognizer
 from mmtok.codecs.base import Tokenizer
 from mmtok.codecs.seed import SeedTokenizer, evaluate_seed
+from mmtok.codecs.vectok import SpeechSSL, VecTok
 from mmtok.errors import DataError, MissingFileError, UsageError
 from mmtok.generators import TokenGenerator
 from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class, round_to_half
@@ -213,8 +214,32 @@ def _seed_card(tokenizer: SeedTokenizer, data: str | None, split: str, max_items
     return card
 
 
-CARD_BUILDERS = {SeedTokenizer: _seed_card, Tokenizer: _codec_card, PhonemeRecognizer: _recognizer_card,
-                 TokenGenerator: _generator_card, DigitClassifier: _classifier_card, SpeakerEncoder: _speaker_card}
+def _ssl_card(model: SpeechSSL, data: str | None, split: str, max_items: int | None, judge: str | None) -> dict:
+    return {"description": (
+        f"A HuBERT-style speech model (Hsu et al. 2021) trained with mmtok by masked prediction of "
+        f"{model.target_centroids.shape[0]} k-means clusters of MFCC frames (iteration 1): {model.num_layers} "
+        f"transformer layers of width {model.dim} at 50 frames/s. Its layers are Vec-Tok's speech vectors."),
+        "usage": ("As Vec-Tok's vectors: `--model.init_args.codec.init_args.vectors "
+                  "'{\"type\": \"ssl\", \"path\": \"FOLDER\", \"layer\": 3}'`; in Python "
+                  "`model(audio, lengths, num_layers=3)` -> hidden states [B, T, D]")}
+
+
+def _vectok_card(model: VecTok, data: str | None, split: str, max_items: int | None, judge: str | None) -> dict:
+    bpe = f" and a BPE of {model.bpe.vocab_size} symbols over them" if model.bpe else ""
+    return {"description": (
+        f"Vec-Tok (Zhu et al. 2023) trained with mmtok: speech vectors ({model.vectors.spec()['type']} layer "
+        f"{model.vectors.spec().get('layer')}, {model.vectors.dim} dims at {model.frame_rate:g} frames/s), "
+        f"{model.num_units} k-means semantic tokens{bpe}; a vocoder from vectors and an inverse k-means "
+        f"transformer from tokens and a {model.prompt_frames / model.frame_rate:g}-s voice prompt to vectors."),
+        "usage": ("`mmtok encode MODEL speech.wav tokens.safetensors` / `mmtok decode MODEL tokens.safetensors "
+                  "out.wav` (the default voice); zero-shot voice conversion: `mmtok convert MODEL SOURCE.wav "
+                  "--prompt TARGET.wav --out DIR`; in Python `model.encode(audio, lengths, bpe=True)` and "
+                  "`model.decode(tokens, prompt=audio)`")}
+
+
+CARD_BUILDERS = {SeedTokenizer: _seed_card, VecTok: _vectok_card, SpeechSSL: _ssl_card, Tokenizer: _codec_card,
+                 PhonemeRecognizer: _recognizer_card, TokenGenerator: _generator_card,
+                 DigitClassifier: _classifier_card, SpeakerEncoder: _speaker_card}
 
 
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,

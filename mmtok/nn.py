@@ -218,13 +218,16 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor, *, valid: torch.Tensor | None = None, causal: bool = False,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                window: int | None = None) -> torch.Tensor:
+                window: int | None = None, num_layers: int | None = None) -> torch.Tensor:
         """With ``cache``, x holds the next steps after the cached ones (positions continue from
         ``cache.length``) and the cache is extended by them: feeding a sequence in pieces gives the
         outputs of one full pass. ``positions`` ([T] or per item [B, T], any real numbers; with
         ``position_axes`` A > 1, [T, A] or [B, T, A]) replaces the default 0, 1, 2, ... of the rotary
         embedding (on every axis). ``window`` restricts every layer's attention to the steps within
-        ``window`` of the query (:func:`local_attention_mask`)."""
+        ``window`` of the query (:func:`local_attention_mask`). ``num_layers`` runs the first blocks only
+        and returns their output without the final norm (an intermediate layer's features; 0 returns x)."""
+        if num_layers is not None and not 0 <= num_layers <= len(self.blocks):
+            raise ValueError(f"num_layers must be in 0..{len(self.blocks)}, got {num_layers}")
         axes = self.position_axes
         if positions is None:
             start = cache.length if cache is not None else 0
@@ -234,8 +237,9 @@ class Transformer(nn.Module):
         rotation = rotary_rotation(rotary_angles(positions, self.head_dim, base=self.rotary_base, axes=axes))
         if rotation.dim() == 3:  # per item: broadcast over heads
             rotation = rotation[:, None]
-        for layer, block in enumerate(self.blocks):
+        blocks = self.blocks if num_layers is None else self.blocks[:num_layers]
+        for layer, block in enumerate(blocks):
             x = block(x, rotation=rotation, valid=valid, causal=causal, cache=cache, layer=layer, window=window)
         if cache is not None:
             cache.advance(x.shape[1], valid)
-        return self.norm(x)
+        return self.norm(x) if len(blocks) == len(self.blocks) else x

@@ -34,7 +34,9 @@ class CodecOutput:
 
     audio: FloatTensor [B, 1, N] reconstruction; codes: LongTensor [B, Q, T] (-1 for dropped
     quantizers); commitment_loss: scalar; latent: FloatTensor [B, D, T] before quantization;
-    semantic_loss: scalar for codecs with a semantic head (X-Codec), else None.
+    semantic_loss: scalar for codecs with a semantic head (X-Codec) or a semantic reconstruction
+    (Vec-Tok's inverse k-means), else None; target: FloatTensor [B, 1, N'] the audio ``audio`` is
+    compared with when it is not the input (a vocoder trained on windows), else None.
     """
 
     audio: torch.Tensor
@@ -42,6 +44,7 @@ class CodecOutput:
     commitment_loss: torch.Tensor
     latent: torch.Tensor
     semantic_loss: torch.Tensor | None = None
+    target: torch.Tensor | None = None
 
 
 def frame_mask(lengths: torch.Tensor | None, num_samples: int, hop_length: int, batch: int,

@@ -1,12 +1,14 @@
 """Frozen semantic teachers for X-Codec: speech -> features ``[B, D, T]`` at a codec's frame rate.
 
-Two implementations of :class:`SemanticEncoder`:
+Three implementations of :class:`SemanticEncoder`:
 
 - :class:`HFSpeechEncoder`: any Hugging Face speech SSL model (HuBERT, WavLM, wav2vec2) loaded with
   ``transformers`` from a local folder or a repo id. Features are the mean over all hidden states
   (X-Codec's choice, Ye et al. 2024) or one chosen layer.
 - :class:`RecognizerEncoder`: the embedded default, the encoder of mmtok's CTC phoneme recognizer
   (:mod:`mmtok.asr`), trained on the espeak-ng speech corpus.
+- :class:`mmtok.codecs.vectok.SSLEncoder`: a layer of the embedded self-supervised HuBERT-style model
+  (Vec-Tok's speech vectors), spec ``{"type": "ssl", "path": ..., "layer": 3}``.
 
 A teacher is described by a JSON spec, so that an X-Codec Hub folder is self-contained: the spec
 given to a recipe names where the weights come from (``{"type": "recognizer", "path": ...}`` or
@@ -245,8 +247,8 @@ def _hf_normalize_flag(path: str) -> bool:
 def build_semantic_encoder(spec: dict[str, Any]) -> SemanticEncoder:
     """A teacher from its spec: ``{"type": "recognizer" | "hf", "path": ...}`` loads weights;
     ``"config"`` instead of ``"path"`` builds the architecture only (weights come from the owner)."""
-    if not isinstance(spec, dict) or spec.get("type") not in ("recognizer", "hf"):
-        raise ValueError(f"semantic teacher spec must be a dict with type 'recognizer' or 'hf', got {spec!r}")
+    if not isinstance(spec, dict) or spec.get("type") not in ("recognizer", "hf", "ssl"):
+        raise ValueError(f"semantic teacher spec must be a dict with type 'recognizer', 'hf' or 'ssl', got {spec!r}")
     spec = {key: value for key, value in spec.items() if value is not None}
     if ("path" in spec) == ("config" in spec):
         raise ValueError(f"semantic teacher spec needs exactly one of 'path' (a local folder or Hub repo id) or "
@@ -261,6 +263,11 @@ def build_semantic_encoder(spec: dict[str, Any]) -> SemanticEncoder:
         if "path" in spec:
             return RecognizerEncoder(PhonemeRecognizer.from_pretrained(spec["path"]), attention_window=window)
         return RecognizerEncoder(PhonemeRecognizer(**spec["config"]), attention_window=window)
+    if spec["type"] == "ssl":
+        from mmtok.codecs.vectok import SpeechSSL, SSLEncoder
+
+        model = SpeechSSL.from_pretrained(spec["path"]) if "path" in spec else SpeechSSL(**spec["config"])
+        return SSLEncoder(model, layer=spec.get("layer", model.num_layers // 2))
     return _build_hf(spec)
 
 

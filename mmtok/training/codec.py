@@ -122,11 +122,12 @@ class CodecModule(L.LightningModule):
         opt_g, opt_d = self.optimizers()
         audio, lengths = batch["audio"], batch["lengths"]
         out = self.codec(audio, lengths)
+        real = audio if out.target is None else out.target
         adversarial = int(self.generator_steps) >= self.hparams.adversarial_start_step
-        logs = {"train/d_loss": self._discriminator_step(audio, out.audio, opt_d)} if adversarial else {}
+        logs = {"train/d_loss": self._discriminator_step(real, out.audio, opt_d)} if adversarial else {}
 
         self.toggle_optimizer(opt_g)  # the discriminator's parameters take no gradient here
-        g_loss, g_logs = self._generator_loss(audio, out, adversarial)
+        g_loss, g_logs = self._generator_loss(real, out, adversarial)
         self._optimizer_step(opt_g, g_loss)
         self.untoggle_optimizer(opt_g)
         self.generator_steps += 1
