@@ -225,7 +225,7 @@ class Transformer(nn.Module):
         ``position_axes`` A > 1, [T, A] or [B, T, A]) replaces the default 0, 1, 2, ... of the rotary
         embedding (on every axis). ``window`` restricts every layer's attention to the steps within
         ``window`` of the query (:func:`local_attention_mask`). ``num_layers`` runs the first blocks only
-        and returns their output without the final norm (an intermediate layer's features; 0 returns x)."""
+        and returns their output without the final norm (a layer's features; 0 returns x)."""
         if num_layers is not None and not 0 <= num_layers <= len(self.blocks):
             raise ValueError(f"num_layers must be in 0..{len(self.blocks)}, got {num_layers}")
         axes = self.position_axes
@@ -242,4 +242,4 @@ class Transformer(nn.Module):
             x = block(x, rotation=rotation, valid=valid, causal=causal, cache=cache, layer=layer, window=window)
         if cache is not None:
             cache.advance(x.shape[1], valid)
-        return self.norm(x) if len(blocks) == len(self.blocks) else x
+        return self.norm(x) if num_layers is None else x

@@ -14,7 +14,7 @@ No code of the paper was released; this file is mmtok's implementation of its Se
   ``tokenizers``, unit k written as one character), which shortens them; BPE ids are ``Tokens``
   without a frame rate and ``decode`` undoes the BPE exactly.
 - **Vocoder**: vectors -> waveform, a SEANet decoder (:class:`~mmtok.codecs.seanet.ConvDecoder`)
-  behind a frame convolution, GAN-trained with the codecs' discriminators and losses
+  behind a frame convolution net, GAN-trained with the codecs' discriminators and losses
   (:class:`mmtok.training.vectok.VecTokModule`).
 - **Inverse k-means**: units + a prompt's vectors (3 s of the target voice) -> vectors, a
   bidirectional transformer over ``[prompt vectors ; unit embeddings]`` (the prompt as a prefix, so
@@ -172,12 +172,17 @@ def nearest_centroid(vectors: torch.Tensor, centroids: torch.Tensor) -> torch.Te
 
 
 class SSLEncoder(SemanticEncoder):
-    """A :class:`SpeechSSL`'s hidden states after ``layer`` transformer layers, frozen: speech vectors."""
+    """A :class:`SpeechSSL`'s hidden states after ``layer`` transformer layers (no final norm), frozen:
+    speech vectors. The layers above ``layer`` never run, so they are dropped: the owner stores, and
+    its spec rebuilds, the truncated model."""
 
     def __init__(self, model: SpeechSSL, *, layer: int):
         super().__init__(sample_rate=model.sample_rate)
         if not 0 <= layer <= model.num_layers:
             raise ValueError(f"layer must be in 0..{model.num_layers} (the SSL model's layers), got {layer}")
+        if layer < model.num_layers:
+            model.encoder.blocks = model.encoder.blocks[:layer]
+            model.record_config(num_layers=layer)
         self.model = model
         self.layer = layer
         self.freeze()
@@ -294,7 +299,7 @@ class VecTok(Tokenizer):
         self.register_buffer("vector_std", torch.ones(dim))
         self.register_buffer("centroids", torch.zeros(num_units, dim))
         self.register_buffer("default_prompt", torch.zeros(dim, self.prompt_frames))
-        self.vocoder_input = FrameConvNet(in_dim=dim, out_dim=vocoder_latent_dim, channels=vocoder_channels)
+        self.vocoder_input = FrameConvNet(in_dim=dim, out_dim=vocoder_latent_dim, channels=vocoder_latent_dim)
         self.vocoder = ConvDecoder(channels=vocoder_channels, strides=(8, 5, 4, 2), latent_dim=vocoder_latent_dim)
         self.unit_embedding = nn.Embedding(num_units, inverse_dim)
         self.prompt_input = nn.Linear(dim, inverse_dim)

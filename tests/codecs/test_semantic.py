@@ -84,7 +84,7 @@ def test_spec_rebuilds_the_architecture_without_the_weights_folder(kind, hubert_
 
 
 def test_bad_specs_name_what_is_wrong(hubert_folder, tmp_path):
-    with pytest.raises(ValueError, match="type 'recognizer' or 'hf'"):
+    with pytest.raises(ValueError, match="type 'recognizer', 'hf' or 'ssl'"):
         build_semantic_encoder({"type": "clip", "path": "x"})
     with pytest.raises(ValueError, match="exactly one of 'path'"):
         build_semantic_encoder({"type": "hf", "path": None, "layer": "mean"})

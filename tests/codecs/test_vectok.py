@@ -32,10 +32,11 @@ def ssl_model() -> SpeechSSL:
 
 
 @pytest.fixture(scope="module")
-def fitted(tiny_corpus, ssl_model) -> tuple[VecTok, list[dict]]:
+def fitted(tiny_corpus, ssl_model, tmp_path_factory) -> tuple[VecTok, list[dict]]:
+    folder = tmp_path_factory.mktemp("ssl")
+    ssl_model.save_pretrained(folder)
     torch.manual_seed(0)
-    model = tiny_vectok({"type": "ssl", "config": ssl_model.hub_config, "layer": 1})
-    model.vectors.model.load_state_dict(ssl_model.state_dict())
+    model = tiny_vectok({"type": "ssl", "path": str(folder), "layer": 1})
     batches = speech_batches(tiny_corpus)
     model.fit_units(batches, max_frames=2000)
     return model.eval(), batches
@@ -121,6 +122,7 @@ def test_ssl_encoder_gives_a_layer_and_rebuilds_from_a_hub_folder(ssl_model, tmp
     encoder = build_semantic_encoder({"type": "ssl", "path": str(tmp_path), "layer": 1})
     expected = ssl_model(audio, num_layers=1).transpose(1, 2)
     torch.testing.assert_close(encoder.features(audio, num_frames=25), expected)
+    assert encoder.model.num_layers == 1 and encoder.spec()["config"]["num_layers"] == 1  # layer 2 never runs
     rebuilt = build_semantic_encoder(encoder.spec())
     rebuilt.load_state_dict(encoder.state_dict())
     torch.testing.assert_close(rebuilt.features(audio, num_frames=25), expected)
