@@ -120,6 +120,9 @@ class Tokenizer(nn.Module, HubMixin, ABC):
     # de-tokenizer's sampler, steps, guidance, seed); none for a deterministic decoder
     decode_options: tuple[str, ...] = ()
     dropped_code: int | None = None  # a code meaning "this codebook is not used here" (RVQ: -1), if any
+    # whether ``decode`` takes ``prompt=`` audio whose voice it speaks in (Vec-Tok: the tokens carry the
+    # words, the prompt the voice); a TTS task then hands its voice prompt to the tokenizer too
+    takes_voice_prompt: bool = False
 
     def check_tokens(self, tokens: Tokens, *, source: str = "tokens", allow_empty: bool = False) -> None:
         """Raise :class:`~mmtok.errors.DataError` naming ``source`` unless this tokenizer can decode

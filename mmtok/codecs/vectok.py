@@ -277,6 +277,8 @@ class VecTok(Tokenizer):
     :meth:`fit_units` (the training module calls it before the first step).
     """
 
+    takes_voice_prompt = True
+
     def __init__(self, *, vectors: dict[str, Any], num_units: int = 300, bpe_vocab_size: int = 1000,
                  bpe: str | None = None, prompt_seconds: float = 3.0, vocoder_channels: int = 256,
                  vocoder_latent_dim: int = 128, inverse_dim: int = 256, inverse_layers: int = 4,

@@ -157,6 +157,8 @@ class TextToSpeech(Task):
             raise UsageError(f"--text {empty!r}: empty, expected a sentence")
         conditions = {c.key: c for c in generator.conditioner.conditions}
         for flag, key, value in (("--speaker", "speaker", args.speaker), ("--prompt", "prompt", args.prompt)):
+            if key == "prompt" and tokenizer.takes_voice_prompt:
+                continue  # the tokenizer speaks in the prompt's voice
             if value is not None and key not in conditions:
                 raise UsageError(f"{flag} {value}: this generator has no '{key}' condition (it has "
                                  f"{', '.join(conditions)})")
@@ -203,6 +205,8 @@ def speech_conditions(model, tokenizer, phonemes: Sequence[str], *,
     label and one voice prompt (a waveform) per utterance. A field the generator has no condition
     for is an error, not silently ignored."""
     keys = model.conditioner.keys
+    if prompts is not None and "prompt" not in keys and tokenizer.takes_voice_prompt:
+        prompts = None  # the voice is the tokenizer's to give (synthesize hands it the prompt)
     for name, value in (("phonemes", phonemes), ("speaker", speakers), ("prompt", prompts)):
         if value is not None and name not in keys:
             raise UsageError(f"{name}: this generator has no '{name}' condition (it has {keys})")
@@ -235,7 +239,12 @@ def synthesize(model, tokenizer, phonemes: Sequence[str], *, task: TextToSpeech 
     lengths = task.lengths(model, phonemes, frame_rate=tokenizer.frame_rate, max_seconds=max_seconds, pace=pace,
                            durations=durations)
     tokens = model.generate(conditions, lengths=lengths, rng=rng, **sampling)
-    audio = [tokenizer.decode(tokens[i])[0].cpu() for i in range(len(phonemes))]
+    if prompts is not None and tokenizer.takes_voice_prompt:  # the voice comes (also) from the tokenizer
+        samples = round(prompt_seconds * tokenizer.sample_rate)
+        audio = [tokenizer.decode(tokens[i], prompt=prompts[i][None, :, :samples])[0].cpu()
+                 for i in range(len(phonemes))]
+    else:
+        audio = [tokenizer.decode(tokens[i])[0].cpu() for i in range(len(phonemes))]
     return audio, tokens
 
 

@@ -146,3 +146,30 @@ def test_a_pace_that_cannot_be_used_is_refused_in_one_line(pace, message, tiny_c
     code, line = cli_error(["generate", str(tmp_path / "gen"), "--text", "the cat", "--pace", pace,
                             "--out", str(tmp_path / "out")], capsys)
     assert code == 2 and line.startswith(f"mmtok generate: {message}"), line
+
+
+def test_a_tokenizer_that_takes_a_voice_prompt_speaks_in_it(tiny_corpus, tmp_path):
+    """Vec-Tok's tokens carry the words and its decoder the voice: the TTS task hands the prompt to the
+    tokenizer (the generator, which has no prompt condition, draws the same tokens either way)."""
+    from mmtok.codecs.vectok import SpeechSSL, VecTok
+    from mmtok.data.audio import load_audio
+    from mmtok.tasks.tts import synthesize
+
+    torch.manual_seed(0)
+    SpeechSSL(dim=16, num_layers=1, num_heads=2, num_targets=4).save_pretrained(tmp_path / "ssl")
+    vectok = VecTok(vectors={"type": "ssl", "path": str(tmp_path / "ssl"), "layer": 1}, num_units=32,
+                    bpe_vocab_size=40, prompt_seconds=0.5, vocoder_channels=16, vocoder_latent_dim=8, inverse_dim=16,
+                    inverse_layers=1, inverse_heads=2)
+    wavs = sorted((tiny_corpus / "wavs").glob("*.wav"))
+    audio = [load_audio(w, sample_rate=16000) for w in wavs[:6]]
+    vectok.fit_units([{"audio": a[None], "lengths": torch.tensor([a.shape[-1]])} for a in audio], max_frames=500)
+    vectok.eval().save_pretrained(tmp_path / "vectok")
+    generator = aligned_mdm(tmp_path / "gen", tmp_path / "vectok")
+    first, second = audio[0], audio[3]
+    outputs = [synthesize(generator, vectok, ["k æ t"], prompts=[prompt], prompt_seconds=0.5,
+                          rng=torch.Generator().manual_seed(0), sampler="maskgit", steps=2)
+               for prompt in (first, second)]
+    (speech_a, tokens_a), (speech_b, tokens_b) = outputs
+    assert torch.equal(tokens_a.codes, tokens_b.codes)
+    torch.testing.assert_close(speech_a[0], vectok.decode(tokens_a[0], prompt=first[None, :, :8000])[0])
+    assert not torch.allclose(speech_a[0], speech_b[0])
