@@ -33,10 +33,10 @@ def first_codebook_embeddings(codec, audio: torch.Tensor, lengths: torch.Tensor 
 
 
 @torch.no_grad()
-def _collect(codec, data: str | Path, split: str, max_items: int | None, index: dict[str, int], batch_size: int,
-             seed: int):
+def _collect(features_of, sample_rate: int, data: str | Path, split: str, max_items: int | None,
+             index: dict[str, int], batch_size: int):
     """[(features [T, D], phoneme ids [L])] for whole utterances of ``split``."""
-    module = AudioDataModule(path=str(data), sample_rate=codec.sample_rate, crop_seconds=None,
+    module = AudioDataModule(path=str(data), sample_rate=sample_rate, crop_seconds=None,
                              batch_size=batch_size, valid_batch_size=batch_size, num_workers=0)
     module.setup("fit" if split == "train" else "test")
     loader = module.train_dataloader() if split == "train" else module.test_dataloader()
@@ -46,7 +46,7 @@ def _collect(codec, data: str | Path, split: str, max_items: int | None, index: 
             continue
         if "phonemes" not in batch:
             raise ValueError(f"{data}: the {split} split has no 'phonemes' for the probe")
-        features, frames = first_codebook_embeddings(codec, batch["audio"], batch["lengths"])
+        features, frames = features_of(batch["audio"], batch["lengths"])
         for vectors, length, phonemes in zip(features, frames, batch["phonemes"]):
             ids = torch.tensor([index[p] for p in phonemes.split()], dtype=torch.long)
             items.append((vectors[: int(length)].float(), ids))
@@ -106,14 +106,20 @@ def probe_error_rate(probe: nn.Module, items: list[tuple[torch.Tensor, torch.Ten
 
 
 def phoneme_probe(codec, data: str | Path, *, train_items: int | None = 1000, test_items: int | None = None,
-                  epochs: int = 40, seed: int = 0, batch_size: int = 16) -> dict:
-    """Train the linear CTC probe on ``train_items`` utterances of the train split, score the test split."""
+                  epochs: int = 40, seed: int = 0, batch_size: int = 16, features=None) -> dict:
+    """Train the linear CTC probe on ``train_items`` utterances of the train split, score the test split.
+    ``features(audio, lengths) -> ([B, T, D], frame lengths [B])`` replaces the codec's first-codebook
+    codewords (:func:`first_codebook_embeddings`), e.g. to probe a layer of a speech model."""
     symbols = phoneme_inventory(data)
     index = {p: i + 1 for i, p in enumerate(symbols)}  # 0 is the CTC blank
     codec = codec.eval()
+    if features is None:
+        def features(audio, lengths):
+            return first_codebook_embeddings(codec, audio, lengths)
+
     torch.manual_seed(seed)  # the order of the shuffled train split, so the same utterances are probed
-    train = _collect(codec, data, "train", train_items, index, batch_size, seed)
-    test = _collect(codec, data, "test", test_items, index, batch_size, seed)
+    train = _collect(features, codec.sample_rate, data, "train", train_items, index, batch_size)
+    test = _collect(features, codec.sample_rate, data, "test", test_items, index, batch_size)
     if not train or not test:
         raise ValueError(f"{data}: the probe needs utterances in both the train and the test split")
     probe = train_ctc_probe(train, len(symbols) + 1, epochs=epochs, seed=seed)
