@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmtok.nn import Transformer, local_attention_mask
+from mmtok.nn import Transformer, local_attention_mask, rotary_angles, rotary_rotation
 
 
 @pytest.fixture(scope="module")
@@ -103,3 +103,15 @@ def test_axial_attention_depends_only_on_relative_grid_offsets():
     out = layer(x, positions=grid)
     torch.testing.assert_close(layer(x, positions=grid + torch.tensor([4.0, -7.0])), out, atol=1e-5, rtol=1e-5)
     assert not torch.allclose(layer(x, positions=grid.flip(-1)), out, atol=1e-4)
+
+
+def test_num_layers_gives_an_intermediate_layer_without_the_final_norm():
+    torch.manual_seed(0)
+    transformer = Transformer(dim=16, num_layers=3, num_heads=2).eval()
+    x = torch.randn(2, 7, 16)
+    torch.testing.assert_close(transformer.norm(transformer(x, num_layers=3)), transformer(x))
+    torch.testing.assert_close(transformer(x, num_layers=0), x)
+    one = transformer.blocks[0](x, rotation=rotary_rotation(rotary_angles(torch.arange(7), 8)))
+    torch.testing.assert_close(transformer(x, num_layers=1), one)
+    with pytest.raises(ValueError, match="num_layers must be in 0..3"):
+        transformer(x, num_layers=4)
