@@ -35,8 +35,9 @@ lint: $(STAMP)
 ## a metrics table to $(DEMO_OUT). Then speak three new sentences with the shipped aligned TTS models (AR and
 ## masked diffusion over X-Codec tokens, each with its recorded sampling: their duration predictors set the
 ## lengths) in a corpus voice (speaker label) and in a prompted voice (3 s of a held-out utterance), the AR one
-## once more slower (--pace 1.3), the masked diffusion one once more with the first-hitting sampler, to
-## $(DEMO_OUT)/tts, with a table of the time each took.
+## once more slower (--pace 1.3), the masked diffusion one once more with the first-hitting sampler, and the
+## Vec-Tok TTS in the prompted voice, to $(DEMO_OUT)/tts, with a table of the time each took; Vec-Tok converts a
+## held-out utterance (nyc-m1) into the prompt's voice (gb-f2), to $(DEMO_OUT)/vectok_voice_conversion.
 demo: $(STAMP)
 	$(BIN)/mmtok data speech --out data/speech --num-utterances 2000
 	rm -rf $(DEMO_RUN)
@@ -61,7 +62,11 @@ demo: $(STAMP)
 	  --out $(DEMO_OUT)/tts/ar_corpus_voice_us-f3_pace_1.3
 	$(BIN)/mmtok generate checkpoints/tts-mdm-xcodec-aligned $(DEMO_SENTENCES) --speaker us-f3 --sampler fhs \
 	  --out $(DEMO_OUT)/tts/mdm_fhs_corpus_voice_us-f3
+	$(BIN)/mmtok generate checkpoints/tts-vectok $(DEMO_SENTENCES) --prompt data/speech/wavs/utt00037.wav \
+	  --voice gb-f2 --out $(DEMO_OUT)/tts/vectok_prompted_voice
 	$(BIN)/python scripts/generation_times.py $(DEMO_OUT)/tts
+	$(BIN)/mmtok convert checkpoints/vectok-speech data/speech/wavs/utt00020.wav --prompt data/speech/wavs/utt00037.wav \
+	  --out $(DEMO_OUT)/vectok_voice_conversion --overwrite
 	$(MAKE) demo-images
 	$(MAKE) demo-video
 	@echo "demo outputs (wavs, spectrogram pngs, metrics.md, Hub folders, tts/, images/, video/): $(abspath $(DEMO_OUT))"

@@ -142,6 +142,7 @@ def evaluate_vectok(model, judge, data: str | Path, *, split: str = "test", max_
     return result
 
 
+@torch.no_grad()
 def prompt_changes(model, entries: list[dict], indices, tokens) -> dict[str, float]:
     """How much the inverse k-means output moves when the prompt's words change but not its voice, and
     when its voice changes: for each source, the target prompt T (another speaker), T' (another
