@@ -10,9 +10,9 @@ No code of the paper was released; this file is mmtok's implementation of its Se
   trained here (Hsu et al. 2021: masked prediction of k-means targets, iteration 1 on MFCC clusters).
   Vectors are standardised per channel with statistics fitted on the corpus.
 - **Semantic tokens**: the nearest of K k-means centroids (K = 300 in the paper) to each standardised
-  vector (``Tokens [B, 1, T]`` at 50 Hz), and **BPE** over those unit sequences (Hugging Face
-  ``tokenizers``, unit k written as one character), which shortens them; BPE ids are ``Tokens``
-  without a frame rate and ``decode`` undoes the BPE exactly.
+  vector, optionally standardised per utterance too (``utterance_norm``): ``Tokens [B, 1, T]`` at 50 Hz;
+  and **BPE** over those unit sequences (Hugging Face ``tokenizers``, unit k written as one character),
+  which shortens them; BPE ids are ``Tokens`` without a frame rate and ``decode`` undoes the BPE exactly.
 - **Vocoder**: vectors -> waveform, a SEANet decoder (:class:`~mmtok.codecs.seanet.ConvDecoder`)
   behind a frame convolution net, GAN-trained with the codecs' discriminators and losses
   (:class:`mmtok.training.vectok.VecTokModule`).
@@ -283,7 +283,8 @@ class VecTok(Tokenizer):
                  bpe: str | None = None, prompt_seconds: float = 3.0, vocoder_channels: int = 256,
                  vocoder_latent_dim: int = 128, inverse_dim: int = 256, inverse_layers: int = 4,
                  inverse_heads: int = 4, dropout: float = 0.1, vocoder_window_seconds: float = 0.5,
-                 train_prompt_seconds: tuple[float, float] = (1.0, 3.0), predicted_vector_fraction: float = 0.5):
+                 train_prompt_seconds: tuple[float, float] = (1.0, 3.0), predicted_vector_fraction: float = 0.5,
+                 utterance_norm: bool = False):
         super().__init__()
         if not 0.0 <= predicted_vector_fraction <= 1.0:
             raise ValueError(f"predicted_vector_fraction must be in [0, 1], got {predicted_vector_fraction}")
@@ -312,6 +313,7 @@ class VecTok(Tokenizer):
         self.vocoder_frames = max(1, round(vocoder_window_seconds * self.frame_rate))
         self.train_prompt_frames = tuple(max(1, round(s * self.frame_rate)) for s in train_prompt_seconds)
         self.predicted_vector_fraction = predicted_vector_fraction
+        self.utterance_norm = utterance_norm
 
     # -- facts -----------------------------------------------------------------------------------
     @property
@@ -343,10 +345,25 @@ class VecTok(Tokenizer):
         valid = _frame_valid(lengths, self.hop_length, num_frames, audio)
         return (raw - self.vector_mean[:, None]) / self.vector_std[:, None], valid
 
-    def units(self, vectors: torch.Tensor) -> torch.Tensor:
-        """Standardised vectors [B, D, T] -> units LongTensor [B, T] (nearest centroid)."""
+    def unit_features(self, vectors: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """What k-means clusters: the standardised vectors [B, D, T], or with ``utterance_norm`` each item's
+        vectors standardised again over its own valid frames (``valid`` [B, T]), which takes out the
+        speaker's mean and scale per channel (the vocoder and inverse k-means still see the vectors)."""
+        if not self.utterance_norm:
+            return vectors
+        if valid is None:
+            valid = torch.ones(vectors.shape[0], vectors.shape[-1], dtype=torch.bool, device=vectors.device)
+        weight = valid[:, None].to(vectors.dtype)
+        count = weight.sum(-1, keepdim=True).clamp(min=1)
+        mean = (vectors * weight).sum(-1, keepdim=True) / count
+        std = (((vectors - mean) * weight).pow(2).sum(-1, keepdim=True) / count).sqrt()
+        return (vectors - mean) / (std + 1e-5)
+
+    def units(self, vectors: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardised vectors [B, D, T] (``valid`` [B, T]: the frames of each item, None: all) -> units
+        LongTensor [B, T]: the nearest centroid to each frame's :meth:`unit_features`."""
         self._check_fitted()
-        return nearest_centroid(rearrange(vectors, "b d t -> b t d"), self.centroids)
+        return nearest_centroid(rearrange(self.unit_features(vectors, valid), "b d t -> b t d"), self.centroids)
 
     def _check_fitted(self) -> None:
         if not self.units_fitted:
@@ -377,7 +394,8 @@ class VecTok(Tokenizer):
         self.vector_mean.copy_(flat.mean(0))
         self.vector_std.copy_(flat.std(0).clamp(min=1e-5))
         standardised = [(p - self.vector_mean[:, None]) / self.vector_std[:, None] for p in pieces]
-        self.centroids.copy_(fit_kmeans(torch.cat(standardised, dim=1).T, self.num_units, seed=seed))
+        features = [self.unit_features(p[None])[0] for p in standardised]
+        self.centroids.copy_(fit_kmeans(torch.cat(features, dim=1).T, self.num_units, seed=seed))
         prompt = next((p for p in standardised if p.shape[1] >= self.prompt_frames), None)
         if prompt is None:
             raise ValueError(f"no utterance of at least {self.prompt_frames / self.frame_rate:g} s "
@@ -472,7 +490,7 @@ class VecTok(Tokenizer):
           decoding tokens. ``audio`` of the output is that window, ``target`` the real audio under it.
         """
         vectors, valid = self.speech_vectors(audio, lengths)
-        units = self.units(vectors)
+        units = self.units(vectors, valid)
         frames = int(valid.sum(-1).min())
         if frames < 2:
             raise ValueError(f"Vec-Tok training needs items of at least 2 frames ({2 / self.frame_rate:g} s)")
@@ -503,8 +521,9 @@ class VecTok(Tokenizer):
         self._check_num_quantizers(num_quantizers)
         vectors, valid = self.speech_vectors(x, lengths)
         media_lengths = lengths if lengths is not None else torch.full((x.shape[0],), x.shape[-1], device=x.device)
-        tokens = Tokens(codes=self.units(vectors)[:, None], lengths=valid.sum(-1) if lengths is not None else None,
-                        frame_rate=self.frame_rate, sample_rate=self.sample_rate, media_lengths=media_lengths.long())
+        tokens = Tokens(codes=self.units(vectors, valid)[:, None],
+                        lengths=valid.sum(-1) if lengths is not None else None, frame_rate=self.frame_rate,
+                        sample_rate=self.sample_rate, media_lengths=media_lengths.long())
         return self.to_bpe(tokens) if bpe else tokens
 
     @torch.no_grad()

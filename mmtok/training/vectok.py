@@ -106,15 +106,16 @@ class VecTokModule(CodecModule):
     ``init_vocoder_from`` starts the vocoder's SEANet decoder from an RVQ codec Hub folder with the same
     decoder (its ``decoder.*`` weights; the frame convolution in front of it starts fresh), so the
     vocoder begins from a decoder that already makes speech. ``fit_frames`` training frames fit the
-    units when the model has none. ``lambda_semantic`` weighs the inverse k-means loss. Validation
+    units when the model has none, or with ``refit_units`` always (a model started with ``init_from``
+    whose units change, e.g. to ``utterance_norm``). ``lambda_semantic`` weighs the inverse k-means loss. Validation
     measures both halves: the vocoder on the true vectors, and resynthesis from the units with the
     utterance's own first ``prompt_seconds`` as the prompt.
     """
 
     def __init__(self, *, codec: VecTok, init_vocoder_from: str | None = None, fit_frames: int = 200_000,
-                 **options):
+                 refit_units: bool = False, **options):
         super().__init__(codec=codec, eval_quantizers=(1,), **options)
-        self.fit_frames = fit_frames
+        self.fit_frames, self.refit_units = fit_frames, refit_units
         if init_vocoder_from is not None:
             weights = load_file(str(resolve_file(init_vocoder_from, WEIGHTS_NAME)))
             decoder = {k[len("decoder."):]: v for k, v in weights.items() if k.startswith("decoder.")}
@@ -123,7 +124,7 @@ class VecTokModule(CodecModule):
 
     def setup(self, stage: str) -> None:
         super().setup(stage)
-        if stage != "fit" or self.codec.units_fitted:
+        if stage != "fit" or (self.codec.units_fitted and not self.refit_units):
             return
         if self.trainer.is_global_zero:
             fitted = self.codec.fit_units(self.trainer.datamodule.train_dataloader(), max_frames=self.fit_frames)

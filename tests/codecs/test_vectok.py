@@ -203,3 +203,24 @@ def test_an_unfitted_model_says_how_to_fit_it(ssl_model):
     model = tiny_vectok({"type": "ssl", "config": ssl_model.hub_config, "layer": 1})
     with pytest.raises(UsageError, match="recipes/vectok/vectok_speech.yaml"):
         model.encode(torch.randn(1, 1, 3200))
+
+
+def test_utterance_norm_units_ignore_each_items_channel_offsets_and_its_padding(tiny_corpus, ssl_model, tmp_path):
+    ssl_model.save_pretrained(tmp_path)
+    model = VecTok(vectors={"type": "ssl", "path": str(tmp_path), "layer": 1}, num_units=16, bpe_vocab_size=48,
+                   prompt_seconds=0.5, vocoder_channels=16, vocoder_latent_dim=8, inverse_dim=32, inverse_layers=1,
+                   inverse_heads=2, utterance_norm=True)
+    batches = speech_batches(tiny_corpus)
+    model.fit_units(batches, max_frames=2000)
+    vectors, valid = model.eval().speech_vectors(batches[0]["audio"], batches[0]["lengths"])
+    g = torch.Generator().manual_seed(0)
+    channels = (4, vectors.shape[1], 1)
+    shifted = vectors * (torch.rand(channels, generator=g) + 0.5) + torch.randn(channels, generator=g)
+    assert torch.equal(model.units(shifted, valid)[valid], model.units(vectors, valid)[valid])
+    features = model.unit_features(vectors, valid)
+    by_hand = [(v[:, m] - v[:, m].mean(1, keepdim=True)) / (v[:, m].std(1, unbiased=False, keepdim=True) + 1e-5)
+               for v, m in zip(vectors, valid)]
+    for item, expected, m in zip(features, by_hand, valid):
+        torch.testing.assert_close(item[:, m], expected)
+    alone = model.encode(batches[0]["audio"][3:4, :, :int(batches[0]["lengths"][3])])
+    assert torch.equal(alone.codes[0, 0], model.encode(batches[0]["audio"], batches[0]["lengths"])[3].codes[0, 0])
