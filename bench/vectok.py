@@ -8,6 +8,8 @@ One run on the held-out sentences of the speech corpus (:func:`mmtok.tasks.voice
 - PER (the phoneme recognizer) of the real audio (floor), of the vocoder on the true vectors, of
   resynthesis from the units with the utterance's own first 3 s as the prompt (the tokens' ceiling),
   and of X-Codec at 1 and 2 codebooks (500 and 1,000 bits/s) on the same sentences;
+- with ``--alignments``: how much the units say about the speaker and about the phoneme (normalised mutual
+  information over frames);
 - voice conversion of each sentence into the voice of the next test utterance by another speaker:
   PER (content kept) and speaker similarity to the target prompt and to the source, next to real
   same-speaker and different-speaker pairs (speaker embedding model: ``--speaker-encoder``);
@@ -22,6 +24,7 @@ from __future__ import annotations
 
 import argparse
 import math
+from pathlib import Path
 
 import torch
 
@@ -67,6 +70,26 @@ def bpe_sweep(model, data: str, sizes: list[int], *, train_items: int, test_item
     return rows
 
 
+@torch.no_grad()
+def unit_information(model, alignments: str, *, max_items: int) -> dict:
+    """Normalised mutual information of the units with the speaker and with the phoneme over the frames
+    of ``max_items`` train utterances; the phoneme of each frame comes from the forced-aligned durations of a
+    token cache (``mmtok tokenize ... --align``; only its manifest's ``durations`` are read)."""
+    from sklearn.metrics import normalized_mutual_info_score
+
+    entries = [e for e in read_manifest(Path(alignments) / "manifest.jsonl", key="audio")
+               if e.get("split") == "train" and "durations" in e][:max_items]
+    units, speakers, phonemes = [], [], []
+    for entry in entries:
+        frames = sum(entry["durations"])
+        audio = load_audio(entry["audio"], sample_rate=model.sample_rate)
+        units += model.encode(audio[None]).codes[0, 0, :frames].tolist()
+        speakers += [entry["speaker"]] * frames
+        phonemes += [p for p, n in zip(entry["phonemes"].split(), entry["durations"]) for _ in range(n)]
+    return {"frames": len(units), "speaker": normalized_mutual_info_score(speakers, units),
+            "phoneme": normalized_mutual_info_score(phonemes, units)}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", required=True, help="Vec-Tok Hub folder")
@@ -77,6 +100,8 @@ def main() -> None:
     parser.add_argument("--max-items", type=int, default=100)
     parser.add_argument("--bpe-sizes", type=int, nargs="*", default=[500, 1000, 2000, 4000])
     parser.add_argument("--bpe-train-items", type=int, default=1000)
+    parser.add_argument("--alignments", help="a token cache built with --align over the same corpus: adds the "
+                                             "units' mutual information with speaker and phoneme")
     parser.add_argument("--out", help="also write the tables to this markdown file")
     parser.add_argument("--cards", action="store_true", help="write the tables into the model's card")
     args = parser.parse_args()
@@ -122,6 +147,11 @@ def main() -> None:
              f"prompt's words change but not its voice: {result['prompt_words_change']:.3f}; when its voice "
              f"changes: {result['prompt_voice_change']:.3f} (ratio "
              f"{result['prompt_words_change'] / max(result['prompt_voice_change'], 1e-9):.2f}).")
+    if args.alignments:
+        info = unit_information(model, args.alignments, max_items=400)
+        text += (f"\n\nWhat the units say (normalised mutual information over {info['frames']} frames of 400 train "
+                 f"utterances, phonemes by forced alignment): with the speaker {info['speaker']:.3f}, with the "
+                 f"phoneme {info['phoneme']:.3f}.")
     if args.bpe_sizes:
         sweep = bpe_sweep(model, args.data, args.bpe_sizes, train_items=args.bpe_train_items,
                           test_items=args.max_items)
