@@ -47,6 +47,7 @@ from mmtok.nn import Transformer
 from mmtok.tokens import Tokens
 
 FRAME_HOP = 320  # samples per frame at 16 kHz: 50 frames/s, the codecs' rate
+VOCODER_STRIDES = (8, 5, 4, 2)  # the RVQ codec decoder's, so the vocoder can start from its weights
 
 
 # -- the embedded speech SSL model ------------------------------------------------------------------
@@ -292,6 +293,9 @@ class VecTok(Tokenizer):
             raise ValueError(f"train_prompt_seconds must be (shortest, longest) with 0 < shortest ≤ longest, "
                              f"got {train_prompt_seconds}")
         self.vectors = build_semantic_encoder(vectors)
+        if self.vectors.hop_length != math.prod(VOCODER_STRIDES):
+            raise ValueError(f"vectors: {self.vectors.hop_length} samples per frame, the vocoder upsamples by "
+                             f"{math.prod(VOCODER_STRIDES)} (50 frames/s at 16 kHz)")
         self.record_config(vectors=self.vectors.spec())
         dim = self.vectors.dim
         self.num_units = num_units
@@ -303,7 +307,7 @@ class VecTok(Tokenizer):
         self.register_buffer("centroids", torch.zeros(num_units, dim))
         self.register_buffer("default_prompt", torch.zeros(dim, self.prompt_frames))
         self.vocoder_input = FrameConvNet(in_dim=dim, out_dim=vocoder_latent_dim, channels=vocoder_latent_dim)
-        self.vocoder = ConvDecoder(channels=vocoder_channels, strides=(8, 5, 4, 2), latent_dim=vocoder_latent_dim)
+        self.vocoder = ConvDecoder(channels=vocoder_channels, strides=VOCODER_STRIDES, latent_dim=vocoder_latent_dim)
         self.unit_embedding = nn.Embedding(num_units, inverse_dim)
         self.prompt_input = nn.Linear(dim, inverse_dim)
         self.segment_embedding = nn.Embedding(2, inverse_dim)  # 0: prompt vector, 1: unit

@@ -224,3 +224,9 @@ def test_utterance_norm_units_ignore_each_items_channel_offsets_and_its_padding(
         torch.testing.assert_close(item[:, m], expected)
     alone = model.encode(batches[0]["audio"][3:4, :, :int(batches[0]["lengths"][3])])
     assert torch.equal(alone.codes[0, 0], model.encode(batches[0]["audio"], batches[0]["lengths"])[3].codes[0, 0])
+
+
+def test_vectors_at_another_frame_rate_than_the_vocoder_are_refused():
+    ssl = SpeechSSL(sample_rate=8000, dim=16, num_layers=1, num_heads=2, num_targets=4)
+    with pytest.raises(ValueError, match="160 samples per frame, the vocoder upsamples by 320"):
+        tiny_vectok({"type": "ssl", "config": ssl.hub_config, "layer": 1})
