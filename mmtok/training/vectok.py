@@ -107,9 +107,10 @@ class VecTokModule(CodecModule):
     decoder (its ``decoder.*`` weights; the frame convolution in front of it starts fresh), so the
     vocoder begins from a decoder that already makes speech. ``fit_frames`` training frames fit the
     units when the model has none, or with ``refit_units`` always (a model started with ``init_from``
-    whose units change, e.g. to ``utterance_norm``). ``lambda_semantic`` weighs the inverse k-means loss. Validation
-    measures both halves: the vocoder on the true vectors, and resynthesis from the units with the
-    utterance's own first ``prompt_seconds`` as the prompt.
+    whose units change, e.g. to ``utterance_norm``); a resumed run takes them back from its checkpoint
+    (the buffers with the weights, the BPE from the recorded config). ``lambda_semantic`` weighs the
+    inverse k-means loss. Validation measures both halves: the vocoder on the true vectors, and
+    resynthesis from the units with the utterance's own first ``prompt_seconds`` as the prompt.
     """
 
     def __init__(self, *, codec: VecTok, init_vocoder_from: str | None = None, fit_frames: int = 200_000,
@@ -135,6 +136,11 @@ class VecTokModule(CodecModule):
             getattr(self.codec, name).copy_(value)
         bpe = self.trainer.strategy.broadcast(self.codec.bpe.serialize() if self.codec.bpe else None, src=0)
         self.codec.set_bpe(bpe)
+
+    def on_load_checkpoint(self, checkpoint: dict) -> None:
+        bpe = checkpoint.get("mmtok", {}).get("model_config", {}).get("bpe")
+        if bpe is not None:  # the units' BPE, which setup may have refitted on other crops
+            self.codec.set_bpe(bpe)
 
     def _evaluate(self, batch: dict | None, batch_idx: int, stage: str) -> None:
         if batch is None:

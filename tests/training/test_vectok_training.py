@@ -31,6 +31,23 @@ def metrics(run: Path) -> list[dict]:
         return list(csv.DictReader(f))
 
 
+def vectok_args(corpus: Path, codec_folder: Path, root: Path, *, run: Path, max_steps: int) -> list[str]:
+    """`mmtok fit` of the Vec-Tok recipe at tiny size over the SSL model exported under ``root``."""
+    codec = "--model.init_args.codec.init_args."
+    vectors = json.dumps({"type": "ssl", "path": str(root / "ssl/export"), "layer": 1})
+    return ["fit", "-c", str(REPO / "recipes/vectok/vectok_speech.yaml"),
+            *common(corpus, run, max_steps=max_steps, crop=1.5, val_every=7),
+            codec + "vectors", vectors, codec + "num_units", "16", codec + "bpe_vocab_size", "40",
+            codec + "prompt_seconds", "0.5", codec + "vocoder_channels", "16", codec + "vocoder_latent_dim", "16",
+            codec + "inverse_dim", "32", codec + "inverse_layers", "1", codec + "inverse_heads", "2",
+            codec + "train_prompt_seconds", "[0.2, 0.5]", codec + "vocoder_window_seconds", "0.5",
+            "--model.init_args.init_vocoder_from", str(codec_folder), "--model.init_args.fit_frames", "800",
+            "--model.init_args.adversarial_start_step", "12", "--model.init_args.lr", "0.003",
+            "--model.init_args.discriminator", "mmtok.codecs.discriminators.MultiPeriodDiscriminator",
+            "--model.init_args.discriminator.init_args.channels", "[4, 8, 16, 16]",
+            "--model.init_args.discriminator.init_args.max_channels", "16"]
+
+
 @pytest.fixture(scope="module")
 def trained(tiny_corpus, tiny_codec_folder, tmp_path_factory) -> tuple[Path, Path]:
     root = tmp_path_factory.mktemp("vectok")
@@ -40,19 +57,7 @@ def trained(tiny_corpus, tiny_codec_folder, tmp_path_factory) -> tuple[Path, Pat
           ssl + "dim", "32", ssl + "num_layers", "2", ssl + "num_heads", "2", ssl + "num_targets", "8",
           "--model.init_args.kmeans_frames", "400", "--model.init_args.warmup_steps", "1"])
     main(["export", str(root / "ssl/checkpoints/last.ckpt"), str(root / "ssl/export")])
-    codec = "--model.init_args.codec.init_args."
-    vectors = json.dumps({"type": "ssl", "path": str(root / "ssl/export"), "layer": 1})
-    main(["fit", "-c", str(REPO / "recipes/vectok/vectok_speech.yaml"),
-          *common(tiny_corpus, root / "vectok", max_steps=16, crop=1.5, val_every=7),  # 14 batches
-          codec + "vectors", vectors, codec + "num_units", "16", codec + "bpe_vocab_size", "40",
-          codec + "prompt_seconds", "0.5", codec + "vocoder_channels", "16", codec + "vocoder_latent_dim", "16",
-          codec + "inverse_dim", "32", codec + "inverse_layers", "1", codec + "inverse_heads", "2",
-          codec + "train_prompt_seconds", "[0.2, 0.5]", codec + "vocoder_window_seconds", "0.5",
-          "--model.init_args.init_vocoder_from", str(tiny_codec_folder), "--model.init_args.fit_frames", "800",
-          "--model.init_args.adversarial_start_step", "12", "--model.init_args.lr", "0.003",
-          "--model.init_args.discriminator", "mmtok.codecs.discriminators.MultiPeriodDiscriminator",
-          "--model.init_args.discriminator.init_args.channels", "[4, 8, 16, 16]",
-          "--model.init_args.discriminator.init_args.max_channels", "16"])
+    main(vectok_args(tiny_corpus, tiny_codec_folder, root, run=root / "vectok", max_steps=16))
     main(["export", str(root / "vectok/checkpoints/last.ckpt"), str(root / "vectok/export")])
     return root, root / "vectok/export"
 
@@ -108,3 +113,16 @@ def test_convert_command_mirrors_a_folder_and_reports_a_bad_file(trained, tiny_c
         load_audio(wavs[0], sample_rate=16000).shape
     main(["convert", str(export), str(wavs[0]), "--prompt", str(wavs[5]), "--out", str(tmp_path / "one")])
     assert (tmp_path / "one" / wavs[0].name).is_file()
+
+
+def test_a_resumed_run_keeps_its_units_and_bpe(trained, tiny_corpus, tiny_codec_folder, tmp_path):
+    root, export = trained
+    main([*vectok_args(tiny_corpus, tiny_codec_folder, root, run=tmp_path / "resumed", max_steps=18),
+          "--ckpt_path", str(root / "vectok/checkpoints/last.ckpt")])
+    main(["export", str(tmp_path / "resumed/checkpoints/last.ckpt"), str(tmp_path / "export")])
+    before = json.loads((export / "config.json").read_text())
+    after = json.loads((tmp_path / "export" / "config.json").read_text())
+    assert after["bpe"] == before["bpe"]
+    from mmtok.hub import load_pretrained
+
+    assert torch.equal(load_pretrained(tmp_path / "export").centroids, load_pretrained(export).centroids)
