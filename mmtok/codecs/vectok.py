@@ -268,6 +268,14 @@ class UnitBPE:
         return [ord(c) - self.UNIT_BASE for c in text]
 
 
+def _padded_codes(sequences: list[list[int]], device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+    """Per-item id lists -> (codes LongTensor [B, 1, longest] zero-padded, lengths [B])."""
+    codes = torch.zeros(len(sequences), 1, max(map(len, sequences), default=0), dtype=torch.long)
+    for i, item in enumerate(sequences):
+        codes[i, 0, :len(item)] = torch.tensor(item, dtype=torch.long)
+    return codes.to(device), torch.tensor([len(item) for item in sequences], device=device)
+
+
 # -- the tokenizer ------------------------------------------------------------------------------------
 class VecTok(Tokenizer):
     """Speech vectors + semantic tokens (+ BPE), a vocoder and inverse k-means (see the module docstring).
@@ -422,11 +430,8 @@ class VecTok(Tokenizer):
         mark of BPE tokens; ``media_lengths`` kept so decoding restores the length)."""
         bpe = self._require_bpe()
         ids = [bpe.encode(tokens[i].codes[0, 0].tolist()) for i in range(tokens.batch_size)]
-        codes = torch.zeros(len(ids), 1, max(map(len, ids), default=0), dtype=torch.long)
-        for i, item in enumerate(ids):
-            codes[i, 0, :len(item)] = torch.tensor(item, dtype=torch.long)
-        return Tokens(codes=codes.to(tokens.codes.device), lengths=torch.tensor([len(i) for i in ids],
-                      device=tokens.codes.device), sample_rate=tokens.sample_rate, media_lengths=tokens.media_lengths)
+        codes, lengths = _padded_codes(ids, tokens.codes.device)
+        return Tokens(codes=codes, lengths=lengths, sample_rate=tokens.sample_rate, media_lengths=tokens.media_lengths)
 
     def from_bpe(self, tokens: Tokens) -> Tokens:
         """BPE ids -> unit tokens at the frame rate (exactly the units :meth:`to_bpe` was given)."""
@@ -437,11 +442,8 @@ class VecTok(Tokenizer):
 
             raise DataError(f"BPE tokens hold {int(tokens.codes[bad][0])}, expected ids in 0..{bpe.vocab_size - 1}")
         units = [bpe.decode(tokens[i].codes[0, 0].tolist()) for i in range(tokens.batch_size)]
-        codes = torch.zeros(len(units), 1, max(map(len, units), default=0), dtype=torch.long)
-        for i, item in enumerate(units):
-            codes[i, 0, :len(item)] = torch.tensor(item, dtype=torch.long)
-        return Tokens(codes=codes.to(tokens.codes.device), lengths=torch.tensor([len(u) for u in units],
-                      device=tokens.codes.device), frame_rate=self.frame_rate, sample_rate=self.sample_rate,
+        codes, lengths = _padded_codes(units, tokens.codes.device)
+        return Tokens(codes=codes, lengths=lengths, frame_rate=self.frame_rate, sample_rate=self.sample_rate,
                       media_lengths=tokens.media_lengths)
 
     def _require_bpe(self) -> UnitBPE:
