@@ -48,7 +48,7 @@ def _data_digits(args: argparse.Namespace) -> Path:
     from mmtok.data.images import build_digits_corpus
 
     return build_digits_corpus(args.out, source=args.source, image_size=args.image_size, resize=args.resize,
-                               seed=args.seed, max_per_class=args.max_per_class)
+                               seed=args.seed, max_per_class=args.max_per_class, augment_copies=args.augment_copies)
 
 
 def _data_moving_digits(args: argparse.Namespace) -> Path:
@@ -399,6 +399,8 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--image-size", type=int, default=None, help="digits: square size (default: the source's)")
     data.add_argument("--resize", choices=["pad", "upscale"], default="pad", help="digits: how to reach --image-size")
     data.add_argument("--max-per-class", type=int, default=None, help="digits: keep the first N of each class")
+    data.add_argument("--augment-copies", type=int, default=0,
+                      help="digits: add N deformed copies (affine + elastic) of every train digit")
     data.add_argument("--num-clips", type=int, default=2000, help="moving-digits")
     data.add_argument("--frame-size", type=int, default=64, help="moving-digits")
     data.add_argument("--min-frames", type=int, default=5, help="moving-digits")

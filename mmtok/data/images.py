@@ -15,6 +15,14 @@ seven"), ``source`` (mnist/sklearn), ``source_index`` (row in the source array) 
 (train/valid/test: 80/10/10 within each class, from a seeded permutation). One seed always gives
 a byte-identical manifest and identical pngs.
 
+**Augmented copies.** ``augment_copies`` K adds K deformed copies of every *train* digit
+(``images/digit<n>_aug<k>.png``, entries with ``augmented_from``, the original's ``image``): a random
+affine map and a smooth elastic field (:func:`deform_digits`, after Simard et al. 2003, the classic
+MNIST augmentation), so that a generator trained on the 4,000 train digits sees 4,000 x (K + 1)
+plausible ones. The valid and test splits are the same digits as without copies, so a corpus built
+with copies is evaluated on the same images; build it in its own folder and keep the plain build as
+the reference of the metrics (Fréchet distances are against real train digits).
+
 **Loading.** A data source is a folder holding ``manifest.jsonl``, a manifest file (one JSON
 object per line with an ``image`` path relative to the manifest's folder or absolute, and
 optionally ``split``, ``text``, ``label``), or a plain folder of images (png/jpg/bmp/webp/tiff,
@@ -154,8 +162,46 @@ def fit_size(image: np.ndarray, *, size: int, mode: str) -> np.ndarray:
     raise ValueError(f"mmtok/data/images.py fit_size: mode must be one of {RESIZE_MODES}, got {mode!r}")
 
 
+def deform_digits(image: np.ndarray, copies: int, *, rng: torch.Generator, degrees: float = 12.0,
+                  scale: float = 0.1, shear: float = 0.15, shift_pixels: float = 2.0,
+                  elastic_pixels: float = 0.7, elastic_sigma: float = 4.0) -> np.ndarray:
+    """``copies`` randomly deformed copies of one digit: uint8 [S, S] -> uint8 [copies, S, S].
+
+    Each copy samples its output pixel p at A p + t + e(p) (bilinear, black outside): A a rotation
+    (uniform in +-``degrees``) times a shear (+-``shear``) times per-axis scales (1 +- ``scale``), t a
+    shift (+-``shift_pixels``), and e a smooth elastic field, white noise blurred by a Gaussian of
+    ``elastic_sigma`` pixels and scaled to an rms of ``elastic_pixels`` (Simard et al. 2003, sec. 2).
+    All draws come from ``rng``.
+    """
+    size = image.shape[-1]
+
+    def uniform(bound: float, centre: float = 0.0) -> torch.Tensor:  # [copies] in centre +- bound
+        return centre + bound * (2 * torch.rand(copies, generator=rng, dtype=torch.float64) - 1)
+
+    angle, shears = torch.deg2rad(uniform(degrees)), uniform(shear)
+    cos, sin, ones, zeros = torch.cos(angle), torch.sin(angle), torch.ones(copies), torch.zeros(copies)
+    rotation = torch.stack([cos, -sin, sin, cos], -1).view(copies, 2, 2)
+    shearing = torch.stack([ones, shears, zeros, ones], -1).view(copies, 2, 2).double()
+    scales = torch.stack([uniform(scale, 1.0), uniform(scale, 1.0)], -1)[:, None, :]  # per input axis
+    linear = rotation @ shearing * scales
+    shift = torch.stack([uniform(shift_pixels), uniform(shift_pixels)], -1) * 2 / size  # in grid units
+    grid = torch.nn.functional.affine_grid(torch.cat([linear, shift[..., None]], -1).float(), [copies, 1, size, size],
+                                           align_corners=False)  # [K, S, S, 2] in [-1, 1]
+    if elastic_pixels > 0:
+        radius = int(3 * elastic_sigma)
+        taps = torch.exp(-0.5 * (torch.arange(-radius, radius + 1, dtype=torch.float32) / elastic_sigma) ** 2)
+        noise = torch.randn(copies * 2, 1, size + 2 * radius, size + 2 * radius, generator=rng)
+        field = torch.nn.functional.conv2d(noise, (taps / taps.sum()).view(1, 1, 1, -1))
+        field = torch.nn.functional.conv2d(field, (taps / taps.sum()).view(1, 1, -1, 1)).view(copies, 2, size, size)
+        field = field / field.pow(2).mean(dim=(1, 2, 3), keepdim=True).sqrt() * elastic_pixels
+        grid = grid + field.permute(0, 2, 3, 1) * 2 / size
+    pixels = torch.from_numpy(np.asarray(image, dtype=np.float32)).expand(copies, 1, size, size)
+    warped = torch.nn.functional.grid_sample(pixels, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
+    return warped[:, 0].round().clamp(0, 255).to(torch.uint8).numpy()
+
+
 def _digit_params(*, source: str, image_size: int, resize: str, seed: int, max_per_class: int | None,
-                  num_images: int) -> dict:
+                  num_images: int, augment_copies: int) -> dict:
     return {
         "format_version": FORMAT_VERSION,
         "source": source,
@@ -165,6 +211,7 @@ def _digit_params(*, source: str, image_size: int, resize: str, seed: int, max_p
         "max_per_class": max_per_class,
         "num_images": num_images,
         "captions": list(CAPTION_TEMPLATES),
+        **({"augment_copies": augment_copies} if augment_copies else {}),  # a plain build's key as before copies
     }
 
 
@@ -192,6 +239,7 @@ def build_digits_corpus(
     resize: str = "pad",
     seed: int = 0,
     max_per_class: int | None = None,
+    augment_copies: int = 0,
     progress: bool = True,
 ) -> Path:
     """Builds (or finds already built) the digits corpus in ``out_dir``; returns its manifest path.
@@ -199,7 +247,8 @@ def build_digits_corpus(
     ``image_size`` None keeps the source size (28 for mnist, 8 for sklearn); otherwise every
     digit is made ``image_size`` square by ``resize``: ``pad`` (centred on black, e.g. 28 -> 32)
     or ``upscale`` (bilinear). ``max_per_class`` keeps the first N digits of each class (tiny
-    builds). A folder that already holds a build with the same parameters and all of its pngs is
+    builds). ``augment_copies`` adds that many deformed copies of each train digit (see the module
+    docstring). A folder that already holds a build with the same parameters and all of its pngs is
     returned untouched.
     """
     images, labels = load_digit_source(source)
@@ -209,15 +258,19 @@ def build_digits_corpus(
     if resize not in RESIZE_MODES:
         raise ValueError(f"mmtok/data/images.py build_digits_corpus: resize must be one of {RESIZE_MODES}, "
                          f"got {resize!r}")
+    if augment_copies < 0:
+        raise ValueError(f"mmtok/data/images.py build_digits_corpus: augment_copies must be >= 0, got {augment_copies}")
     rows_kept = _select(labels, max_per_class)
     out_dir = Path(out_dir)
-    params = _digit_params(source=source, image_size=size, resize=resize, seed=seed,
-                           max_per_class=max_per_class, num_images=len(rows_kept))
-    if corpus_is_cached(out_dir, params, key="image", count_key="num_images"):
-        log.info("digits corpus in %s is up to date (%d images)", out_dir, len(rows_kept))
-        return out_dir / "manifest.jsonl"
     splits = digit_splits(labels[rows_kept], seed=seed)
+    num_images = len(rows_kept) + augment_copies * splits.count("train")
+    params = _digit_params(source=source, image_size=size, resize=resize, seed=seed,
+                           max_per_class=max_per_class, num_images=num_images, augment_copies=augment_copies)
+    if corpus_is_cached(out_dir, params, key="image", count_key="num_images"):
+        log.info("digits corpus in %s is up to date (%d images)", out_dir, num_images)
+        return out_dir / "manifest.jsonl"
     caption_rng = random.Random(f"mmtok-digit-captions-{seed}")
+    copy_caption_rng = random.Random(f"mmtok-digit-copy-captions-{seed}")  # originals caption as without copies
     (out_dir / "corpus.json").unlink(missing_ok=True)  # an interrupted build must not look finished
     (out_dir / "images").mkdir(parents=True, exist_ok=True)
     rows, written = [], set()
@@ -225,12 +278,18 @@ def build_digits_corpus(
                                                  unit="image", disable=not progress)):
         label = int(labels[index])
         captions = digit_captions(label)
-        relative = f"images/digit{number:05d}.png"
-        written.add(write_png(out_dir / relative, fit_size(images[index], size=size, mode=resize)))
-        rows.append({
-            "image": relative, "label": label, "text": caption_rng.choice(captions), "captions": captions,
-            "source": source, "source_index": int(index), "split": split,
-        })
+        relative, digit = f"images/digit{number:05d}.png", fit_size(images[index], size=size, mode=resize)
+        written.add(write_png(out_dir / relative, digit))
+        row = {"image": relative, "label": label, "text": caption_rng.choice(captions), "captions": captions,
+               "source": source, "source_index": int(index), "split": split}
+        rows.append(row)
+        if split == "train" and augment_copies:
+            rng = torch.Generator().manual_seed(seed * 1_000_003 + number)
+            for copy, deformed in enumerate(deform_digits(digit, augment_copies, rng=rng)):
+                copy_path = f"images/digit{number:05d}_aug{copy}.png"
+                written.add(write_png(out_dir / copy_path, deformed))
+                rows.append({**row, "image": copy_path, "text": copy_caption_rng.choice(captions),
+                             "augmented_from": relative})
     remove_stale_files(out_dir / "images", "digit*.png", keep=written)
     return write_corpus_manifest(out_dir, rows, params, key="image")
 

@@ -15,6 +15,7 @@ from mmtok.data.images import (
     ImageDataset,
     build_digits_corpus,
     collate_images,
+    deform_digits,
     digit_captions,
     digit_splits,
     fit_size,
@@ -154,6 +155,44 @@ def test_pad_and_upscale_to_32(tmp_path):
         fit_size(images[0], size=16, mode="pad")
 
 
+def test_deformed_copies_are_seeded_plausible_digits():
+    images, _ = load_digit_source("mnist")
+    digit = fit_size(images[3], size=32, mode="pad")
+    still = deform_digits(digit, 2, rng=torch.Generator().manual_seed(0), degrees=0, scale=0, shear=0,
+                          shift_pixels=0, elastic_pixels=0)
+    np.testing.assert_array_equal(still, np.stack([digit, digit]))  # no deformation: the digit itself
+    copies = deform_digits(digit, 8, rng=torch.Generator().manual_seed(1))
+    np.testing.assert_array_equal(copies, deform_digits(digit, 8, rng=torch.Generator().manual_seed(1)))
+    assert copies.shape == (8, 32, 32) and copies.dtype == np.uint8
+    rows, cols = np.mgrid[0:32, 0:32]
+    centre = np.array([(rows * digit).sum(), (cols * digit).sum()]) / digit.sum()
+    for copy in copies:
+        assert not np.array_equal(copy, digit)
+        assert 0.7 < copy.sum() / digit.sum() < 1.3  # the ink is kept, within the +-10 % scales and the blur
+        moved = np.array([(rows * copy).sum(), (cols * copy).sum()]) / copy.sum()
+        assert np.abs(moved - centre).max() < 5  # shifted by at most 2 px plus what rotation and shear move
+        assert copy[:, :1].max() == copy[:, -1:].max() == 0  # the digit stays inside the frame
+
+
+def test_augmented_copies_add_train_digits_only_and_keep_the_originals(digits, tmp_path):
+    copies = 3
+    augmented = _rows(build_digits_corpus(tmp_path / "aug", max_per_class=PER_CLASS, seed=0, progress=False,
+                                          augment_copies=copies))
+    plain = _rows(digits / "manifest.jsonl")
+    assert [r for r in augmented if "augmented_from" not in r] == plain  # originals, captions and splits as before
+    by_image = {r["image"]: r for r in plain}
+    made = [r for r in augmented if "augmented_from" in r]
+    assert len(made) == copies * sum(r["split"] == "train" for r in plain)
+    for row in made:
+        original = by_image[row["augmented_from"]]
+        assert row["split"] == original["split"] == "train" and row["label"] == original["label"]
+        assert row["text"] in digit_captions(row["label"])
+        assert not np.array_equal(np.asarray(Image.open(tmp_path / "aug" / row["image"])),
+                                  np.asarray(Image.open(digits / original["image"])))
+    with pytest.raises(ValueError, match="augment_copies must be >= 0"):
+        build_digits_corpus(tmp_path / "bad", max_per_class=PER_CLASS, augment_copies=-1)
+
+
 def test_data_module_over_the_corpus(digits):
     module = ImageDataModule(path=str(digits), channels=1, batch_size=8, valid_batch_size=10)
     module.setup()
@@ -284,3 +323,6 @@ def test_cli_builds_the_digits_corpus(tmp_path, capsys):
     assert f"digits corpus: {tmp_path / 'd' / 'manifest.jsonl'}" in capsys.readouterr().out
     rows = _rows(tmp_path / "d" / "manifest.jsonl")
     assert len(rows) == 30 and np.asarray(Image.open(tmp_path / "d" / rows[0]["image"])).shape == (32, 32)
+    main(["data", "digits", "--out", str(tmp_path / "a"), "--max-per-class", "3", "--augment-copies", "2"])
+    rows = _rows(tmp_path / "a" / "manifest.jsonl")
+    assert len(rows) == 30 + 2 * 10 and sum("augmented_from" in r for r in rows) == 20  # 1 train digit per class
