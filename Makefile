@@ -77,7 +77,7 @@ demo: $(STAMP)
 ## MaskGIT default), a 10 x 4 one with the first-hitting sampler (128 calls per batch: the slow one), a 10 x 4 one
 ## from the SEED AR (its de-tokenizer draws each digit, 25 DPM-Solver steps), 10 x 10 ones from the shipped
 ## Distilled Decoding student of the AR model in one and in two network passes, and the judge's metrics table to
-## $(DEMO_OUT)/images.
+## $(DEMO_OUT)/images. The fine-tunes read the plain digits (the AR release's first stage read deformed copies too).
 demo-images: $(STAMP)
 	$(BIN)/mmtok data digits --out data/digits --image-size 32
 	rm -rf $(DEMO_RUN)/images
@@ -89,9 +89,10 @@ demo-images: $(STAMP)
 	$(BIN)/mmtok export $(DEMO_RUN)/images/vq/checkpoints/last.ckpt $(DEMO_OUT)/images/vq-model
 	$(BIN)/mmtok evaluate $(DEMO_OUT)/images/vq-model data/digits --judge checkpoints/digit-classifier \
 	  --out $(DEMO_OUT)/images/tokenizer
-	for pair in ar_digits:ar mdm_digits:mdm ar_digits_seed:ar-seed; do \
-	  recipe=$${pair%%:*}; family=$${pair##*:}; \
+	for triple in ar_digits:ar:vq-digits mdm_digits:mdm:vq-digits ar_digits_seed:ar-seed:seed-digits; do \
+	  recipe=$${triple%%:*}; rest=$${triple#*:}; family=$${rest%%:*}; tokens=runs/images/tokens-$${rest##*:}; \
 	  $(BIN)/mmtok fit -c recipes/images/$$recipe.yaml --model.init_args.init_from checkpoints/digits-$$family \
+	    --data.init_args.data data/digits --data.init_args.tokens $$tokens \
 	    --model.init_args.lr 0.0002 --model.init_args.warmup_steps 10 \
 	    --trainer.max_steps $(DEMO_IMAGE_STEPS) --trainer.val_check_interval $(DEMO_IMAGE_STEPS) \
 	    --trainer.limit_val_batches 1 --trainer.default_root_dir $(DEMO_RUN)/images/$$family \
