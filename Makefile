@@ -35,8 +35,9 @@ lint: $(STAMP)
 ## a metrics table to $(DEMO_OUT). Then speak three new sentences with the shipped aligned TTS models (AR and
 ## masked diffusion over X-Codec tokens, each with its recorded sampling: their duration predictors set the
 ## lengths) in a corpus voice (speaker label) and in a prompted voice (3 s of a held-out utterance), the AR one
-## once more slower (--pace 1.3), the masked diffusion one once more with the first-hitting sampler, and the
-## Vec-Tok TTS in the prompted voice, to $(DEMO_OUT)/tts, with a table of the time each took; Vec-Tok converts a
+## once more slower (--pace 1.3), the masked diffusion one once more with the first-hitting sampler, the
+## Vec-Tok TTS in the prompted voice and the ResGen TTS over all 8 X-Codec codebooks (16 steps) in the corpus
+## voice, to $(DEMO_OUT)/tts, with a table of the time each took; Vec-Tok converts a
 ## held-out utterance (nyc-m1) into the prompt's voice (gb-f2), to $(DEMO_OUT)/vectok_voice_conversion.
 demo: $(STAMP)
 	$(BIN)/mmtok data speech --out data/speech --num-utterances 2000
@@ -64,6 +65,8 @@ demo: $(STAMP)
 	  --out $(DEMO_OUT)/tts/mdm_fhs_corpus_voice_us-f3
 	$(BIN)/mmtok generate checkpoints/tts-vectok $(DEMO_SENTENCES) --prompt data/speech/wavs/utt00037.wav \
 	  --voice gb-f2 --out $(DEMO_OUT)/tts/vectok_prompted_voice
+	$(BIN)/mmtok generate checkpoints/tts-resgen-xcodec-aligned $(DEMO_SENTENCES) --speaker us-f3 \
+	  --out $(DEMO_OUT)/tts/resgen_corpus_voice_us-f3
 	$(BIN)/python scripts/generation_times.py $(DEMO_OUT)/tts
 	$(BIN)/mmtok convert checkpoints/vectok-speech data/speech/wavs/utt00020.wav --prompt data/speech/wavs/utt00037.wav \
 	  --out $(DEMO_OUT)/vectok_voice_conversion --overwrite
@@ -75,7 +78,8 @@ demo: $(STAMP)
 ## shipped class-conditional AR and masked diffusion generators on the shipped tokenizer's tokens and the AR over
 ## SEED's 16 causal tokens, then write a 10 x 10 class grid from each VQ generator (AR; masked diffusion with its
 ## MaskGIT default), a 10 x 4 one with the first-hitting sampler (128 calls per batch: the slow one), a 10 x 4 one
-## from the SEED AR (its de-tokenizer draws each digit, 25 DPM-Solver steps), 10 x 10 ones from the shipped
+## from the SEED AR (its de-tokenizer draws each digit, 25 DPM-Solver steps), a 10 x 4 one from the shipped ResGen
+## model over the depth-4 residual tokenizer (16 steps; weak, see README), 10 x 10 ones from the shipped
 ## Distilled Decoding student of the AR model in one and in two network passes, and the judge's metrics table to
 ## $(DEMO_OUT)/images. The fine-tunes read the plain digits (the AR release's first stage read deformed copies too).
 demo-images: $(STAMP)
@@ -108,6 +112,7 @@ demo-images: $(STAMP)
 	  --sampler maskgit --out $(DEMO_OUT)/images/mdm_maskgit
 	$(BIN)/mmtok generate $(DEMO_OUT)/images/digits-ar-seed --tokenizer checkpoints/seed-digits --num-samples 4 \
 	  --out $(DEMO_OUT)/images/ar_seed
+	$(BIN)/mmtok generate checkpoints/digits-resgen --num-samples 4 --out $(DEMO_OUT)/images/resgen
 	for steps in 1 2; do $(BIN)/mmtok generate checkpoints/digits-dd --num-samples 10 --steps $$steps \
 	  --out $(DEMO_OUT)/images/dd_$${steps}step || exit 1; done
 	$(BIN)/python bench/image_generators.py --model ar=$(DEMO_OUT)/images/digits-ar \
