@@ -73,6 +73,20 @@ class AlignedPhonemes:
     durations: list
 
 
+class PhonemeContextBlock(nn.Module):
+    """x + ReLU(Conv1d(LayerNorm(x))) over a phoneme sequence [B, P, D], kernel 5; padding
+    (``valid`` False) stays zero so it does not leak into the next block's convolution."""
+
+    def __init__(self, dim: int, kernel_size: int = 5):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim)
+        self.conv = nn.Conv1d(dim, dim, kernel_size, padding=kernel_size // 2)
+
+    def forward(self, x: torch.Tensor, valid: torch.Tensor) -> torch.Tensor:
+        update = self.conv((self.norm(x) * valid).transpose(1, 2)).transpose(1, 2)
+        return (x + torch.relu(update)) * valid
+
+
 class PhonemeCondition(Condition):
     """A phoneme (or character) sequence, space-separated symbols, with its own embedding table.
     ``phonemes`` is the inventory or a corpus to read it from (:func:`mmtok.asr.phoneme_inventory`).
@@ -93,6 +107,14 @@ class PhonemeCondition(Condition):
     time): frame t then gets the phoneme whose span of frames holds t, and frames past the spans the
     last phoneme. A batch without that field falls back to the uniform placement, except in training.
 
+    ``context_layers`` > 0 runs that many residual convolutions (kernel 5) over the phoneme embeddings, so
+    each phoneme's vector carries its neighbours: with ``placement="frames"`` an AR model, which reads the
+    frames left to right, then sees on frame t the phonemes that come next (FastSpeech's phoneme encoder,
+    Ren et al. 2019, sec. 3.1, as a conv stack). ``span_positions`` > 0 (with ``placement="frames"``) adds
+    to frame t embeddings of how many frames of its phoneme's span have passed and how many remain
+    (each clamped to ``span_positions`` − 1): where a phoneme ends is then an input, not something a
+    left-to-right model must guess.
+
     ``duration_predictor`` (needs ``durations``) adds a :class:`~mmtok.conditioning.durations.DurationPredictor`
     trained on those durations as this condition's :meth:`auxiliary_loss`; a task predicts durations
     with :meth:`predict_frames`. Its arguments: ``speakers`` (names, or a corpus to read the
@@ -103,7 +125,7 @@ class PhonemeCondition(Condition):
 
     def __init__(self, *, dim: int, key: str = "phonemes", phonemes: Sequence[str] | str, dropout: float = 0.0,
                  position_scale: float = 1.0, placement: str = "prefix", durations: str | None = None,
-                 duration_predictor: dict | None = None):
+                 duration_predictor: dict | None = None, context_layers: int = 0, span_positions: int = 0):
         super().__init__(key=key, dim=dim, dropout=dropout)
         if placement not in ("prefix", "frames"):
             raise ValueError(f"condition {key!r}: placement must be 'prefix' or 'frames', got {placement!r}")
@@ -112,7 +134,14 @@ class PhonemeCondition(Condition):
         if duration_predictor is not None and durations is None:
             raise ValueError(f"condition {key!r}: a duration predictor learns from the batch's durations; name "
                              "their field (durations: durations)")
+        if span_positions and placement != "frames":
+            raise ValueError(f"condition {key!r}: span_positions count frames within a phoneme's span; use "
+                             "placement 'frames'")
+        if context_layers < 0 or span_positions < 0:
+            raise ValueError(f"condition {key!r}: context_layers and span_positions must be ≥ 0, got "
+                             f"{context_layers} and {span_positions}")
         self.position_scale, self.placement, self.durations = position_scale, placement, durations
+        self.context_layers, self.span_positions = context_layers, span_positions
         if isinstance(phonemes, str):
             from mmtok.asr import phoneme_inventory
 
@@ -122,6 +151,10 @@ class PhonemeCondition(Condition):
         self.phonemes = list(phonemes)
         self._index = {p: i + 1 for i, p in enumerate(self.phonemes)}  # 0 pads
         self.embedding = nn.Embedding(len(self.phonemes) + 1, dim, padding_idx=0)
+        self.context = nn.ModuleList(PhonemeContextBlock(dim) for _ in range(context_layers))
+        if span_positions:
+            self.elapsed = nn.Embedding(span_positions, dim)
+            self.remaining = nn.Embedding(span_positions, dim)
         self.predictor_args, self.duration_predictor = None, None
         if duration_predictor is not None:
             self._build_predictor(dict(duration_predictor))
@@ -161,9 +194,17 @@ class PhonemeCondition(Condition):
             padded[row, : len(sequence)] = torch.tensor(sequence, dtype=torch.long)
         return padded.to(device)
 
+    def states(self, ids: torch.Tensor) -> torch.Tensor:
+        """Phoneme ids [B, P] -> their embeddings through the context convolutions, [B, P, D]."""
+        valid = (ids != 0)[..., None]
+        x = self.embedding(ids)
+        for block in self.context:
+            x = block(x, valid)
+        return x
+
     def embed(self, value: Sequence[str], device):
         padded = self.ids(value, device)
-        return self.embedding(padded), padded != 0
+        return self.states(padded), padded != 0
 
     def read(self, batch: dict):
         """The phoneme strings, or :class:`AlignedPhonemes` when this condition reads durations and
@@ -191,13 +232,23 @@ class PhonemeCondition(Condition):
         if len(ids) != len(lengths):
             raise ValueError(f"condition {self.key!r}: {len(ids)} phoneme sequences for {len(lengths)} lengths")
         counts = (ids != 0).sum(1)
-        if aligned:  # frame t -> the phoneme whose span holds t: the number of spans ending at or before t
-            ends = self._durations(value.durations, counts, ids.shape[1], device).cumsum(1)
-            index = torch.searchsorted(ends, frames[None].expand(len(ids), -1).contiguous(), right=True)
-            index = torch.minimum(index, (counts - 1).clamp(min=0)[:, None])
-        else:  # uniform: phoneme ⌊t · P / T⌋
-            index = (frames[None] * counts[:, None]).div(lengths.clamp(min=1)[:, None], rounding_mode="floor")
-        x = self.embedding(ids.gather(1, index.clamp(max=ids.shape[1] - 1)))
+        if aligned:
+            spans = self._durations(value.durations, counts, ids.shape[1], device)
+        else:  # uniform: frame t gets phoneme ⌊t · P / T⌋, i.e. phoneme k ends at frame ⌈(k + 1) · T / P⌉
+            k = torch.arange(1, ids.shape[1] + 1, device=device)[None]
+            ends = (k * lengths[:, None] + counts[:, None] - 1).div(counts.clamp(min=1)[:, None], rounding_mode="floor")
+            spans = torch.diff(ends * (k <= counts[:, None]), dim=1, prepend=torch.zeros_like(ends[:, :1]))
+            spans = spans.clamp(min=0)
+        ends = spans.cumsum(1)  # frame t -> the phoneme whose span holds t: the spans ending at or before t
+        index = torch.searchsorted(ends, frames[None].expand(len(ids), -1).contiguous(), right=True)
+        index = torch.minimum(index, (counts - 1).clamp(min=0)[:, None]).clamp(max=ids.shape[1] - 1)
+        x = self.states(ids).gather(1, index[..., None].expand(-1, -1, self.dim))
+        if self.span_positions:
+            end = ends.gather(1, index)
+            start = end - spans.gather(1, index)
+            top = self.span_positions - 1
+            elapsed, remaining = (frames[None] - start).clamp(0, top), (end - frames[None]).clamp(0, top)
+            x = x + self.elapsed(elapsed) + self.remaining(remaining)
         if drop is not None:
             x = torch.where(drop[:, None, None], self.null.expand_as(x), x)
         return x * inside
@@ -257,6 +308,8 @@ class PhonemeCondition(Condition):
             spec["durations"] = self.durations
         if self.predictor_args is not None:
             spec["duration_predictor"] = dict(self.predictor_args)
+        if self.context_layers or self.span_positions:  # absent from older models' specs
+            spec.update(context_layers=self.context_layers, span_positions=self.span_positions)
         return spec
 
     def positions(self, count: int, device: torch.device) -> torch.Tensor:

@@ -97,6 +97,17 @@ def test_hub_round_trip_keeps_resolved_conditions_and_generates_the_same(tiny_co
     assert loaded.load_tokenizer().codebook_sizes[:2] == [32, 32]
 
 
+def fit(generator: ARGenerator, batch: dict, *, steps: int) -> dict:
+    """Adam at 3e-3 on one batch; the last step's logs."""
+    optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
+    for _ in range(steps):
+        loss, logs = generator.loss(batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+    return logs
+
+
 def test_an_aligned_ar_generator_speaks_each_frames_phoneme_and_its_cached_generation_agrees(tiny_codec_folder):
     """The aligned AR mode: frame t's phoneme (placed by durations) is an input of step t. A model
     trained on codes that spell each frame's phoneme generates, for durations it never saw, codes on
@@ -122,12 +133,7 @@ def test_an_aligned_ar_generator_speaks_each_frames_phoneme_and_its_cached_gener
     durations = [torch.randint(1, 3, (3,), generator=draw).tolist() for _ in texts]
     batch = {"codes": torch.stack([codes_of(t, d, 6) for t, d in zip(texts, durations)]),
              "lengths": torch.tensor([sum(d) for d in durations]), "phonemes": texts, "durations": durations}
-    optimizer = torch.optim.Adam(generator.parameters(), lr=3e-3)
-    for _ in range(200):
-        loss, logs = generator.loss(batch)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    logs = fit(generator, batch, steps=200)
     generator.eval()
     assert logs["accuracy"] > 0.95
     unseen = {"phonemes": ["a k b", "b a k"], "durations": [[1, 2, 3], [3, 1, 1]]}
@@ -145,3 +151,43 @@ def test_an_aligned_ar_generator_speaks_each_frames_phoneme_and_its_cached_gener
                                     positions=generator.full_positions(None, generator.coordinates(
                                         torch.arange(inputs.shape[2])), 2))
     assert torch.equal(logits.argmax(-1)[mask], targets[mask])
+
+
+def test_span_positions_and_phoneme_context_let_an_aligned_ar_model_speak_a_phonemes_last_frame(tiny_codec_folder):
+    """Where a phoneme ends, and what follows it, is what a left-to-right model cannot see from frame t's
+    phoneme alone. Codes here mark each span's last frame with the next phoneme (a transition, as
+    coarticulation does): with ``span_positions`` and ``context_layers`` the model learns them and
+    generates them greedily for durations it never saw; without, it cannot tell the last frame."""
+    index = {"a": 0, "b": 1, "k": 2}
+
+    def codes_of(text: str, durations: list[int]) -> torch.Tensor:
+        symbols, frames = text.split(), []
+        for i, (p, d) in enumerate(zip(symbols, durations)):
+            last = 1 + index[p] if i + 1 == len(symbols) else 4 + 3 * index[p] + index[symbols[i + 1]]
+            frames += [1 + index[p]] * (d - 1) + [last]
+        out = torch.zeros(2, 9, dtype=torch.long)
+        out[:, : len(frames)] = torch.tensor(frames)
+        return out
+
+    def trained(**options) -> tuple[ARGenerator, float]:
+        torch.manual_seed(0)
+        backbone = CodebookTransformer(codebook_sizes=[32, 32], dim=32, num_layers=2, num_heads=2)
+        generator = ARGenerator(tokenizer=str(tiny_codec_folder), backbone=backbone, pattern="delay",
+                                positions="aligned", conditions=[{"type": "phonemes", "phonemes": list(index),
+                                                                  "placement": "frames", "durations": "durations",
+                                                                  **options}])
+        draw = torch.Generator().manual_seed(0)
+        texts = [" ".join("abk"[int(i)] for i in torch.randint(0, 3, (3,), generator=draw)) for _ in range(32)]
+        durations = [torch.randint(1, 4, (3,), generator=draw).tolist() for _ in texts]
+        batch = {"codes": torch.stack([codes_of(t, d) for t, d in zip(texts, durations)]),
+                 "lengths": torch.tensor([sum(d) for d in durations]), "phonemes": texts, "durations": durations}
+        return generator.eval(), float(fit(generator, batch, steps=250)["accuracy"])
+
+    generator, accuracy = trained(span_positions=4, context_layers=1)
+    assert accuracy > 0.97
+    unseen = {"phonemes": ["k b a", "b k b"], "durations": [[1, 3, 2], [2, 1, 3]]}
+    tokens = generator.generate(unseen, lengths=torch.tensor([6, 6]), temperature=0)
+    assert torch.equal(tokens[0].codes[0], codes_of("k b a", [1, 3, 2])[:, :6])
+    assert torch.equal(tokens[1].codes[0], codes_of("b k b", [2, 1, 3])[:, :6])
+    _, blind = trained()
+    assert blind < accuracy - 0.05, f"without span positions and context the last frames stay guesses ({blind})"

@@ -48,6 +48,48 @@ def test_without_durations_the_placement_is_the_uniform_one_of_existing_models()
         PhonemeCondition(dim=4, phonemes=["a"], placement="frames", duration_predictor={})
 
 
+def test_span_positions_count_the_frames_passed_and_left_in_each_phonemes_span():
+    torch.manual_seed(0)
+    phonemes = PhonemeCondition(dim=4, phonemes=["a", "b", "k"], placement="frames", durations="durations",
+                                span_positions=3).eval()
+    batch = {"phonemes": ["a b k", "k a"], "durations": [[1, 4, 2], [2, 3]]}
+    frames = Conditioner([phonemes]).frames(batch, lengths=torch.tensor([7, 5]), num_frames=7, device=CPU)
+    table, passed, left = phonemes.embedding.weight, phonemes.elapsed.weight, phonemes.remaining.weight
+    # a | b b b b | k k: passed 0 | 0 1 2 2(clamped) | 0 1, left 1 | 2(clamped) 2 2 1 | 2 1
+    expected = table[[1, 2, 2, 2, 2, 3, 3]] + passed[[0, 0, 1, 2, 2, 0, 1]] + left[[1, 2, 2, 2, 1, 2, 1]]
+    torch.testing.assert_close(frames[0], expected)
+    expected = table[[3, 3, 1, 1, 1]] + passed[[0, 1, 0, 1, 2]] + left[[2, 1, 2, 2, 1]]  # k k | a a a
+    torch.testing.assert_close(frames[1, :5], expected)
+    uniform = Conditioner([phonemes]).frames({"phonemes": ["a b k"]}, lengths=torch.tensor([7]), num_frames=7,
+                                             device=CPU)  # ⌊t·3/7⌋: a a a | b b | k k
+    expected = table[[1, 1, 1, 2, 2, 3, 3]] + passed[[0, 1, 2, 0, 1, 0, 1]] + left[[2, 2, 1, 2, 1, 2, 1]]
+    torch.testing.assert_close(uniform[0], expected)
+    rebuilt = build_condition(phonemes.spec(), dim=4)
+    assert (rebuilt.span_positions, rebuilt.context_layers) == (3, 0)
+    with pytest.raises(ValueError, match="span_positions count frames within a phoneme's span"):
+        PhonemeCondition(dim=4, phonemes=["a"], span_positions=4)
+
+
+def test_context_layers_let_a_frame_see_the_next_phoneme_and_not_past_the_padding():
+    torch.manual_seed(0)
+    phonemes = PhonemeCondition(dim=8, phonemes=["a", "b", "k"], placement="frames", durations="durations",
+                                context_layers=1).eval()
+    torch.nn.init.normal_(phonemes.context[0].norm.bias)  # as after training: the norm of a zero pad is not zero
+    model = Conditioner([phonemes])
+
+    def first_frame(text, durations):
+        batch = {"phonemes": [text], "durations": [durations]}
+        return model.frames(batch, lengths=torch.tensor([3]), num_frames=3, device=CPU)[0, 0]
+
+    assert not torch.allclose(first_frame("a b", [1, 2]), first_frame("a k", [1, 2])), "the next phoneme is seen"
+    torch.testing.assert_close(first_frame("a b b", [1, 1, 1]), first_frame("a b b", [1, 2, 0]))
+    padded = phonemes.states(phonemes.ids(["a b", "a b k k"], CPU))
+    torch.testing.assert_close(padded[0, :2], phonemes.states(phonemes.ids(["a b"], CPU))[0])
+    assert not padded[0, 2:].any(), "padding stays zero"
+    assert "context_layers" not in PhonemeCondition(dim=4, phonemes=["a"]).spec(), "specs as before"
+    assert build_condition(phonemes.spec(), dim=8).context_layers == 1
+
+
 def predictor_condition(**predictor) -> PhonemeCondition:
     torch.manual_seed(0)
     return PhonemeCondition(dim=8, phonemes=["a", "b", "k"], placement="frames", durations="durations",
