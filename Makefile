@@ -117,7 +117,7 @@ demo-images: $(STAMP)
 	  --out $(DEMO_OUT)/images/dd_$${steps}step || exit 1; done
 	$(BIN)/python bench/image_generators.py --model ar=$(DEMO_OUT)/images/digits-ar \
 	  --model mdm=$(DEMO_OUT)/images/digits-mdm --judge checkpoints/digit-classifier --data data/digits \
-	  --samplers maskgit --samples-per-class 10 --out $(DEMO_OUT)/images/metrics.md
+	  --samplers ancestral --steps 32 --samples-per-class 10 --out $(DEMO_OUT)/images/metrics.md
 	@echo "image demo (class grids, metrics.md, Hub folders): $(abspath $(DEMO_OUT))/images"
 
 ## Video: build the moving-digits corpus, then the shipped text-to-video model (MaskGIT over the shipped
