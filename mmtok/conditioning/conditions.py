@@ -234,7 +234,7 @@ class PhonemeCondition(Condition):
         counts = (ids != 0).sum(1)
         if aligned:
             spans = self._durations(value.durations, counts, ids.shape[1], device)
-        else:  # uniform: frame t gets phoneme ⌊t · P / T⌋, i.e. phoneme k ends at frame ⌈(k + 1) · T / P⌉
+        else:  # uniform: frame t gets phoneme ⌊t · P / T⌋, so phoneme k (from 1) ends before frame ⌈k · T / P⌉
             k = torch.arange(1, ids.shape[1] + 1, device=device)[None]
             ends = (k * lengths[:, None] + counts[:, None] - 1).div(counts.clamp(min=1)[:, None], rounding_mode="floor")
             spans = torch.diff(ends * (k <= counts[:, None]), dim=1, prepend=torch.zeros_like(ends[:, :1]))

@@ -16,7 +16,7 @@ from mmtok.tasks import build_task
 from mmtok.tasks.tts import evaluate_tts, synthesize
 
 RELEASES = {  # folder -> (tokenizer, the highest PER allowed on 8 new sentences in the corpus voices; measured
-    # with the recorded sampling: 17.5 %, 19.7 %, 22.7 %, ResGen's 36.7 % and Vec-Tok's 31.4 % in its default voice)
+    # with the recorded sampling: 17.5 %, 19.7 %, 17.9 %, ResGen's 36.7 % and Vec-Tok's 31.4 % in its default voice)
     "tts-ar-xcodec-aligned": ("checkpoints/xcodec-speech-16k", 0.30),
     "tts-ar-rvq-aligned": ("checkpoints/rvq-speech-16k-baseline", 0.30),
     "tts-mdm-xcodec-aligned": ("checkpoints/xcodec-speech-16k", 0.30),
