@@ -181,7 +181,8 @@ def test_span_positions_and_phoneme_context_let_an_aligned_ar_model_speak_a_phon
         durations = [torch.randint(1, 4, (3,), generator=draw).tolist() for _ in texts]
         batch = {"codes": torch.stack([codes_of(t, d) for t, d in zip(texts, durations)]),
                  "lengths": torch.tensor([sum(d) for d in durations]), "phonemes": texts, "durations": durations}
-        return generator.eval(), float(fit(generator, batch, steps=250)["accuracy"])
+        accuracy = float(fit(generator, batch, steps=250)["accuracy"])
+        return generator.eval(), accuracy
 
     generator, accuracy = trained(span_positions=4, context_layers=1)
     assert accuracy > 0.97
