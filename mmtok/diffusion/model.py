@@ -172,8 +172,9 @@ class MaskedDiffusionGenerator(TokenGenerator):
         item) and MaskGIT (default 16). ``primer`` (codes [B, Q, P], P at most every item's length)
         gives the first P frames of each item: they are never masked and come back unchanged, and the
         rest is sampled around them (Phenaki's priming: a video continued from its last frames'
-        tokens). The sampler's statistics (denoiser calls, categorical draws) are kept in
-        :attr:`last_stats`."""
+        tokens). The sampler's statistics are kept in :attr:`last_stats`: categorical draws, and
+        denoiser calls counted as the network's forward passes, two per sampler call under guidance (a
+        conditional and an unconditional pass), as ResGen counts them."""
         sampler = self.check_sampler(sampler)
         if steps is not None and steps < 1:
             raise UsageError(f"steps {steps}: must be ≥ 1")
@@ -195,6 +196,8 @@ class MaskedDiffusionGenerator(TokenGenerator):
             options.update(num_steps=steps or 16)
         elif steps is not None:
             raise UsageError("steps: the first-hitting sampler takes one denoiser call per token, it has no steps")
-        tokens, self.last_stats = SAMPLERS[sampler](denoiser, flat, schedule=self.schedule, **options)
+        tokens, stats = SAMPLERS[sampler](denoiser, flat, schedule=self.schedule, **options)
+        passes_per_call = 1 if options["unconditional"] is None else 2
+        self.last_stats = {**stats, "denoiser_calls": stats["denoiser_calls"] * passes_per_call}
         codes = self.pattern.revert(tokens.reshape(initial.shape).masked_fill(~real, 0), num_frames)
         return self.tokens(codes, lengths)

@@ -84,6 +84,26 @@ def test_a_tiny_model_learns_a_token_set_and_every_sampler_generates_it(sampler,
         assert stats["denoiser_calls"] == 2 * 5, "one code per call: the longest item's Q · T events, any pattern"
 
 
+@pytest.mark.parametrize("sampler", ["fhs", "maskgit", "ancestral"])
+def test_denoiser_calls_count_the_forward_passes_guidance_included(sampler, tiny_codec_folder):
+    model = tiny_mdm(tiny_codec_folder).eval()
+    passes, hidden = [], model.hidden  # one backbone pass per call of hidden
+
+    def counted_hidden(*args, **kwargs):
+        passes.append(1)
+        return hidden(*args, **kwargs)
+
+    model.hidden = counted_hidden
+    counted = []
+    for cfg_scale in (1.0, 2.0):
+        passes.clear()
+        model.generate({"speaker": ["a", "b"]}, lengths=torch.tensor([3, 2]), sampler=sampler, steps=None if
+                       sampler == "fhs" else 4, cfg_scale=cfg_scale, rng=torch.Generator().manual_seed(0))
+        assert model.last_stats["denoiser_calls"] == len(passes), (sampler, cfg_scale)
+        counted.append(len(passes))
+    assert counted[1] == 2 * counted[0], "guidance: a conditional and an unconditional pass per sampler call"
+
+
 def test_the_denoiser_at_chosen_positions_equals_the_full_logits_there(tiny_codec_folder):
     model = tiny_mdm(tiny_codec_folder).eval()
     lengths = torch.tensor([4, 3])
