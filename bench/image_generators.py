@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=None, help="maskgit / ancestral steps (default: 16 / L)")
     parser.add_argument("--temperature", type=float, help="default: each generator's recorded setting, else 1")
     parser.add_argument("--top-k", type=int, default=None)
+    parser.add_argument("--top-p", type=float, default=None)
     parser.add_argument("--cfg-scale", type=float, help="default: each generator's recorded setting, else 1")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out")
@@ -54,7 +55,7 @@ def main() -> None:
         for sampler in samplers:
             steps = args.steps if sampler in ("maskgit", "ancestral") else None
             sampling = generator.sampling_with(sampler=sampler, steps=steps, temperature=args.temperature,
-                                               top_k=args.top_k, cfg_scale=args.cfg_scale)
+                                               top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale)
             measured = task.evaluate(generator, tokenizer, judge, args.data, samples_per_request=args.samples_per_class,
                                      rng=torch.Generator().manual_seed(args.seed), **sampling)
             for row in measured:
