@@ -413,8 +413,9 @@ def build_parser() -> argparse.ArgumentParser:
     data.add_argument("--max-seconds", type=float, default=20.0, help="music: clip length")
     data.set_defaults(func=cmd_data)
 
-    export = sub.add_parser("export", help="Lightning checkpoint -> Hub folder (config + safetensors + card)")
-    export.add_argument("checkpoint")
+    export = sub.add_parser("export", help="Lightning checkpoint -> Hub folder (config + safetensors + card); "
+                                           "a Hub folder -> the same weights with new settings and a fresh card")
+    export.add_argument("checkpoint", help="a training checkpoint (.ckpt), or a Hub folder to re-export")
     export.add_argument("out_dir")
     export.add_argument("--data", help="corpus to measure the card's metrics on (manifest folder)")
     export.add_argument("--split", default="test")

@@ -19,7 +19,7 @@ from mmtok.codecs.seed import SeedTokenizer, evaluate_seed
 from mmtok.codecs.vectok import SpeechSSL, VecTok
 from mmtok.errors import DataError, MissingFileError, UsageError
 from mmtok.generators import TokenGenerator
-from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class, round_to_half
+from mmtok.hub import HubMixin, load_pretrained, load_state_strict, model_class, read_card_section, round_to_half
 from mmtok.judges.digits import DigitClassifier, evaluate_classifier
 from mmtok.judges.speakers import SpeakerEncoder, evaluate_speaker_encoder
 
@@ -242,15 +242,41 @@ CARD_BUILDERS = {SeedTokenizer: _seed_card, VecTok: _vectok_card, SpeechSSL: _ss
                  DigitClassifier: _classifier_card, SpeakerEncoder: _speaker_card}
 
 
+HALF_NOTE = "Weights are stored in float16 (the metrics were measured with those weights)."
+
+
+def training_text(checkpoint: dict) -> str:
+    """The card's "Training" text for a Lightning checkpoint: its step count and recorded recipe."""
+    recipe = checkpoint["mmtok"].get("recipe") or ""
+    steps = f"Trained for {checkpoint.get('global_step', '?')} optimizer steps (epoch {checkpoint.get('epoch', '?')}"
+    if "generator_steps" in checkpoint["state_dict"]:  # GAN training: the optimizer steps count both networks
+        steps += f"; {int(checkpoint['state_dict']['generator_steps'])} generator steps"
+    steps += ")"
+    return f"{steps} with this LightningCLI config:\n\n```yaml\n{recipe}```" if recipe else steps + "."
+
+
+def load_model_to_export(source: str | Path) -> tuple[HubMixin, str]:
+    """(model in eval mode, the card's training text) from a Lightning checkpoint, or from a Hub folder:
+    a re-export, which records new sampling or decoding defaults and measures a fresh card for the same
+    weights, keeping the folder's training text (the sections benchmarks added are not kept: they measured
+    the old defaults; run the benchmarks again with ``--cards``)."""
+    if Path(source).is_dir():
+        training = read_card_section(source, "## Training") or "Re-exported from a Hub folder."
+        return load_pretrained(source), training.replace(HALF_NOTE, "").strip()
+    model, checkpoint = load_model_from_checkpoint(source)
+    return model, training_text(checkpoint)
+
+
 def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str | None = None,
                       split: str = "test", max_items: int | None = None, judge: str | None = None,
                       half: bool = False, sampling: dict | None = None, decoding: dict | None = None) -> Path:
-    """Write ``out_dir`` as a Hub folder; with ``data``, measure metrics on its ``split`` for the card
+    """Write ``out_dir`` as a Hub folder from a training checkpoint or a Hub folder (a re-export, see
+    :func:`load_model_to_export`); with ``data``, measure metrics on its ``split`` for the card
     (for a codec, with ``judge``, a phoneme recognizer folder, also the PER of its reconstructions).
     ``half`` stores the weights in float16; the metrics are then measured with the rounded weights.
     ``sampling``: a generator's default sampling settings (:meth:`TokenGenerator.record_sampling`);
     ``decoding``: a de-tokenizer's default decoding settings (its ``record_decoding``)."""
-    model, ckpt = load_model_from_checkpoint(checkpoint)
+    model, training = load_model_to_export(checkpoint)
     if decoding:
         if not getattr(model, "decode_options", ()):
             raise UsageError(f"--decoding: {checkpoint} holds a {type(model).__name__}, which has no decoding "
@@ -268,15 +294,8 @@ def export_checkpoint(checkpoint: str | Path, out_dir: str | Path, *, data: str 
         model.store_half = True
     builder = next(fn for family, fn in CARD_BUILDERS.items() if isinstance(model, family))
     card = builder(model, data, split, max_items, judge)
-    recipe = ckpt["mmtok"].get("recipe") or ""
-    steps = f"Trained for {ckpt.get('global_step', '?')} optimizer steps (epoch {ckpt.get('epoch', '?')}"
-    if "generator_steps" in ckpt["state_dict"]:  # GAN training: the optimizer steps count both networks
-        steps += f"; {int(ckpt['state_dict']['generator_steps'])} generator steps"
-    steps += ")"
-    card["recipe"] = f"{steps} with this LightningCLI config:\n\n```yaml\n{recipe}```" if recipe else steps + "."
+    card["recipe"] = training + (f"\n\n{HALF_NOTE}\n" if half else "")
     card["title"] = Path(out_dir).name
-    if half:
-        card["recipe"] += "\n\nWeights are stored in float16 (the metrics were measured with those weights).\n"
     model.card = card
     model.save_pretrained(out_dir)
     return Path(out_dir)

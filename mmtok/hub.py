@@ -209,6 +209,13 @@ CODEC_USAGE = ("`mmtok encode MODEL input.wav tokens.safetensors` and "
                "`mmtok decode MODEL tokens.safetensors output.wav`")
 
 
+def read_card_section(folder: str | os.PathLike, title: str) -> str | None:
+    """The text of a Hub folder's model card section ``title`` (a "## ..." heading), or None."""
+    card = Path(folder) / CARD_NAME
+    found = re.search(re.escape(title) + r"\n\n(.*?)(?=\n## |\Z)", card.read_text(), re.S) if card.is_file() else None
+    return found.group(1).strip() if found else None
+
+
 def write_card_section(folder: str | os.PathLike, title: str, text: str) -> None:
     """Replace (or add, before the long config listing) the section ``title`` (a "## ..." heading)
     of a Hub folder's model card: where benchmarks write what they measured for the model."""

@@ -149,7 +149,8 @@ def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, 
 
 def _recorded_sampling_is_the_default_and_flags_win(run: Path, tmp_path: Path, sampler: list[str], capsys):
     """`export --sampling` records defaults (like a generation_config): `generate` without flags samples
-    with them, a flag overrides one, and an unknown setting is one line naming it."""
+    with them, a flag overrides one, and an unknown setting is one line naming it; a Hub folder exported
+    again records new defaults for the same weights."""
     hub = tmp_path / "hub_sampling"
     main(["export", str(run / "checkpoints" / "last.ckpt"), str(hub), "--sampling", "cfg_scale=3", "temperature=0.5"])
     assert json.loads((hub / "config.json").read_text())["sampling"] == {"cfg_scale": 3, "temperature": 0.5}
@@ -159,6 +160,22 @@ def _recorded_sampling_is_the_default_and_flags_win(run: Path, tmp_path: Path, s
     main([*request, "--cfg-scale", "1", "--temperature", "1", "--out", str(tmp_path / "plain")])
     grid = {out: _digest(tmp_path / out / "grid.png") for out in ("recorded", "explicit", "plain")}
     assert grid["recorded"] == grid["explicit"] != grid["plain"]
+    # a Hub folder re-exported records new defaults for the same weights and keeps its training text
+    again = tmp_path / "reexported"
+    main(["export", str(hub), str(again), "--sampling", "cfg_scale=1", "temperature=1", "--half"])
+    main(["export", str(again), str(again), "--half"])  # in place
+    assert json.loads((again / "config.json").read_text())["sampling"] == {"cfg_scale": 1, "temperature": 1}
+    card = (again / "README.md").read_text()
+    assert card.count("with this LightningCLI config:") == 1 and card.count("stored in float16") == 1
+    main(["generate", str(again), *request[2:], "--out", str(tmp_path / "again_recorded")])
+    main(["generate", str(again), *request[2:], "--cfg-scale", "1", "--temperature", "1", "--out",
+          str(tmp_path / "again_explicit")])
+    assert _digest(tmp_path / "again_recorded" / "grid.png") == _digest(tmp_path / "again_explicit" / "grid.png")
+    half = (again / "model.safetensors").read_bytes()
+    main(["export", str(again), str(tmp_path / "full")])
+    assert (tmp_path / "full" / "model.safetensors").stat().st_size > 1.5 * len(half), "float32 without --half"
+    main(["export", str(tmp_path / "full"), str(tmp_path / "half_again"), "--half"])
+    assert (tmp_path / "half_again" / "model.safetensors").read_bytes() == half
     code, line = cli_error(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "x"), "--sampling",
                             "guidance=2"], capsys)
     assert code == 2 and line.startswith("mmtok export: sampling: guidance: not a sampling setting (expected some of")
