@@ -1,6 +1,7 @@
 """SEED keeps meaning, the VQ grid keeps pixels: both tokenizers side by side on the digits' test split.
 
-For SEED (its de-tokenizer at each of ``--steps`` with DPM-Solver and with DDIM) and for the VQ
+For SEED (its de-tokenizer at each of ``--steps`` with DPM-Solver and with DDIM, at each ``--guidance``
+scale of its classifier-free guidance) and for the VQ
 tokenizer (from its first 1 .. Q codebooks): tokens and bits per image, the digit judge's accuracy on the
 decoded images, the Fréchet distance in the judge's features of the decoded images to the train images,
 PSNR, and decoding speed (images/s, and its ratio to the VQ decoder's, measured in the same run). The
@@ -63,10 +64,13 @@ def measure(seed, vq, judge, args) -> tuple[list[dict], int]:
         rows.append(row(f"VQ grid, {n} codebook(s)", vq_codes.shape[-1] * n, bits, decoded, speed, **common))
     codes = torch.cat([seed.encode(test[s:s + args.batch_size]).codes for s in range(0, len(test), args.batch_size)])
     bits = codes.shape[-1] * math.log2(seed.codebook_sizes[0])
-    settings = [(sampler, steps) for sampler in ("dpm", "ddim") for steps in args.steps]
-    for sampler, steps in settings:
-        decoded, speed = decode_all(seed, codes, args.batch_size, sampler=sampler, steps=steps, seed=args.noise_seed)
-        rows.append(row(f"SEED, {sampler} {steps} steps", codes.shape[-1], bits, decoded, speed, **common))
+    settings = [(sampler, steps, guidance) for sampler in args.samplers for steps in args.steps
+                for guidance in args.guidance]
+    for sampler, steps, guidance in settings:
+        decoded, speed = decode_all(seed, codes, args.batch_size, sampler=sampler, steps=steps, guidance=guidance,
+                                    seed=args.noise_seed)
+        rows.append(row(f"SEED, {sampler} {steps} steps, guidance {guidance:g}", codes.shape[-1], bits, decoded,
+                        speed, **common))
     for r in rows:
         r["speed_vs_vq"] = None if r["images_per_s"] is None else r["images_per_s"] / vq_speed
     return rows, len(test)
@@ -79,7 +83,10 @@ def main() -> None:
     parser.add_argument("--judge", required=True, help="digit classifier Hub folder")
     parser.add_argument("--data", default="data/digits")
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 25, 50],
-                        help="de-tokenizer steps (each with DPM-Solver and DDIM)")
+                        help="de-tokenizer steps (each with every sampler and guidance)")
+    parser.add_argument("--samplers", nargs="+", choices=["dpm", "ddim"], default=["dpm", "ddim"])
+    parser.add_argument("--guidance", type=float, nargs="+", default=[1.0],
+                        help="de-tokenizer classifier-free guidance scales (1: none)")
     parser.add_argument("--noise-seed", type=int, default=0, help="the de-tokenizer's noise")
     parser.add_argument("--batch-size", type=int, default=100)
     parser.add_argument("--threads", type=int, default=1)

@@ -17,8 +17,9 @@ from mmtok.training.seed import class_prompt_embeddings
 CHECKPOINT = REPO / "checkpoints" / "seed-digits"
 JUDGE = REPO / "checkpoints" / "digit-classifier"
 ITEMS = 100  # the first test digits: enough to tell meaning from chance (10 %), quick to draw
-# Below what was measured (docs/benchmarks.md: 0.88 on these 100 with DPM-Solver 10 steps, 0.81 on all 500 at 25)
-MINIMUM_JUDGE_ACCURACY = 0.75
+# Below what was measured with the recorded guidance 2 (docs/benchmarks.md: 0.956 on all 500 with DPM-Solver 10 steps;
+# 0.842 without guidance)
+MINIMUM_JUDGE_ACCURACY = 0.85
 
 
 @pytest.fixture(scope="module")
@@ -31,7 +32,7 @@ def test_the_release_is_a_small_self_describing_hub_folder(shipped):
     assert (CHECKPOINT / "model.safetensors").stat().st_size <= 10 * 2**20
     config = json.loads((CHECKPOINT / "config.json").read_text())
     assert config["mmtok_class"] == "mmtok.codecs.seed.SeedTokenizer" and config["causal"] is True
-    assert (config["prediction"], config["decode_sampler"]) == ("v_prediction", "dpm")
+    assert (config["prediction"], config["decode_sampler"], config["decode_guidance"]) == ("v_prediction", "dpm", 2)
     assert shipped.modality == "image" and shipped.grid == (16,) and shipped.codebook_sizes == [512]
     card = (CHECKPOINT / "README.md").read_text()
     assert "## Measured metrics" in card and "## SEED next to the VQ grid (bench/seed_tokenizer.py)" in card
@@ -54,9 +55,9 @@ def test_the_de_tokenizer_draws_the_same_digit_again_for_a_seed(shipped, digit_t
         tokens = shipped.encode(images[:ITEMS])
         assert tokens.codes.shape == (ITEMS, 1, 16) and tokens.grid == (16,)
         drawn = shipped.decode(tokens, steps=10, seed=0)
-        again = shipped.decode(tokens, steps=10, seed=0)
-        other = shipped.decode(tokens, steps=10, seed=1)
+        few = shipped.encode(images[:4])  # the seed's checks on a few digits: each decode is 10 guided UNet steps
+        once, again, other = (shipped.decode(few, steps=10, seed=seed) for seed in (0, 0, 1))
     assert drawn.shape == images[:ITEMS].shape and 0 <= drawn.min() and drawn.max() <= 1
-    assert torch.equal(drawn, again) and not torch.equal(drawn, other)
+    assert torch.equal(once, again) and not torch.equal(once, other)
     accuracy = float((judge.classify(drawn) == labels[:ITEMS]).float().mean())
     assert accuracy >= MINIMUM_JUDGE_ACCURACY, f"the judge reads {accuracy:.2f} of the drawn digits as the input's"

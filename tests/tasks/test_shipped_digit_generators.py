@@ -22,9 +22,10 @@ RELEASES = {"digits-ar": ("mmtok.ar.model.ARGenerator", "autoregressive", "check
             "digits-ar-seed": ("mmtok.ar.model.ARGenerator", "autoregressive", "checkpoints/seed-digits", [16]),
             "digits-resgen": ("mmtok.diffusion.resgen.ResGenGenerator", "resgen", "checkpoints/vq-digits-residual",
                               [8, 8])}
-# Below the judge's accuracy on 1,000 samples each (docs/benchmarks.md: 0.986, 0.984 and SEED's), with room for 50;
+# Below the judge's accuracy on 1,000 samples each (docs/benchmarks.md: 0.986, 0.984 and, SEED's de-tokenizer guided,
+# 0.961), with room for 50;
 # ResGen's 1,500-step release is far weaker (0.24 on 100, chance 0.1): its test only asks it to beat chance.
-MINIMUM_ACCURACY = {"digits-ar": 0.85, "digits-mdm": 0.85, "digits-ar-seed": 0.7, "digits-resgen": 0.15}
+MINIMUM_ACCURACY = {"digits-ar": 0.85, "digits-mdm": 0.85, "digits-ar-seed": 0.85, "digits-resgen": 0.15}
 CARD_SECTION = {"digits-resgen": "## ResGen against AR and masked diffusion (bench/resgen.py)"}
 
 
