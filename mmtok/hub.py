@@ -210,10 +210,19 @@ CODEC_USAGE = ("`mmtok encode MODEL input.wav tokens.safetensors` and "
 
 
 def read_card_section(folder: str | os.PathLike, title: str) -> str | None:
-    """The text of a Hub folder's model card section ``title`` (a "## ..." heading), or None."""
+    """The text of a Hub folder's model card section ``title`` (a "## ..." heading), or None. A "## " line
+    inside a fenced block (a recipe's YAML comment) does not end the section."""
     card = Path(folder) / CARD_NAME
-    found = re.search(re.escape(title) + r"\n\n(.*?)(?=\n## |\Z)", card.read_text(), re.S) if card.is_file() else None
-    return found.group(1).strip() if found else None
+    lines = card.read_text().splitlines() if card.is_file() else []
+    if title not in lines:
+        return None
+    section, fenced = [], False
+    for line in lines[lines.index(title) + 1:]:
+        if line.startswith("## ") and not fenced:
+            break
+        fenced ^= line.startswith("```")
+        section.append(line)
+    return "\n".join(section).strip()
 
 
 def write_card_section(folder: str | os.PathLike, title: str, text: str) -> None:

@@ -86,6 +86,16 @@ def test_readme_has_card_metrics_and_recipe(saved):
     assert '"mmtok_class": "mmtok.codecs.rvq.RVQCodec"' in readme
 
 
+def test_a_card_section_reads_to_the_next_heading_outside_code_blocks(tmp_path):
+    torch.manual_seed(0)
+    model = RVQCodec(**TINY)
+    model.card = {"recipe": "Two steps with:\n\n```yaml\n## a recipe comment\nlr: 0.1\n```",
+                  "metrics": [{"mel_distance": 1.0}]}
+    model.save_pretrained(tmp_path)
+    assert mmtok.hub.read_card_section(tmp_path, "## Training") == model.card["recipe"]
+    assert mmtok.hub.read_card_section(tmp_path, "## Nowhere") is None
+
+
 def test_readme_without_card_has_no_metrics(tmp_path):
     torch.manual_seed(0)
     RVQCodec(**TINY).save_pretrained(tmp_path)
