@@ -1,7 +1,7 @@
 """SEED (mmtok/codecs/seed.py, mmtok/training/seed.py): causal queries, the contrastive loss by hand,
 straight-through gradients, a de-tokenizer that learns, the Hub round trip, the transformers vision path,
-and the recipes end to end: stage 1 -> stage 2 -> de-tokenizer -> export -> an AR generator over SEED
-tokens -> `mmtok generate`."""
+and the recipes end to end: stage 1 -> stage 2 -> de-tokenizer -> export -> class and caption AR generators
+over SEED tokens -> `mmtok generate`."""
 
 from __future__ import annotations
 
@@ -293,6 +293,23 @@ def test_recipes_end_to_end_stage1_stage2_detokenizer_export_ar_generate(digits,
           "--out", str(tmp_path / "generated")])
     written = sorted(p.name for p in (tmp_path / "generated").glob("*.png"))
     assert written == ["class3_000.png", "class3_001.png", "grid.png"]
+
+    run = tmp_path / "captions"  # the caption recipe over the same SEED tokens: 1-D positions, the packaged MiniLM
+    main(["fit", "-c", str(REPO / "recipes" / "images" / "ar_digit_captions.yaml"),
+          generator + "tokenizer", str(seed), generator + "backbone.init_args.codebook_sizes", "[16]",
+          generator + "backbone.init_args.position_axes", "1", generator + "backbone.init_args.dim", "32",
+          generator + "backbone.init_args.num_layers", "1", generator + "backbone.init_args.num_heads", "2",
+          "--model.init_args.num_generated_examples", "2", "--data.init_args.tokenizer", str(seed),
+          "--data.init_args.tokens", str(tmp_path / "tokens"), "--data.init_args.data", str(digits),
+          "--data.init_args.batch_size", "16", "--trainer.max_steps", "4", "--trainer.val_check_interval", "4",
+          "--trainer.limit_val_batches", "1", "--trainer.enable_progress_bar", "false",
+          "--trainer.enable_model_summary", "false", "--trainer.default_root_dir", str(run),
+          "--trainer.logger", "lightning.pytorch.loggers.CSVLogger", "--trainer.logger.init_args.save_dir", str(run)])
+    main(["export", str(run / "checkpoints" / "last.ckpt"), str(tmp_path / "captions.hub")])
+    main(["generate", str(tmp_path / "captions.hub"), "--tokenizer", str(seed), "--text", "a handwritten digit seven",
+          "--num-samples", "2", "--out", str(tmp_path / "captioned")])
+    written = sorted(p.name for p in (tmp_path / "captioned").glob("*.png"))
+    assert written == ["grid.png", "text0_000.png", "text0_001.png"]
 
 
 def test_decode_flags_are_refused_for_a_tokenizer_without_them(tmp_path, capsys):
