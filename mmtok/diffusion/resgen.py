@@ -22,18 +22,28 @@ mmtok chooses are kept apart below (docs/research/resgen_method.md lists the sou
   (:class:`MixtureHead`, :func:`mixture_nll`), averaged over positions with k_i > 0 and divided by
   the latent width (nats per dimension). The paper trains a Jensen split of this NLL into a
   classification and a regression term; with the posterior responsibilities (stop-gradient) that split
-  has exactly the NLL's gradient, so mmtok trains the NLL itself and logs the two parts. Targets are
+  has exactly the NLL's gradient, so mmtok trains the NLL itself and logs the two parts; with
+  ``classification_weight`` w ≠ 1 the classification part counts w times. Divided by the latent width,
+  the NLL weighs the choice of component (a few nats) as little against the d regression terms; w = d
+  gives it the weight of a token's cross-entropy. Targets are
   divided by ``latent_scale`` (the RMS of the first depth's codewords) so the head works near unit scale.
+- **Head**: ``mixture="free"`` is the paper's, K learned components (:class:`MixtureHead`).
+  ``mixture="codebook"`` (mmtok's) ties the components to the codewords of the position's shallowest
+  masked depth j: mean e_j(c) + δ with one predicted offset δ and one set of scales for all of them,
+  weights a softmax over depth j's codes (:class:`CodebookMixtureHead`). It is still a Gaussian mixture
+  over z trained by the same NLL, but the modes, which a small free mixture has to discover, are given:
+  on the digits a free mixture of 16 barely used its context after 1,500 steps (docs/benchmarks.md).
 - **Input**: the backbone embeds each depth's visible token and a per-depth mask id for the masked
   ones, summed over depths (the MusicGen sum of :class:`~mmtok.codebook_transformer.CodebookTransformer`).
 - **Sampling** (:func:`resgen_sample`): from all-masked, each of ``num_steps`` steps samples z_i from
   the (guided) mixture, adds it as the residual to re-quantize at the position's masked depths
   (:func:`requantize`, shallowest first, nearest codeword), scores every proposed token, keeps the
   surest and re-masks the rest, so that after step s a cosine share ⌊cos(π s / 2N) · L · D⌋ of the
-  tokens is still masked. The confidence of a proposed token is its log-probability under a soft
-  assignment of the residual to that depth's codewords with the sampled component's variance, plus
-  Gumbel noise scaled by ``choice_temperature`` and annealed to zero (MaskGIT's choice temperature:
-  the paper's "temperature on confidence"). Counts per position are taken from the top-ranked tokens
+  tokens is still masked. The confidence of a proposed token is the log-probability of the drawn
+  component plus the token's under a soft assignment of the residual to that depth's codewords with
+  the component's variance (log p(k) + log p(token | k)), plus Gumbel noise scaled by
+  ``choice_temperature`` and annealed to zero (MaskGIT's choice temperature: the paper's "temperature
+  on confidence"). Counts per position are taken from the top-ranked tokens
   and revealed shallowest first, so every position stays "visible prefix, masked suffix".
   ``temperature`` divides the mixture logits and multiplies the Gaussians' standard deviations,
   ``top_k`` / ``top_p`` truncate the mixture weights, and classifier-free guidance extrapolates the
@@ -108,12 +118,44 @@ class MixtureHead(nn.Module):
         return self.logits(hidden), self.means(hidden).reshape(shape), log_scales
 
 
+class CodebookMixtureHead(nn.Module):
+    """hidden [..., H] -> a mixture with one component per codeword of the position's shallowest masked
+    depth j: mean e_j(c) + δ (a predicted offset shared by the components, which carries the deeper
+    masked depths' sum), diagonal scales shared by the components, weights from a softmax over depth j's
+    codes. The free head must find the codes' modes through its K means; here they are given, so its
+    weights learn the coarse code as a cross-entropy would and the offset the residual below it."""
+
+    def __init__(self, dim: int, latent_dim: int, depth: int, codebook_size: int):
+        super().__init__()
+        self.depth, self.codebook_size, self.latent_dim = depth, codebook_size, latent_dim
+        self.norm = nn.LayerNorm(dim)
+        self.logits = nn.Linear(dim, depth * codebook_size)
+        self.offset = nn.Linear(dim, latent_dim)
+        self.log_scales = nn.Linear(dim, latent_dim)
+        nn.init.zeros_(self.log_scales.weight)
+        nn.init.zeros_(self.log_scales.bias)
+
+    def forward(self, hidden: torch.Tensor, anchors: torch.Tensor, depth: torch.Tensor) -> Mixture:
+        """``anchors [..., V, d]``: the codewords of each position's shallowest masked depth (÷ the
+        latent scale), ``depth [...]`` that depth."""
+        hidden = self.norm(hidden)
+        logits = self.logits(hidden).unflatten(-1, (self.depth, self.codebook_size))
+        logits = torch.gather(logits, -2, depth[..., None, None].expand(*depth.shape, 1, self.codebook_size))[..., 0, :]
+        means = anchors + self.offset(hidden)[..., None, :]
+        log_scales = self.log_scales(hidden).clamp(-7.0, 3.0)[..., None, :].expand_as(means)
+        return logits, means, log_scales
+
+
+def gaussian_nll_terms(mixture: Mixture, z: torch.Tensor) -> torch.Tensor:
+    """−log N(z_d; μ_kd, σ_kd²) for every component and dimension, [..., K, d] (float32)."""
+    _, means, log_scales = (x.float() for x in mixture)
+    z = z.float()[..., None, :]
+    return 0.5 * ((z - means) / log_scales.exp()).pow(2) + log_scales + 0.5 * math.log(2 * math.pi)
+
+
 def component_log_densities(mixture: Mixture, z: torch.Tensor) -> torch.Tensor:
     """log π_k + log N(z; μ_k, diag σ_k²) for every component, [..., K] (float32)."""
-    logits, means, log_scales = (x.float() for x in mixture)
-    z = z.float()[..., None, :]
-    gaussian = -0.5 * ((z - means) / log_scales.exp()).pow(2) - log_scales - 0.5 * math.log(2 * math.pi)
-    return logits.log_softmax(-1) + gaussian.sum(-1)
+    return mixture[0].float().log_softmax(-1) - gaussian_nll_terms(mixture, z).sum(-1)
 
 
 def mixture_nll(mixture: Mixture, z: torch.Tensor) -> torch.Tensor:
@@ -121,23 +163,32 @@ def mixture_nll(mixture: Mixture, z: torch.Tensor) -> torch.Tensor:
     return -component_log_densities(mixture, z).logsumexp(-1)
 
 
-def mixture_split(mixture: Mixture, z: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The paper's Jensen split of the NLL with the posterior responsibilities q(k | z):
-    (classification E_q[−log π_k], regression E_q[−log N(z; μ_k, σ_k)]), per vector. Their sum minus
-    the entropy of q is the NLL."""
-    joint = component_log_densities(mixture, z)
-    q = joint.softmax(-1).detach()
+def mixture_split(mixture: Mixture, z: torch.Tensor, *,
+                  beta: float = 0.0) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The NLL and the paper's Jensen split of it with the posterior responsibilities q(k | z)
+    (stop-gradient): (NLL, classification E_q[−log π_k], regression E_q[−log N(z; μ_k, σ_k)]), per
+    vector, from one pass over the components. Classification plus regression minus the entropy of q
+    is the NLL.
+
+    ``beta`` > 0 weighs each dimension's regression term by sg(σ_kd^{2β}) (β-NLL: Seitzer et al. 2022,
+    Eq. 5): with learned scales the NLL's gradient grows as 1/σ², so near-exact targets (a position's
+    few finest masked tokens) drown the rest; β = 1 gives the means the gradient of a squared error."""
     log_weights = mixture[0].float().log_softmax(-1)
-    return -(q * log_weights).sum(-1), -(q * (joint - log_weights)).sum(-1)
+    terms = gaussian_nll_terms(mixture, z)
+    joint = log_weights - terms.sum(-1)
+    q = joint.softmax(-1).detach()
+    if beta:
+        terms = terms * (2 * beta * mixture[2].float()).exp().detach()
+    return -joint.logsumexp(-1), -(q * log_weights).sum(-1), (q * terms.sum(-1)).sum(-1)
 
 
 def sample_mixture(mixture: Mixture, *, temperature: float = 1.0, top_k: int | None = None,
                    top_p: float | None = None, generator: torch.Generator | None = None,
-                   precision: str = "float64") -> tuple[torch.Tensor, torch.Tensor]:
+                   precision: str = "float64") -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """One vector per mixture, [..., d]: a component drawn from the weights at ``temperature`` (logits
     ÷ temperature, then top-k / top-p), then its Gaussian with standard deviations × ``temperature``.
     Also returns the drawn component's mean variance [...] (× temperature²), the uncertainty
-    :func:`requantize` scores tokens with."""
+    :func:`requantize` scores tokens with, and its log-probability [...] among the components."""
     logits, means, log_scales = mixture
     weights = process_logits(logits, temperature=temperature, top_k=top_k, top_p=top_p)
     component = sample_categorical(weights, generator=generator, precision=precision)
@@ -145,7 +196,8 @@ def sample_mixture(mixture: Mixture, *, temperature: float = 1.0, top_k: int | N
     mean = torch.gather(means, -2, index)[..., 0, :]
     scale = torch.gather(log_scales, -2, index)[..., 0, :].exp() * temperature
     noise = torch.randn(mean.shape, generator=generator).to(mean.device)
-    return mean + scale * noise, scale.pow(2).mean(-1)
+    log_weight = weights.float().log_softmax(-1).gather(-1, component[..., None])[..., 0]
+    return mean + scale * noise, scale.pow(2).mean(-1), log_weight
 
 
 def requantize(z: torch.Tensor, masked: torch.Tensor, codewords: torch.Tensor,
@@ -197,9 +249,10 @@ def resgen_sample(predict: Callable[[torch.Tensor, torch.Tensor], Mixture], code
             break
         mixture = predict(codes, masked)
         calls += 1
-        z, variance = sample_mixture(mixture, temperature=temperature, top_k=top_k, top_p=top_p,
-                                     generator=generator, precision=precision)
+        z, variance, log_weight = sample_mixture(mixture, temperature=temperature, top_k=top_k, top_p=top_p,
+                                                 generator=generator, precision=precision)
         proposal, log_probs = requantize(z * latent_scale, masked, codewords, variance * latent_scale ** 2)
+        log_probs = log_probs + log_weight[:, None, :]  # log p(component) + log p(token | component)
         ratio = (i + 1) / num_steps
         reveal_count = masked.flatten(1).sum(1) - maskgit_masked_count(total, masked.flatten(1).sum(1), ratio)
         uniform = torch.rand(masked.shape, generator=generator, dtype=PRECISIONS[precision]).to(masked.device)
@@ -220,7 +273,11 @@ class ResGenGenerator(TokenGenerator):
     """A bidirectional transformer over a residual tokenizer's D × T codes with a mixture head.
 
     Arguments: :class:`~mmtok.generators.TokenGenerator`'s (the pattern can only be ``parallel``: a
-    position is a frame or grid cell holding D depths), plus ``components`` (K of the mixture),
+    position is a frame or grid cell holding D depths), plus ``components`` (K of a free mixture),
+    ``mixture`` (``"free"``, the paper's K learned components, or ``"codebook"``: one component per
+    codeword of the shallowest masked depth; module docstring), ``classification_weight`` and
+    ``regression_beta`` (how the loss weighs the choice of component and, by β-NLL, the regression:
+    :func:`mixture_split`; 1 and 0 train the plain NLL),
     ``schedule`` (the masking ratio γ(r) is the schedule's α(r): ``"cosine"``, cos(π r / 2), or
     ``"log_linear"``, 1 − r: uniform ratios), and
     ``latent_dim`` / ``latent_scale`` (the codewords' width and the RMS of the first depth's
@@ -234,7 +291,8 @@ class ResGenGenerator(TokenGenerator):
     def __init__(self, *, tokenizer: str, backbone: CodebookTransformer | dict, conditions: Sequence[dict] = (),
                  positions: str = "sequential", grid: Sequence[int] | None = None, frame_rate: float | None = None,
                  sample_rate: int | None = None, task: dict | None = None, sampling: dict | None = None,
-                 components: int = 8, schedule: str = "cosine", latent_dim: int | None = None,
+                 components: int = 8, mixture: str = "free", classification_weight: float = 1.0,
+                 regression_beta: float = 0.0, schedule: str = "cosine", latent_dim: int | None = None,
                  latent_scale: float | None = None, pattern: str | dict = "parallel"):
         if type(build_pattern(pattern)) is not ParallelPattern:
             raise ValueError(f"ResGen reads every position's depths together: its pattern is 'parallel', "
@@ -252,7 +310,16 @@ class ResGenGenerator(TokenGenerator):
                              f"to read them from (got {tokenizer!r})")
         self.latent_dim, self.latent_scale = int(latent_dim), float(latent_scale)
         self.schedule = build_schedule(schedule)
-        self.head = MixtureHead(self.backbone.dim, self.latent_dim, components)
+        self.classification_weight, self.regression_beta = float(classification_weight), float(regression_beta)
+        if mixture == "free":
+            self.head = MixtureHead(self.backbone.dim, self.latent_dim, components)
+        elif mixture == "codebook":
+            if len(set(self.codebook_sizes)) != 1:
+                raise ValueError(f"mixture 'codebook' needs codebooks of one size, got {self.codebook_sizes}")
+            self.head = CodebookMixtureHead(self.backbone.dim, self.latent_dim, self.num_codebooks,
+                                            self.codebook_sizes[0])
+        else:
+            raise ValueError(f"mixture {mixture!r}: expected 'free' or 'codebook'")
         self.record_config(latent_dim=self.latent_dim, latent_scale=self.latent_scale)
 
     def load_tokenizer(self, tokenizer: str | None = None, *, near=None):
@@ -303,13 +370,18 @@ class ResGenGenerator(TokenGenerator):
         positions = self.full_positions(prefix, self.coordinates(frames), batch)
         hidden = self.backbone.hidden(inputs, prefix=prefix, steps_valid=valid, causal=False, positions=positions,
                                       step_embeddings=on_frames)
-        return self.head(hidden)
+        if isinstance(self.head, MixtureHead):
+            return self.head(hidden)
+        depth = (self.num_codebooks - masked.sum(1)).clamp(max=self.num_codebooks - 1)  # shallowest masked
+        return self.head(hidden, self.codewords[depth] / self.latent_scale, depth)
 
     def loss(self, batch: dict, *, rng: torch.Generator | None = None,
              t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
-        """The mixture NLL of the cumulative masked embedding per masked position, in nats per latent
-        dimension, at ratios γ(r) drawn per item (r evenly spread over the batch, or the given ``t`` [B]
-        as r), plus the conditions' auxiliary losses."""
+        """The mixture NLL of the cumulative masked embedding per masked position (plus
+        (``classification_weight`` − 1) × its classification part; with ``regression_beta`` the split
+        with β-weighted regression instead), in nats per latent dimension, at ratios γ(r) drawn per item
+        (r evenly spread over the batch, or the given ``t`` [B] as r), plus the conditions' auxiliary
+        losses."""
         codes = batch["codes"][:, : self.num_codebooks]
         batch_size, depth, length = codes.shape
         lengths = batch.get("lengths")
@@ -321,12 +393,16 @@ class ResGenGenerator(TokenGenerator):
         target = cumulative_embedding(codes, masked, self.codewords) / self.latent_scale
         mixture = self.mixture(codes, masked, batch, lengths=lengths)
         scored = masked.any(1)  # [B, T] positions with something to predict
-        nll = mixture_nll(mixture, target)[scored] / self.latent_dim
-        loss = nll.mean()
+        nll, classification, regression = mixture_split(tuple(part[scored] for part in mixture), target[scored],
+                                                        beta=self.regression_beta)
+        if self.regression_beta:  # the split itself (q has no gradient: its entropy would add none)
+            loss = (self.classification_weight * classification + regression).mean() / self.latent_dim
+        else:
+            loss = (nll + (self.classification_weight - 1.0) * classification).mean() / self.latent_dim
         logs = {"masked_fraction": (masked.sum() / (valid.sum() * depth)).detach()}
         if not self.training:
-            classification, regression = (part[scored].mean() for part in mixture_split(mixture, target))
-            logs.update(classification=classification.detach(), regression=regression.detach() / self.latent_dim,
+            logs.update(nll=nll.mean().detach() / self.latent_dim, classification=classification.mean().detach(),
+                        regression=regression.mean().detach() / self.latent_dim,
                         requantized_accuracy=self._requantized_accuracy(mixture, codes, masked))
         return self.add_auxiliary_losses(loss, logs, batch)
 

@@ -65,11 +65,16 @@ def test_the_mixture_nll_equals_a_direct_computation():
             density += weights[b, k] * normal.log_prob(z[b]).sum().exp()
         expected.append(-torch.log(density))
     torch.testing.assert_close(mixture_nll((logits, means, log_scales), z), torch.stack(expected))
-    classification, regression = mixture_split((logits, means, log_scales), z)
+    nll, classification, regression = mixture_split((logits, means, log_scales), z)
+    torch.testing.assert_close(nll, torch.stack(expected))
     q = torch.stack([(weights[:, k].log() + torch.distributions.Normal(means[:, k], log_scales[:, k].exp())
                       .log_prob(z).sum(-1)) for k in range(4)], -1).softmax(-1)
     entropy = -(q * q.log()).sum(-1)
     torch.testing.assert_close(classification + regression - entropy, torch.stack(expected), atol=1e-5, rtol=1e-5)
+    # β-NLL: each dimension's regression term weighed by σ^{2β} (no gradient through the weight).
+    _, _, weighted = mixture_split((logits, means, log_scales), z, beta=0.5)
+    per_dimension = -torch.distributions.Normal(means, log_scales.exp()).log_prob(z[:, None])  # [3, 4, 2]
+    torch.testing.assert_close(weighted, (q * (per_dimension * log_scales.exp()).sum(-1)).sum(-1))
 
 
 def _greedy_codewords(depth=4, size=16, width=6, seed=0) -> torch.Tensor:
@@ -141,27 +146,52 @@ def _self_consistent_codes(codewords: torch.Tensor, codes: torch.Tensor) -> torc
     return codes
 
 
-def test_a_tiny_model_learns_a_token_set_and_regenerates_it(residual_codec_folder, tmp_path):
+def test_the_codebook_mixtures_components_are_the_shallowest_masked_depths_codewords(residual_codec_folder):
+    torch.manual_seed(0)
+    model = tiny_resgen(residual_codec_folder, mixture="codebook").eval()
+    codes = torch.randint(0, 32, (2, 4, 5))
+    masked = torch.zeros(2, 4, 5, dtype=torch.bool)
+    masked[0, 1:, 0] = masked[0, 3:, 1] = masked[1, :, 2] = True  # shallowest masked depths 1, 3 and 0
+    lengths = torch.tensor([5, 5])
+    logits, means, log_scales = model.mixture(codes, masked, {"speaker": ["a", "b"]}, lengths=lengths)
+    assert logits.shape == (2, 5, 32) and means.shape == log_scales.shape == (2, 5, 32, model.latent_dim)
+    for (b, t), depth in {(0, 0): 1, (0, 1): 3, (1, 2): 0}.items():
+        offset = means[b, t] - model.codewords[depth] / model.latent_scale
+        torch.testing.assert_close(offset, offset[:1].expand_as(offset), msg="one offset for every component")
+        assert (log_scales[b, t] == log_scales[b, t, :1]).all(), "one set of scales for every component"
+    # The NLL of a target near codeword 7 of depth 1 (plus the offset) is about −log of its weight.
+    z = means[0, 0, 7]
+    direct = -torch.logsumexp(logits[0, 0].log_softmax(-1) + torch.distributions.Normal(
+        means[0, 0], log_scales[0, 0].exp()).log_prob(z).sum(-1), 0)
+    torch.testing.assert_close(mixture_nll((logits[0, 0], means[0, 0], log_scales[0, 0]), z), direct)
+    with pytest.raises(ValueError, match="'free' or 'codebook'"):
+        tiny_resgen(residual_codec_folder, mixture="anchored")
+
+
+@pytest.mark.parametrize("head", [{}, {"mixture": "codebook", "classification_weight": 16.0, "regression_beta": 0.5}],
+                         ids=["free", "codebook-beta"])
+def test_a_tiny_model_learns_a_token_set_and_regenerates_it(residual_codec_folder, tmp_path, head):
     torch.manual_seed(0)
     backbone = CodebookTransformer(codebook_sizes=[32] * 4, dim=64, num_layers=2, num_heads=2, heads=False,
                                    positions="learned", grid=[8])
-    model = tiny_resgen(residual_codec_folder, backbone=backbone, positions="aligned")
+    model = tiny_resgen(residual_codec_folder, backbone=backbone, positions="aligned", **head)
     codes = _self_consistent_codes(model.codewords, torch.randint(0, 32, (2, 4, 5),
                                                                   generator=torch.Generator().manual_seed(3)))
     batch = {"codes": codes.repeat(8, 1, 1), "lengths": torch.tensor([5, 3]).repeat(8), "speaker": ["a", "b"] * 8}
+    model.eval()
+    _, untrained = model.loss(batch, rng=torch.Generator().manual_seed(0))
+    model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=3e-3)
     schedule = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: 1 - step / 600)
-    losses = []
     for step in range(600):
         loss, _ = model.loss(batch, rng=torch.Generator().manual_seed(step))
         optimizer.zero_grad()
         loss.backward()
         optimizer.step()
         schedule.step()
-        losses.append(float(loss.detach()))
-    assert sum(losses[-20:]) / 20 < sum(losses[:20]) / 20 - 3.0, "the NLL per dimension goes down"
     model.eval()
     _, logs = model.loss(batch, rng=torch.Generator().manual_seed(0))
+    assert logs["nll"] < untrained["nll"] - 3.0, "the NLL per dimension goes down"
     assert logs["requantized_accuracy"] > 0.7
 
     def generate(generator, **options):
