@@ -22,17 +22,14 @@ mmtok chooses are kept apart below (docs/research/resgen_method.md lists the sou
   (:class:`MixtureHead`, :func:`mixture_nll`), averaged over positions with k_i > 0 and divided by
   the latent width (nats per dimension). The paper trains a Jensen split of this NLL into a
   classification and a regression term; with the posterior responsibilities (stop-gradient) that split
-  has exactly the NLL's gradient, so mmtok trains the NLL itself and logs the two parts; with
-  ``classification_weight`` w ≠ 1 the classification part counts w times. Divided by the latent width,
-  the NLL weighs the choice of component (a few nats) as little against the d regression terms; w = d
-  gives it the weight of a token's cross-entropy. Targets are
+  has exactly the NLL's gradient, so mmtok trains the NLL itself and logs the two parts. Two options
+  (mmtok's, not the paper's) rebalance it: ``regression_beta`` β > 0 weighs each dimension's
+  regression term by sg(σ^{2β}) (β-NLL), and ``classification_weight`` w counts the classification
+  part w times (w = d gives the choice of component the weight of a token's cross-entropy against the
+  d per-dimension regression terms). On the plain NLL the 1/σ² gradients of each position's few finest,
+  near-exact masked tokens drown the rest: a digits model barely read its context and drew 26-30 %
+  readable digits; with β = 0.5 and w = d, 97.5 % (docs/benchmarks.md). Targets are
   divided by ``latent_scale`` (the RMS of the first depth's codewords) so the head works near unit scale.
-- **Head**: ``mixture="free"`` is the paper's, K learned components (:class:`MixtureHead`).
-  ``mixture="codebook"`` (mmtok's) ties the components to the codewords of the position's shallowest
-  masked depth j: mean e_j(c) + δ with one predicted offset δ and one set of scales for all of them,
-  weights a softmax over depth j's codes (:class:`CodebookMixtureHead`). It is still a Gaussian mixture
-  over z trained by the same NLL, but the modes, which a small free mixture has to discover, are given:
-  on the digits a free mixture of 16 barely used its context after 1,500 steps (docs/benchmarks.md).
 - **Input**: the backbone embeds each depth's visible token and a per-depth mask id for the masked
   ones, summed over depths (the MusicGen sum of :class:`~mmtok.codebook_transformer.CodebookTransformer`).
 - **Sampling** (:func:`resgen_sample`): from all-masked, each of ``num_steps`` steps samples z_i from
@@ -116,34 +113,6 @@ class MixtureHead(nn.Module):
         shape = hidden.shape[:-1] + (self.components, self.latent_dim)
         log_scales = self.log_scales(hidden).reshape(shape).clamp(-7.0, 3.0)
         return self.logits(hidden), self.means(hidden).reshape(shape), log_scales
-
-
-class CodebookMixtureHead(nn.Module):
-    """hidden [..., H] -> a mixture with one component per codeword of the position's shallowest masked
-    depth j: mean e_j(c) + δ (a predicted offset shared by the components, which carries the deeper
-    masked depths' sum), diagonal scales shared by the components, weights from a softmax over depth j's
-    codes. The free head must find the codes' modes through its K means; here they are given, so its
-    weights learn the coarse code as a cross-entropy would and the offset the residual below it."""
-
-    def __init__(self, dim: int, latent_dim: int, depth: int, codebook_size: int):
-        super().__init__()
-        self.depth, self.codebook_size, self.latent_dim = depth, codebook_size, latent_dim
-        self.norm = nn.LayerNorm(dim)
-        self.logits = nn.Linear(dim, depth * codebook_size)
-        self.offset = nn.Linear(dim, latent_dim)
-        self.log_scales = nn.Linear(dim, latent_dim)
-        nn.init.zeros_(self.log_scales.weight)
-        nn.init.zeros_(self.log_scales.bias)
-
-    def forward(self, hidden: torch.Tensor, anchors: torch.Tensor, depth: torch.Tensor) -> Mixture:
-        """``anchors [..., V, d]``: the codewords of each position's shallowest masked depth (÷ the
-        latent scale), ``depth [...]`` that depth."""
-        hidden = self.norm(hidden)
-        logits = self.logits(hidden).unflatten(-1, (self.depth, self.codebook_size))
-        logits = torch.gather(logits, -2, depth[..., None, None].expand(*depth.shape, 1, self.codebook_size))[..., 0, :]
-        means = anchors + self.offset(hidden)[..., None, :]
-        log_scales = self.log_scales(hidden).clamp(-7.0, 3.0)[..., None, :].expand_as(means)
-        return logits, means, log_scales
 
 
 def gaussian_nll_terms(mixture: Mixture, z: torch.Tensor) -> torch.Tensor:
@@ -273,11 +242,9 @@ class ResGenGenerator(TokenGenerator):
     """A bidirectional transformer over a residual tokenizer's D × T codes with a mixture head.
 
     Arguments: :class:`~mmtok.generators.TokenGenerator`'s (the pattern can only be ``parallel``: a
-    position is a frame or grid cell holding D depths), plus ``components`` (K of a free mixture),
-    ``mixture`` (``"free"``, the paper's K learned components, or ``"codebook"``: one component per
-    codeword of the shallowest masked depth; module docstring), ``classification_weight`` and
-    ``regression_beta`` (how the loss weighs the choice of component and, by β-NLL, the regression:
-    :func:`mixture_split`; 1 and 0 train the plain NLL),
+    position is a frame or grid cell holding D depths), plus ``components`` (K of the mixture),
+    ``classification_weight`` and ``regression_beta`` (how the loss weighs the choice of component and,
+    by β-NLL, the regression: :func:`mixture_split`; 1 and 0 train the plain NLL),
     ``schedule`` (the masking ratio γ(r) is the schedule's α(r): ``"cosine"``, cos(π r / 2), or
     ``"log_linear"``, 1 − r: uniform ratios), and
     ``latent_dim`` / ``latent_scale`` (the codewords' width and the RMS of the first depth's
@@ -291,7 +258,7 @@ class ResGenGenerator(TokenGenerator):
     def __init__(self, *, tokenizer: str, backbone: CodebookTransformer | dict, conditions: Sequence[dict] = (),
                  positions: str = "sequential", grid: Sequence[int] | None = None, frame_rate: float | None = None,
                  sample_rate: int | None = None, task: dict | None = None, sampling: dict | None = None,
-                 components: int = 8, mixture: str = "free", classification_weight: float = 1.0,
+                 components: int = 8, classification_weight: float = 1.0,
                  regression_beta: float = 0.0, schedule: str = "cosine", latent_dim: int | None = None,
                  latent_scale: float | None = None, pattern: str | dict = "parallel"):
         if type(build_pattern(pattern)) is not ParallelPattern:
@@ -311,15 +278,7 @@ class ResGenGenerator(TokenGenerator):
         self.latent_dim, self.latent_scale = int(latent_dim), float(latent_scale)
         self.schedule = build_schedule(schedule)
         self.classification_weight, self.regression_beta = float(classification_weight), float(regression_beta)
-        if mixture == "free":
-            self.head = MixtureHead(self.backbone.dim, self.latent_dim, components)
-        elif mixture == "codebook":
-            if len(set(self.codebook_sizes)) != 1:
-                raise ValueError(f"mixture 'codebook' needs codebooks of one size, got {self.codebook_sizes}")
-            self.head = CodebookMixtureHead(self.backbone.dim, self.latent_dim, self.num_codebooks,
-                                            self.codebook_sizes[0])
-        else:
-            raise ValueError(f"mixture {mixture!r}: expected 'free' or 'codebook'")
+        self.head = MixtureHead(self.backbone.dim, self.latent_dim, components)
         self.record_config(latent_dim=self.latent_dim, latent_scale=self.latent_scale)
 
     def load_tokenizer(self, tokenizer: str | None = None, *, near=None):
@@ -370,10 +329,7 @@ class ResGenGenerator(TokenGenerator):
         positions = self.full_positions(prefix, self.coordinates(frames), batch)
         hidden = self.backbone.hidden(inputs, prefix=prefix, steps_valid=valid, causal=False, positions=positions,
                                       step_embeddings=on_frames)
-        if isinstance(self.head, MixtureHead):
-            return self.head(hidden)
-        depth = (self.num_codebooks - masked.sum(1)).clamp(max=self.num_codebooks - 1)  # shallowest masked
-        return self.head(hidden, self.codewords[depth] / self.latent_scale, depth)
+        return self.head(hidden)
 
     def loss(self, batch: dict, *, rng: torch.Generator | None = None,
              t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:

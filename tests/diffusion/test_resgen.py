@@ -146,35 +146,13 @@ def _self_consistent_codes(codewords: torch.Tensor, codes: torch.Tensor) -> torc
     return codes
 
 
-def test_the_codebook_mixtures_components_are_the_shallowest_masked_depths_codewords(residual_codec_folder):
-    torch.manual_seed(0)
-    model = tiny_resgen(residual_codec_folder, mixture="codebook").eval()
-    codes = torch.randint(0, 32, (2, 4, 5))
-    masked = torch.zeros(2, 4, 5, dtype=torch.bool)
-    masked[0, 1:, 0] = masked[0, 3:, 1] = masked[1, :, 2] = True  # shallowest masked depths 1, 3 and 0
-    lengths = torch.tensor([5, 5])
-    logits, means, log_scales = model.mixture(codes, masked, {"speaker": ["a", "b"]}, lengths=lengths)
-    assert logits.shape == (2, 5, 32) and means.shape == log_scales.shape == (2, 5, 32, model.latent_dim)
-    for (b, t), depth in {(0, 0): 1, (0, 1): 3, (1, 2): 0}.items():
-        offset = means[b, t] - model.codewords[depth] / model.latent_scale
-        torch.testing.assert_close(offset, offset[:1].expand_as(offset), msg="one offset for every component")
-        assert (log_scales[b, t] == log_scales[b, t, :1]).all(), "one set of scales for every component"
-    # The NLL of a target near codeword 7 of depth 1 (plus the offset) is about −log of its weight.
-    z = means[0, 0, 7]
-    direct = -torch.logsumexp(logits[0, 0].log_softmax(-1) + torch.distributions.Normal(
-        means[0, 0], log_scales[0, 0].exp()).log_prob(z).sum(-1), 0)
-    torch.testing.assert_close(mixture_nll((logits[0, 0], means[0, 0], log_scales[0, 0]), z), direct)
-    with pytest.raises(ValueError, match="'free' or 'codebook'"):
-        tiny_resgen(residual_codec_folder, mixture="anchored")
-
-
-@pytest.mark.parametrize("head", [{}, {"mixture": "codebook", "classification_weight": 16.0, "regression_beta": 0.5}],
-                         ids=["free", "codebook-beta"])
-def test_a_tiny_model_learns_a_token_set_and_regenerates_it(residual_codec_folder, tmp_path, head):
+@pytest.mark.parametrize("loss", [{}, {"classification_weight": 16.0, "regression_beta": 0.5}],
+                         ids=["nll", "beta-nll"])
+def test_a_tiny_model_learns_a_token_set_and_regenerates_it(residual_codec_folder, tmp_path, loss):
     torch.manual_seed(0)
     backbone = CodebookTransformer(codebook_sizes=[32] * 4, dim=64, num_layers=2, num_heads=2, heads=False,
                                    positions="learned", grid=[8])
-    model = tiny_resgen(residual_codec_folder, backbone=backbone, positions="aligned", **head)
+    model = tiny_resgen(residual_codec_folder, backbone=backbone, positions="aligned", **loss)
     codes = _self_consistent_codes(model.codewords, torch.randint(0, 32, (2, 4, 5),
                                                                   generator=torch.Generator().manual_seed(3)))
     batch = {"codes": codes.repeat(8, 1, 1), "lengths": torch.tensor([5, 3]).repeat(8), "speaker": ["a", "b"] * 8}
