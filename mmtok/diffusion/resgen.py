@@ -28,7 +28,8 @@ mmtok chooses are kept apart below (docs/research/resgen_method.md lists the sou
   part w times (w = d gives the choice of component the weight of a token's cross-entropy against the
   d per-dimension regression terms). On the plain NLL the 1/σ² gradients of each position's few finest,
   near-exact masked tokens drown the rest: a digits model barely read its context and drew 26-30 %
-  readable digits; with β = 0.5 and w = d, 97.5 % (docs/benchmarks.md). Targets are
+  readable digits; with β = 0.5 and w = d, 97.5 % (w alone about 83 %, β alone no better than the plain
+  NLL; docs/benchmarks.md). Targets are
   divided by ``latent_scale`` (the RMS of the first depth's codewords) so the head works near unit scale.
 - **Input**: the backbone embeds each depth's visible token and a per-depth mask id for the masked
   ones, summed over depths (the MusicGen sum of :class:`~mmtok.codebook_transformer.CodebookTransformer`).
