@@ -146,13 +146,13 @@ def _self_consistent_codes(codewords: torch.Tensor, codes: torch.Tensor) -> torc
     return codes
 
 
-@pytest.mark.parametrize("loss", [{}, {"classification_weight": 16.0, "regression_beta": 0.5}],
+@pytest.mark.parametrize("objective", [{}, {"classification_weight": 16.0, "regression_beta": 0.5}],
                          ids=["nll", "beta-nll"])
-def test_a_tiny_model_learns_a_token_set_and_regenerates_it(residual_codec_folder, tmp_path, loss):
+def test_a_tiny_model_learns_a_token_set_and_regenerates_it(residual_codec_folder, tmp_path, objective):
     torch.manual_seed(0)
     backbone = CodebookTransformer(codebook_sizes=[32] * 4, dim=64, num_layers=2, num_heads=2, heads=False,
                                    positions="learned", grid=[8])
-    model = tiny_resgen(residual_codec_folder, backbone=backbone, positions="aligned", **loss)
+    model = tiny_resgen(residual_codec_folder, backbone=backbone, positions="aligned", **objective)
     codes = _self_consistent_codes(model.codewords, torch.randint(0, 32, (2, 4, 5),
                                                                   generator=torch.Generator().manual_seed(3)))
     batch = {"codes": codes.repeat(8, 1, 1), "lengths": torch.tensor([5, 3]).repeat(8), "speaker": ["a", "b"] * 8}
