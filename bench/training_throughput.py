@@ -1,10 +1,13 @@
-"""Training throughput per recipe, the map-style (manifest or token cache) and the streaming (litdata
-shards) data path side by side, in one run: each recipe is fitted for ``--steps`` steps from each path
+"""Training throughput per recipe, two settings side by side in one run: ``--compare data`` (the default),
+the map-style (manifest or token cache) and the streaming (litdata shards) data path; ``--compare
+precision``, float32 and bf16 mixed precision (CPU autocast on a CPU: bf16 matrix products run on AMX
+or AVX512-BF16 units where the CPU has them). Each recipe is fitted for ``--steps`` steps per setting
 (`mmtok fit` in a subprocess, validation off) and the table gives the samples/s and batches/s that the
 run itself logged (``train/samples_per_s`` of :class:`mmtok.training.callbacks.Throughput`, the mean of
-the last half of the steps: data loading counted, start-up not) and their ratio, streaming / map.
+the last half of the steps: data loading counted, start-up not) and their ratio to the first setting.
 
     python bench/training_throughput.py --steps 40 --threads 1 --out outputs/bench/throughput.md
+    python bench/training_throughput.py --compare precision --steps 30 --threads 2
     python bench/training_throughput.py --device cuda --precision bf16-mixed   # on a GPU
 
 Needs the corpora (`mmtok data speech --out data/speech`, `mmtok data digits --out data/digits`); the
@@ -32,7 +35,10 @@ RECIPES = {
     "vq image tokenizer": ("recipes/codec/vq_digits.yaml", "--data.init_args.path", "data/digits"),
     "AR digits": ("recipes/images/ar_digits.yaml", "--data.init_args.tokens", DIGIT_TOKENS),
     "MDM digits": ("recipes/images/mdm_digits.yaml", "--data.init_args.tokens", DIGIT_TOKENS),
+    "MaskGIT video": ("recipes/video/maskgit_moving_digits.yaml", "--data.init_args.tokens",
+                      "runs/video/tokens-cvivit-moving-digits"),
 }
+DEFAULT_RECIPES = ["rvq codec", "vq image tokenizer", "AR digits", "MDM digits"]
 
 
 def fit(recipe: str, overrides: list[str], run: Path, *, steps: int, device: str, precision: str,
@@ -81,8 +87,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=40)
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument("--device", default="cpu")
-    parser.add_argument("--precision", default="32-true")
-    parser.add_argument("--recipes", nargs="*", default=list(RECIPES), choices=list(RECIPES))
+    parser.add_argument("--precision", default="32-true", help="with --compare data")
+    parser.add_argument("--compare", choices=["data", "precision"], default="data")
+    parser.add_argument("--recipes", nargs="*", default=DEFAULT_RECIPES, choices=list(RECIPES))
     parser.add_argument("--work", default="runs/bench/throughput", help="runs and shards go here")
     parser.add_argument("--out", help="also write the table to this file")
     args = parser.parse_args()
@@ -90,32 +97,36 @@ def main() -> None:
     from mmtok.data.shards import write_shards
 
     work = REPO / args.work
+    settings = ["map-style", "streaming"] if args.compare == "data" else ["32-true", "bf16-mixed"]
     table, shards = [], {}
     for name in args.recipes:
         recipe, option, source = RECIPES[name]
+        if not (REPO / source).exists():
+            raise SystemExit(f"{source}: missing; build it first (see the module docstring)")
         size = batch_size(recipe)
         measured = {}
-        for path in ("map-style", "streaming"):
-            data = source
-            if path == "streaming":
+        for setting in settings:
+            data, precision = source, args.precision
+            if setting == "streaming":
                 if source not in shards:
-                    if not (REPO / source).exists():
-                        raise SystemExit(f"{source}: missing; build it first (see the module docstring)")
                     started = time.perf_counter()
                     shards[source] = write_shards(REPO / source, work / f"shards-{Path(source).name}")
                     print(f"{source}: shards written in {time.perf_counter() - started:.1f} s", flush=True)
                 data = str(shards[source])
-            rows = fit(recipe, data_overrides(option, data, shards=path == "streaming"),
-                       work / f"{name.replace(' ', '-')}-{path}", steps=args.steps, device=args.device,
-                       precision=args.precision, threads=args.threads)
-            measured[path] = rates(rows, size)
-            print(f"{name} ({path}): {measured[path][0]:.1f} samples/s", flush=True)
-        for path, (samples, batches) in measured.items():
-            table.append({"recipe": name, "data": path, "batch": size, "samples/s": f"{samples:.1f}",
+            elif args.compare == "precision":
+                precision = setting
+            rows = fit(recipe, data_overrides(option, data, shards=setting == "streaming"),
+                       work / f"{name.replace(' ', '-')}-{setting}", steps=args.steps, device=args.device,
+                       precision=precision, threads=args.threads)
+            measured[setting] = rates(rows, size)
+            print(f"{name} ({setting}): {measured[setting][0]:.1f} samples/s", flush=True)
+        base = measured[settings[0]][0]
+        for setting, (samples, batches) in measured.items():
+            table.append({"recipe": name, args.compare: setting, "batch": size, "samples/s": f"{samples:.1f}",
                           "batches/s": f"{batches:.2f}",
-                          "streaming / map": f"{samples / measured['map-style'][0]:.2f}" if path == "streaming"
-                          else ""})
-    text = (f"{args.steps} steps per run, {args.device}, {args.precision}, {args.threads} thread(s)\n\n"
+                          f"/ {settings[0]}": f"{samples / base:.2f}" if setting != settings[0] else ""})
+    setup = args.precision if args.compare == "data" else "map-style data"
+    text = (f"{args.steps} steps per run, {args.device}, {setup}, {args.threads} thread(s)\n\n"
             + markdown_table(table))
     print(text)
     if args.out:
