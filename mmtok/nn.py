@@ -112,7 +112,7 @@ class SelfAttention(nn.Module):
 
     def forward(self, x: torch.Tensor, *, rotation: torch.Tensor,
                 valid: torch.Tensor | None = None, causal: bool = False, cache: KVCache | None = None,
-                layer: int = 0, window: int | None = None) -> torch.Tensor:
+                layer: int = 0, window: int | torch.Tensor | None = None) -> torch.Tensor:
         q, k, v = rearrange(self.qkv(x), "b t (three h d) -> three b h t d", three=3, h=self.num_heads)
         q, k = apply_rotary(q, rotation), apply_rotary(k, rotation)
         if cache is not None:
@@ -127,7 +127,9 @@ class SelfAttention(nn.Module):
         if window is not None:
             # A padded query far past its item's end may have no valid key in its window: let every
             # query see itself, so no row is empty (an empty row would give NaN, and NaN × 0 = NaN).
-            mask = _and(mask, local_attention_mask(x.shape[1], window, device=x.device))
+            allowed = window if isinstance(window, torch.Tensor) else local_attention_mask(x.shape[1], window,
+                                                                                            device=x.device)
+            mask = _and(mask, allowed)
             mask = mask | torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
         return self.out(rearrange(out, "b h t d -> b t (h d)"))
@@ -161,6 +163,15 @@ def local_attention_mask(length: int, window: int, *, device: torch.device | Non
     return (steps[:, None] - steps[None, :]).abs() <= window
 
 
+def grid_window_mask(positions: torch.Tensor, window: int) -> torch.Tensor:
+    """BoolTensor [T, T] from grid ``positions`` [T, A]: query i may attend to key j iff they are at
+    most ``window`` apart on every axis (a square window of 2 · window + 1 cells on a 2-D grid; 0: each
+    cell sees only itself). Pass it as a :class:`Transformer`'s ``window``."""
+    if window < 0:
+        raise ValueError(f"attention window must be ≥ 0 cells, got {window}")
+    return (positions[:, None, :] - positions[None, :, :]).abs().amax(-1) <= window
+
+
 def _and(mask: torch.Tensor | None, other: torch.Tensor) -> torch.Tensor:
     return other if mask is None else mask & other
 
@@ -188,7 +199,7 @@ class TransformerBlock(nn.Module):
 
     def forward(self, x: torch.Tensor, *, rotation: torch.Tensor,
                 valid: torch.Tensor | None = None, causal: bool = False, cache: KVCache | None = None,
-                layer: int = 0, window: int | None = None) -> torch.Tensor:
+                layer: int = 0, window: int | torch.Tensor | None = None) -> torch.Tensor:
         x = x + self.dropout(self.attention(self.attention_norm(x), rotation=rotation, valid=valid, causal=causal,
                                             cache=cache, layer=layer, window=window))
         return x + self.dropout(self.ff(self.ff_norm(x)))
@@ -218,13 +229,14 @@ class Transformer(nn.Module):
 
     def forward(self, x: torch.Tensor, *, valid: torch.Tensor | None = None, causal: bool = False,
                 cache: KVCache | None = None, positions: torch.Tensor | None = None,
-                window: int | None = None, num_layers: int | None = None) -> torch.Tensor:
+                window: int | torch.Tensor | None = None, num_layers: int | None = None) -> torch.Tensor:
         """With ``cache``, x holds the next steps after the cached ones (positions continue from
         ``cache.length``) and the cache is extended by them: feeding a sequence in pieces gives the
         outputs of one full pass. ``positions`` ([T] or per item [B, T], any real numbers; with
         ``position_axes`` A > 1, [T, A] or [B, T, A]) replaces the default 0, 1, 2, ... of the rotary
         embedding (on every axis). ``window`` restricts every layer's attention to the steps within
-        ``window`` of the query (:func:`local_attention_mask`). ``num_layers`` runs the first blocks only
+        ``window`` of the query (:func:`local_attention_mask`), or, a BoolTensor [T, T], to the keys it
+        allows each query (:func:`grid_window_mask`). ``num_layers`` runs the first blocks only
         and returns their output without the final norm (a layer's features; 0 returns x)."""
         if num_layers is not None and not 0 <= num_layers <= len(self.blocks):
             raise ValueError(f"num_layers must be in 0..{len(self.blocks)}, got {num_layers}")

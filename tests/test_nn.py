@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmtok.nn import Transformer, local_attention_mask, rotary_angles, rotary_rotation
+from mmtok.nn import Transformer, grid_window_mask, local_attention_mask, rotary_angles, rotary_rotation
 
 
 @pytest.fixture(scope="module")
@@ -77,6 +77,27 @@ def test_a_windowed_layer_equals_the_layer_run_on_each_steps_neighbourhood(causa
     valid = torch.ones(2, 20, dtype=torch.bool)
     valid[1, 12:] = False  # padded steps far from any valid key in their window still give finite outputs
     assert torch.isfinite(layer(x, window=2, valid=valid)).all()
+
+
+def test_a_grid_windowed_layer_equals_the_layer_run_on_each_cells_square():
+    """A 2-D window on a 5 x 6 grid: cell (r, c) sees the cells at most 1 row and 1 column away
+    (rotary positions relative on both axes: the same as the layer run on that square alone)."""
+    torch.manual_seed(0)
+    layer = Transformer(dim=16, num_layers=1, num_heads=2, position_axes=2).eval()
+    rows, cols = torch.meshgrid(torch.arange(5), torch.arange(6), indexing="ij")
+    positions = torch.stack([rows, cols], -1).flatten(0, 1)  # [30, 2]
+    mask = grid_window_mask(positions, 1)
+    assert mask.sum(1).tolist()[:7] == [4, 6, 6, 6, 6, 4, 6] and mask[7].sum() == 9 and mask.equal(mask.T)
+    x = torch.randn(2, 30, 16)
+    out = layer(x, positions=positions, window=mask)
+    for cell in (0, 8, 29):
+        near = mask[cell].nonzero().squeeze(1)
+        alone = layer(x[:, near], positions=positions[near])[:, (near == cell).nonzero().item()]
+        torch.testing.assert_close(out[:, cell], alone, atol=1e-5, rtol=1e-5)
+    only_itself = layer(x, positions=positions, window=grid_window_mask(positions, 0))
+    torch.testing.assert_close(only_itself[:, 3], layer(x[:, 3:4], positions=positions[3:4])[:, 0])
+    with pytest.raises(ValueError, match="window must be ≥ 0"):
+        grid_window_mask(positions, -1)
 
 
 def test_axial_rotary_angles_split_the_pairs_between_axes():

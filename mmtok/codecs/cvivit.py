@@ -38,7 +38,7 @@ from mmtok.codecs.base import Tokenizer
 from mmtok.codecs.quantizers import draw_dropout
 from mmtok.codecs.vq_image import ImageTokenizerOutput, make_quantizer
 from mmtok.errors import DataError
-from mmtok.nn import Transformer
+from mmtok.nn import Transformer, grid_window_mask
 from mmtok.tokens import Tokens
 
 
@@ -60,6 +60,13 @@ class CViViTTokenizer(Tokenizer):
     decoder alike. ``latent_dim`` is the size of the vectors quantized; ``quantizer`` and its options
     are those of :class:`~mmtok.codecs.vq_image.VQImageTokenizer`. ``fps`` is the frame rate written
     to decoded files.
+
+    ``encoder_window`` (cells; None: the whole frame, as in Phenaki) limits the encoder's spatial
+    attention to the cells within that distance on both axes, 0 to each cell alone: a code then
+    describes its own tubelet and that cell's past rather than the whole frame. With whole-frame
+    attention a cell's code also carries where it sits relative to the content, so on moving digits
+    black cells took 800 different codes (docs/benchmarks.md, issue 17), tokens a generator cannot
+    predict. The decoder always attends over the whole frame.
     """
 
     modality = "video"
@@ -88,6 +95,7 @@ class CViViTTokenizer(Tokenizer):
         commitment_weight: float = 0.25,
         lfq_entropy_weight: float = 0.1,
         quantizer_dropout: float = 0.0,
+        encoder_window: int | None = None,
         fps: float = 10.0,
     ):
         super().__init__()
@@ -120,6 +128,9 @@ class CViViTTokenizer(Tokenizer):
         h, w = self.spatial_grid
         rows, cols = torch.meshgrid(torch.arange(h), torch.arange(w), indexing="ij")
         self.register_buffer("_cell_positions", torch.stack([rows, cols], -1).flatten(0, 1), persistent=False)
+        self.encoder_window = encoder_window
+        self.register_buffer("_encoder_window_mask", None if encoder_window is None
+                             else grid_window_mask(self._cell_positions, encoder_window), persistent=False)
         self._distributed_sync = False
 
     # -- facts ---------------------------------------------------------------------------------
@@ -205,7 +216,7 @@ class CViViTTokenizer(Tokenizer):
         first = rearrange(video[:, :, :1], "b c 1 (h p) (w q) -> b 1 (h w) (c p q)", p=p, q=p)
         rest = rearrange(video[:, :, 1:], "b c (t r) (h p) (w q) -> b t (h w) (c r p q)", r=pt, p=p, q=p)
         x = torch.cat([self.first_embed(first), self.tubelet_embed(rest)], 1)  # [B, t, h·w, D]
-        x = self._spatial(self.encoder_spatial, x)
+        x = self._spatial(self.encoder_spatial, x, window=self._encoder_window_mask)
         x = self._temporal(self.encoder_temporal, x)
         return self.to_latent(x)
 
@@ -219,10 +230,12 @@ class CViViTTokenizer(Tokenizer):
                          h=h, w=w, r=pt, p=p, q=p)
         return (torch.cat([first, rest], 2) + 1.0) / 2.0
 
-    def _spatial(self, transformer: Transformer, x: torch.Tensor) -> torch.Tensor:
-        """Bidirectional attention within each frame group: [B, t, h · w, D] -> the same."""
+    def _spatial(self, transformer: Transformer, x: torch.Tensor, *,
+                 window: torch.Tensor | None = None) -> torch.Tensor:
+        """Bidirectional attention within each frame group (within ``window``, a [h·w, h·w] mask, if
+        given): [B, t, h · w, D] -> the same."""
         batch = x.shape[0]
-        out = transformer(rearrange(x, "b t n d -> (b t) n d"), positions=self._cell_positions)
+        out = transformer(rearrange(x, "b t n d -> (b t) n d"), positions=self._cell_positions, window=window)
         return rearrange(out, "(b t) n d -> b t n d", b=batch)
 
     def _temporal(self, transformer: Transformer, x: torch.Tensor) -> torch.Tensor:

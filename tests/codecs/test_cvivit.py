@@ -76,6 +76,24 @@ def test_encoding_is_causal_in_time(model):
     assert torch.equal(codes[..., : 6 * 16], whole[..., : 6 * 16]) and not torch.equal(codes, whole)
 
 
+def test_a_local_encoder_codes_each_cell_from_its_own_tubelets(tmp_path):
+    """encoder_window=0: changing the pixels of one grid cell changes that cell's codes only (with the
+    whole-frame encoder, other cells' latents move too); the decoder still sees the whole frame."""
+    video = moving_square(5)
+    changed = video.clone()
+    changed[:, :, :, 12:, 12:] = 1.0  # cell (3, 3) of the 4 x 4 grid, every frame
+    for window, others_move in ((0, False), (None, True)):
+        model = tiny(encoder_window=window).eval()
+        before, after = model._features(video), model._features(changed)  # [1, t, 16, D]
+        moved = (before - after).abs().amax(dim=(0, 1, 3)) > 1e-6  # per cell
+        assert moved[15] and bool(moved[:15].any()) == others_move
+    local = tiny(encoder_window=0).eval()
+    local.save_pretrained(tmp_path / "hub")
+    loaded = load_pretrained(tmp_path / "hub")
+    assert loaded.encoder_window == 0 and torch.equal(loaded.encode(changed).codes, local.encode(changed).codes)
+    assert loaded.decode(loaded.encode(video)).shape == video.shape
+
+
 def test_decoding_is_causal_in_time(model):
     tokens = model.encode(moving_square(9))
     whole = model.decode(tokens)
