@@ -127,8 +127,8 @@ class SelfAttention(nn.Module):
         if window is not None:
             # A padded query far past its item's end may have no valid key in its window: let every
             # query see itself, so no row is empty (an empty row would give NaN, and NaN × 0 = NaN).
-            allowed = window if isinstance(window, torch.Tensor) else local_attention_mask(x.shape[1], window,
-                                                                                            device=x.device)
+            allowed = (window if isinstance(window, torch.Tensor)
+                       else local_attention_mask(x.shape[1], window, device=x.device))
             mask = _and(mask, allowed)
             mask = mask | torch.eye(x.shape[1], dtype=torch.bool, device=x.device)
         out = F.scaled_dot_product_attention(q, k, v, attn_mask=mask, is_causal=causal and mask is None)
