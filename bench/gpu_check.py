@@ -20,7 +20,7 @@ import torch
 
 from mmtok.hub import load_pretrained
 from mmtok.media import markdown_table
-from training_throughput import DIGIT_TOKENS, RECIPES, batch_size, data_overrides, fit, rates
+from training_throughput import DEFAULT_RECIPES, DIGIT_TOKENS, RECIPES, batch_size, data_overrides, fit, rates
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -90,7 +90,8 @@ def generator_rows(device: str, large_batch: int) -> list[dict]:
 def training_rows(device: str, precision: str, steps: int, work: Path, sources: dict[str, str]) -> list[dict]:
     """A short run of each recipe family; ``sources`` replaces the recipes' corpora (by their default path)."""
     rows = []
-    for name, (recipe, option, source) in RECIPES.items():
+    for name in DEFAULT_RECIPES:  # one per family (the video recipe needs its own corpus)
+        recipe, option, source = RECIPES[name]
         overrides = data_overrides(option, sources.get(source, source), corpus=sources.get("data/digits"))
         run = fit(recipe, overrides, work / name.replace(" ", "-"), steps=steps, device=device, precision=precision,
                   threads=torch.get_num_threads())
