@@ -65,7 +65,7 @@ class CViViTTokenizer(Tokenizer):
     attention to the cells within that distance on both axes, 0 to each cell alone: a code then
     describes its own tubelet and that cell's past rather than the whole frame. With whole-frame
     attention a cell's code also carries where it sits relative to the content, so on moving digits
-    black cells took 800 different codes (docs/benchmarks.md, issue 17), tokens a generator cannot
+    black cells took about 750 different codes (docs/benchmarks.md, issue 17), tokens a generator cannot
     predict. The decoder always attends over the whole frame.
     """
 

@@ -77,7 +77,7 @@ def test_encoding_is_causal_in_time(model):
 
 
 def test_a_local_encoder_codes_each_cell_from_its_own_tubelets(tmp_path):
-    """encoder_window=0: changing the pixels of one grid cell changes that cell's codes only (with the
+    """encoder_window=0: changing the pixels of one grid cell moves that cell's latents only (with the
     whole-frame encoder, other cells' latents move too); the decoder still sees the whole frame."""
     video = moving_square(5)
     changed = video.clone()
