@@ -127,13 +127,14 @@ demo-images: $(STAMP)
 demo-video: $(STAMP)
 	$(BIN)/mmtok data moving-digits --out data/moving_digits --num-clips 4000 --frame-size 48 --max-digits 1 \
 	  --format npz
-	$(BIN)/mmtok generate checkpoints/phenaki-moving-digits --text "the digit 3 moves left" \
-	  --text "a handwritten seven moving up" --text "the digit 0 moves down-right" --text "5 goes right" \
-	  --frames 17 --out $(DEMO_OUT)/video/clips
-	$(BIN)/mmtok generate checkpoints/phenaki-moving-digits --text "the digit 2 moves right" --frames 33 \
-	  --out $(DEMO_OUT)/video/long
-	$(BIN)/mmtok generate checkpoints/phenaki-moving-digits --text "the digit 4 moves up" \
-	  --text "the digit 4 moves down" --story --frames 17 --out $(DEMO_OUT)/video/story
+	$(BIN)/mmtok generate checkpoints/phenaki-moving-digits --text "the digit 3 moves left and bounces off the wall" \
+	  --text "a handwritten seven moving up then bouncing back" \
+	  --text "the digit 0 moves down-right and bounces off the wall" --text "5 goes right and bounces" --frames 17 \
+	  --out $(DEMO_OUT)/video/clips
+	$(BIN)/mmtok generate checkpoints/phenaki-moving-digits --text "the digit 2 moves right and bounces off the wall" \
+	  --frames 33 --out $(DEMO_OUT)/video/long
+	$(BIN)/mmtok generate checkpoints/phenaki-moving-digits --text "the digit 4 moves up and bounces off the wall" \
+	  --text "the digit 4 moves left and bounces off the wall" --story --frames 17 --out $(DEMO_OUT)/video/story
 	$(BIN)/mmtok evaluate checkpoints/phenaki-moving-digits data/moving_digits --judge checkpoints/digit-classifier \
 	  --max-items 40 --out $(DEMO_OUT)/video
 	@echo "video demo (mp4, gif, png strips, metrics.md): $(abspath $(DEMO_OUT))/video"

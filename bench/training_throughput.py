@@ -36,7 +36,7 @@ RECIPES = {
     "AR digits": ("recipes/images/ar_digits.yaml", "--data.init_args.tokens", DIGIT_TOKENS),
     "MDM digits": ("recipes/images/mdm_digits.yaml", "--data.init_args.tokens", DIGIT_TOKENS),
     "MaskGIT video": ("recipes/video/maskgit_moving_digits.yaml", "--data.init_args.tokens",
-                      "runs/video/tokens-cvivit-moving-digits"),
+                      "runs/video/tokens-cvivit-moving-digits-40k"),
 }
 DEFAULT_RECIPES = ["rvq codec", "vq image tokenizer", "AR digits", "MDM digits"]
 

@@ -168,7 +168,7 @@ def fit_tiny_cvivit(corpus: Path, judge: Path, run: Path, *, max_steps: int, lr:
           "--data.init_args.valid_batch_size", "4", "--data.init_args.max_valid_items", "4",
           tokenizer + "frame_size", "32", tokenizer + "patch_size", "8", tokenizer + "dim", "32",
           tokenizer + "num_heads", "2", tokenizer + "spatial_layers", "1", tokenizer + "temporal_layers", "1",
-          tokenizer + "codebook_size", "32", "--model.init_args.perceptual_network", str(judge),
+          tokenizer + "fsq_levels", "[4, 4, 2]", "--model.init_args.perceptual_network", str(judge),
           "--model.init_args.perceptual_frames", "8", "--model.init_args.warmup_steps", "2",
           "--model.init_args.lr_decay_steps", str(max_steps), "--model.init_args.lr", str(lr),
           "--trainer.max_steps", str(max_steps), "--trainer.val_check_interval", str(max(1, max_steps // 2)),
