@@ -168,7 +168,8 @@ def _evaluate_generator(generator, judge, args: argparse.Namespace) -> list[dict
     return task.evaluate(generator, tokenizer, judge, args.data, samples_per_request=args.samples,
                          max_items=args.max_items, rng=torch.Generator().manual_seed(args.seed),
                          **generator.sampling_with(sampler=args.sampler, steps=args.steps, temperature=args.temperature,
-                                                   top_k=args.top_k, cfg_scale=args.cfg_scale))
+                                                   top_k=args.top_k, cfg_scale=args.cfg_scale,
+                                                   choice_temperature=args.choice_temperature))
 
 
 def cmd_transcribe(args: argparse.Namespace) -> None:
@@ -344,7 +345,8 @@ def cmd_generate(args: argparse.Namespace) -> None:
     if args.steps is not None and args.steps < 1:
         raise UsageError(f"--steps {args.steps}: must be ≥ 1")
     sampling = generator.sampling_with(sampler=args.sampler, steps=args.steps, temperature=args.temperature,
-                                       top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale)
+                                       top_k=args.top_k, top_p=args.top_p, cfg_scale=args.cfg_scale,
+                                       choice_temperature=args.choice_temperature)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     files = task.run(generator, tokenizer, args, out=out, rng=torch.Generator().manual_seed(args.seed),
@@ -356,6 +358,11 @@ def add_folder_arguments(parser: argparse.ArgumentParser) -> None:
     """A folder run goes on past a bad file and skips the outputs that exist (:func:`mmtok.files.process_files`)."""
     parser.add_argument("--overwrite", action="store_true", help="redo outputs that already exist")
     parser.add_argument("--fail-fast", action="store_true", help="stop at the first bad file")
+
+
+CHOICE_TEMPERATURE_HELP = ("maskgit / resgen: the Gumbel noise on the confidences that pick which tokens a step "
+                           "reveals, annealed to 0 (0: most confident first; default: the recorded setting, else "
+                           "4.5 for maskgit, 1 for resgen)")
 
 
 def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
@@ -375,6 +382,7 @@ def add_generate_arguments(gen: argparse.ArgumentParser) -> None:
     gen.add_argument("--top-p", type=float, default=None)
     gen.add_argument("--cfg-scale", type=float, help="classifier-free guidance (1 = none); default: the generator's "
                                                      "recorded setting, else 1")
+    gen.add_argument("--choice-temperature", type=float, help=CHOICE_TEMPERATURE_HELP)
     gen.add_argument("--seed", type=int, default=0, help="the same seed gives the same files")
 
 
@@ -451,6 +459,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--top-k", type=int, default=None, help="generators")
     evaluate.add_argument("--cfg-scale", type=float, help="generators: classifier-free guidance (default: the "
                                                           "recorded setting, else 1)")
+    evaluate.add_argument("--choice-temperature", type=float, help="generators: " + CHOICE_TEMPERATURE_HELP)
     evaluate.add_argument("--seed", type=int, default=0, help="generators")
     evaluate.set_defaults(func=cmd_evaluate)
 

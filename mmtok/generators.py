@@ -38,7 +38,9 @@ from mmtok.patterns import build_pattern, pattern_spec
 from mmtok.tokens import Tokens, concrete_grid
 
 POSITION_SCHEMES = ("sequential", "aligned")
-SAMPLING_SETTINGS = ("sampler", "steps", "temperature", "top_k", "top_p", "cfg_scale")
+SAMPLING_SETTINGS = ("sampler", "steps", "temperature", "top_k", "top_p", "cfg_scale", "choice_temperature")
+SAMPLER_SETTINGS = ("steps", "choice_temperature")
+"""The settings that belong to one sampler: a recorded value does not carry over to another sampler."""
 
 
 def _layout(grid) -> tuple[int | None, ...] | None:
@@ -52,6 +54,8 @@ def check_sampling(values: dict, *, source: str = "sampling") -> dict:
     if unknown:
         raise UsageError(f"{source}: {', '.join(unknown)}: not a sampling setting (expected some of "
                          f"{', '.join(SAMPLING_SETTINGS)})")
+    if values.get("choice_temperature") is not None and values["choice_temperature"] < 0:
+        raise UsageError(f"{source}: choice_temperature {values['choice_temperature']}: must be ≥ 0")
     return dict(values)
 
 
@@ -197,12 +201,14 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
 
     def sampling_with(self, **given) -> dict:
         """The settings to sample with: the recorded defaults, overridden by every ``given`` value that
-        is not None (a flag the user did not set), with the sampler resolved. The recorded ``steps``
-        belong to the recorded sampler: another sampler given without steps does not inherit them."""
+        is not None (a flag the user did not set), with the sampler resolved. The recorded ``steps`` and
+        ``choice_temperature`` belong to the recorded sampler: another sampler given without them does not
+        inherit them."""
         given = {k: v for k, v in check_sampling(given).items() if v is not None}
         recorded = dict(self.sampling)
         if given.get("sampler", recorded.get("sampler")) != recorded.get("sampler"):
-            recorded.pop("steps", None)
+            for key in SAMPLER_SETTINGS:
+                recorded.pop(key, None)
         settings = {**recorded, **given}
         settings["sampler"] = self.check_sampler(settings.get("sampler"))
         return settings
@@ -291,7 +297,8 @@ class TokenGenerator(nn.Module, HubMixin, ABC):
                  sampler: str | None = None, steps: int | None = None, **sampling) -> Tokens:
         """Tokens for a batch of conditions: ``lengths [B]`` frames per item (at most, for a
         generator that stops by itself), sampled with ``sampler`` (``steps`` where it takes them)
-        and ``sampling`` (temperature, top_k, top_p, cfg_scale)."""
+        and ``sampling`` (temperature, top_k, top_p, cfg_scale; choice_temperature where the sampler
+        ranks the tokens it reveals: MaskGIT, ResGen)."""
 
     def check_sampler(self, sampler: str | None) -> str:
         """The sampler to use (the first of :attr:`samplers` for None); an unknown one is named."""

@@ -117,10 +117,20 @@ MDM = Path(__file__).resolve().parents[1] / "checkpoints" / "tts-mdm-xcodec"
     (["--text", "Hello there.", "--sampler", "maskgit", "--steps", "0"], 2, "--steps 0: must be ≥ 1"),
     (["--text", "Hello there.", "--sampler", "autoregressive"], 2,
      "sampler 'autoregressive': a MaskedDiffusionGenerator samples with fhs, ancestral, maskgit"),
+    (["--text", "Hello there.", "--sampler", "maskgit", "--choice-temperature", "-1"], 2,
+     "choice_temperature -1.0: must be ≥ 0"),
+    (["--text", "Hello there.", "--sampler", "fhs", "--choice-temperature", "1"], 2,
+     "choice_temperature: the fhs sampler reveals tokens at random times"),
 ])
 def test_generation_refuses_what_cannot_be_generated(flags, code, message, tmp_path, capsys):
     got, line = cli_error(["generate", str(MDM), *flags, "--out", str(tmp_path / "out")], capsys)
     assert got == code and line.startswith("mmtok generate: ") and message in line, line
+
+
+def test_an_autoregressive_generator_refuses_a_choice_temperature(tmp_path, capsys):
+    code, line = cli_error(["generate", str(MDM.parent / "digits-ar"), "--class", "3", "--choice-temperature", "1",
+                            "--out", str(tmp_path / "out")], capsys)
+    assert code == 2 and "choice_temperature: an autoregressive generator draws the codes in a fixed" in line, line
 
 
 def test_a_prompt_shorter_than_a_frame_is_refused(tmp_path, capsys):

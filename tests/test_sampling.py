@@ -83,15 +83,47 @@ def test_temperature_sharpens_and_rejects_zero():
         sample_categorical(logits, precision="float16")
 
 
-def test_recorded_steps_stay_with_the_recorded_sampler(tiny_codec_folder):
+def _tiny_masked_diffusion(tokenizer: str):
     from mmtok.diffusion.model import MaskedDiffusionGenerator
 
     backbone = {"class_path": "mmtok.codebook_transformer.CodebookTransformer",
                 "init_args": {"codebook_sizes": [32], "dim": 16, "num_layers": 1, "num_heads": 2}}
-    model = MaskedDiffusionGenerator(tokenizer=str(tiny_codec_folder), backbone=backbone)
+    return MaskedDiffusionGenerator(tokenizer=tokenizer, backbone=backbone).eval()
+
+
+def test_recorded_steps_stay_with_the_recorded_sampler(tiny_codec_folder):
+    model = _tiny_masked_diffusion(str(tiny_codec_folder))
     model.record_sampling(sampler="maskgit", steps=32, cfg_scale=3.0)
     assert model.sampling_with() == {"sampler": "maskgit", "steps": 32, "cfg_scale": 3.0}
     assert model.sampling_with(steps=8)["steps"] == 8
     assert model.sampling_with(sampler="fhs") == {"sampler": "fhs", "cfg_scale": 3.0}, "FHS has no steps"
     assert model.sampling_with(sampler="ancestral", steps=16)["steps"] == 16
     assert model.sampling_with(sampler="maskgit")["steps"] == 32, "the same sampler keeps its steps"
+
+
+def test_the_choice_temperature_reaches_maskgit_and_only_maskgit(tiny_codec_folder, monkeypatch):
+    from mmtok.diffusion import model as diffusion_model
+    from mmtok.errors import UsageError
+
+    model = _tiny_masked_diffusion(str(tiny_codec_folder))
+    model.record_sampling(sampler="maskgit", choice_temperature=1.0)
+    assert model.sampling_with(sampler="fhs") == {"sampler": "fhs"}, "it belongs to the recorded sampler"
+    assert model.sampling_with(choice_temperature=0.0)["choice_temperature"] == 0.0
+    with pytest.raises(UsageError, match="choice_temperature -1"):
+        model.sampling_with(choice_temperature=-1.0)
+    given = []
+    original = diffusion_model.SAMPLERS["maskgit"]
+
+    def recording(*args, **options):
+        given.append(options.get("choice_temperature"))
+        return original(*args, **options)
+
+    monkeypatch.setitem(diffusion_model.SAMPLERS, "maskgit", recording)
+    lengths = torch.tensor([6, 4])
+    tokens = model.generate({}, lengths=lengths, rng=torch.Generator().manual_seed(0), **model.sampling_with(steps=3))
+    assert given == [1.0] and tokens.codes.shape == (2, 1, 6)
+    model.generate({}, lengths=lengths, sampler="maskgit", choice_temperature=0.0)
+    model.generate({}, lengths=lengths, sampler="maskgit")
+    assert given == [1.0, 0.0, None], "unset, the sampler's own default (4.5) applies"
+    with pytest.raises(UsageError, match="the fhs sampler"):
+        model.generate({}, lengths=lengths, sampler="fhs", choice_temperature=0.0)

@@ -99,6 +99,7 @@ class ARGenerator(TokenGenerator):
     def generate(self, conditions: dict, *, lengths: torch.Tensor, rng: torch.Generator | None = None,
                  sampler: str | None = None, steps: int | None = None, cfg_scale: float = 1.0,
                  temperature: float = 1.0, top_k: int | None = None, top_p: float | None = None,
+                 choice_temperature: float | None = None,
                  draw: Callable[[torch.Tensor, int], torch.Tensor] | None = None) -> Tokens:
         """Codes for a batch of conditions, at most ``lengths`` frames per item (each item stops at its
         end token when the backbone has one); ``cfg_scale`` ≠ 1 guides against the null condition;
@@ -108,6 +109,9 @@ class ARGenerator(TokenGenerator):
         self.check_sampler(sampler)
         if steps is not None:
             raise UsageError("steps: an autoregressive generator takes one step per code position, it has no steps")
+        if choice_temperature is not None:
+            raise UsageError("choice_temperature: an autoregressive generator draws the codes in a fixed order, "
+                             "it has no reveal order to randomize")
         batch_size = len(lengths)
         prefix = self.prefix(conditions, batch_size=batch_size)
         num_frames = int(lengths.max()) if batch_size else 0

@@ -166,10 +166,12 @@ class MaskedDiffusionGenerator(TokenGenerator):
     @torch.no_grad()
     def generate(self, conditions: dict, *, lengths: torch.Tensor, rng: torch.Generator | None = None,
                  sampler: str | None = None, steps: int | None = None, steps_per_token: float = 1.0,
-                 cfg_scale: float = 1.0, primer: torch.Tensor | None = None, **sampling) -> Tokens:
+                 cfg_scale: float = 1.0, choice_temperature: float | None = None, primer: torch.Tensor | None = None,
+                 **sampling) -> Tokens:
         """Codes of ``lengths`` frames per item by ``sampler`` (default ``fhs``); ``steps`` for the
         ancestral sampler (default ``steps_per_token`` × L for the L = Q · T tokens of the longest
-        item) and MaskGIT (default 16). ``primer`` (codes [B, Q, P], P at most every item's length)
+        item) and MaskGIT (default 16); ``choice_temperature`` for MaskGIT's reveal order (default 4.5,
+        :func:`~mmtok.diffusion.samplers.maskgit_sample`). ``primer`` (codes [B, Q, P], P at most every item's length)
         gives the first P frames of each item: they are never masked and come back unchanged, and the
         rest is sampled around them (Phenaki's priming: a video continued from its last frames'
         tokens). The sampler's statistics are kept in :attr:`last_stats`: categorical draws, and
@@ -178,6 +180,9 @@ class MaskedDiffusionGenerator(TokenGenerator):
         sampler = self.check_sampler(sampler)
         if steps is not None and steps < 1:
             raise UsageError(f"steps {steps}: must be ≥ 1")
+        if choice_temperature is not None and sampler != "maskgit":
+            raise UsageError(f"choice_temperature: the {sampler} sampler reveals tokens at random times, it has no "
+                             "confidence order to randomize (only maskgit has)")
         device = self.backbone.device
         lengths = lengths.to(device)
         num_frames = int(lengths.max())
@@ -194,6 +199,8 @@ class MaskedDiffusionGenerator(TokenGenerator):
                            time_agnostic=self.time_embedding is None)
         elif sampler == "maskgit":
             options.update(num_steps=steps or 16)
+            if choice_temperature is not None:
+                options.update(choice_temperature=choice_temperature)
         elif steps is not None:
             raise UsageError("steps: the first-hitting sampler takes one denoiser call per token, it has no steps")
         tokens, stats = SAMPLERS[sampler](denoiser, flat, schedule=self.schedule, **options)

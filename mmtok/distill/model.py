@@ -164,7 +164,8 @@ class DistilledGenerator(TokenGenerator):
     @torch.no_grad()
     def generate(self, conditions: dict, *, lengths: torch.Tensor, rng: torch.Generator | None = None,
                  sampler: str | None = None, steps: int | None = None, temperature: float | None = None,
-                 top_k: int | None = None, top_p: float | None = None, cfg_scale: float | None = None) -> Tokens:
+                 top_k: int | None = None, top_p: float | None = None, cfg_scale: float | None = None,
+                 choice_temperature: float | None = None) -> Tokens:
         """Codes of ``lengths`` frames per item in ``steps`` (1 or 2) network passes from noise drawn
         with ``rng``. The naive baseline (``inputs="condition"``) draws every token independently, with
         ``temperature``, ``top_k`` and ``top_p``; a noise student takes none of them, nor ``cfg_scale``:
@@ -174,6 +175,9 @@ class DistilledGenerator(TokenGenerator):
         if steps not in (1, 2) or (self.inputs == "condition" and steps != 1):
             raise UsageError(f"steps {steps}: a distilled student samples in 1 or 2 steps"
                              + (" (the naive baseline in 1)" if self.inputs == "condition" else ""))
+        if choice_temperature is not None:
+            raise UsageError("choice_temperature: a distilled student reveals every token at once, it has no reveal "
+                             "order to randomize")
         if cfg_scale not in (None, 1.0):
             raise UsageError(f"cfg_scale {cfg_scale}: the student learned the teacher's guided sampling "
                              f"({self.teacher_sampling}); it takes no guidance")
