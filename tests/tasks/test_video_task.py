@@ -137,6 +137,8 @@ def test_the_judge_measures_read_direction_and_digit_on_real_moving_digits(tmp_p
     rates = clip_rates(clips, [e["digits"][0] for e in entries], directions, [c.shape[1] for c in clips], judge, 28)
     assert rates["frame_count_rate"] == 1.0 and rates["direction_rate"] == sum(followed) / len(clips)
     assert 0 <= rates["digit_rate"] <= 1 and rates["count"] == 40
+    firsts = clip_rates([c[:, :1] for c in clips], [e["digits"][0] for e in entries], directions, [1] * 40, judge, 28)
+    assert rates["first_frame_accuracy"] == firsts["frame_accuracy"] == firsts["first_frame_accuracy"]
 
 
 def test_the_token_cache_cuts_clips_to_whole_frame_groups(tokenizer_folder, tmp_path):
