@@ -141,6 +141,26 @@ def test_the_judge_measures_read_direction_and_digit_on_real_moving_digits(tmp_p
     assert rates["first_frame_accuracy"] == firsts["frame_accuracy"] == firsts["first_frame_accuracy"]
 
 
+class BrightnessJudge(torch.nn.Module):
+    """Reads a crop's brightest pixel b as the digit round(9 b): frames of known brightness are read as
+    known digits."""
+
+    def __init__(self):
+        super().__init__()
+        self.anchor = torch.nn.Parameter(torch.zeros(()))
+
+    def forward(self, crops: torch.Tensor) -> torch.Tensor:
+        return torch.nn.functional.one_hot((crops.amax((1, 2, 3)) * 9).round().long(), 10).float() + self.anchor
+
+
+def test_the_first_frame_accuracy_reads_the_first_frame_alone():
+    clip = torch.full((1, 9, 48, 48), 5 / 9)  # read as 5 on every frame ...
+    clip[:, 0] = 3 / 9  # ... but 3 on the first
+    rates = clip_rates([clip, clip.clone()], [3, 3], ["left", "left"], [9, 9], BrightnessJudge(), 28)
+    assert rates["first_frame_accuracy"] == 1.0, rates
+    assert rates["frame_accuracy"] == 2 / 18 and rates["digit_rate"] == 0.0, "the majority of the frames reads 5"
+
+
 def test_the_token_cache_cuts_clips_to_whole_frame_groups(tokenizer_folder, tmp_path):
     from mmtok.data.tokens import TokenCorpus, TokenDataModule, tokenize_corpus
     from mmtok.data.video import build_moving_digits
