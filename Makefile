@@ -52,7 +52,7 @@ demo: $(STAMP)
 	$(BIN)/mmtok evaluate $(DEMO_OUT)/model data/speech --split test --max-items 40 --out $(DEMO_OUT)
 	$(BIN)/mmtok encode $(DEMO_OUT)/model $(DEMO_OUT)/0_original.wav $(DEMO_OUT)/0_tokens.safetensors
 	$(BIN)/mmtok decode $(DEMO_OUT)/model $(DEMO_OUT)/0_tokens.safetensors $(DEMO_OUT)/0_decoded_cli.wav --spectrogram
-	for family in ar mdm; do \
+	for family in ar mdm resgen; do \
 	  $(BIN)/mmtok generate checkpoints/tts-$$family-xcodec-aligned $(DEMO_SENTENCES) --speaker us-f3 \
 	    --out $(DEMO_OUT)/tts/$${family}_corpus_voice_us-f3 \
 	  && $(BIN)/mmtok generate checkpoints/tts-$$family-xcodec-aligned $(DEMO_SENTENCES) \
@@ -65,8 +65,6 @@ demo: $(STAMP)
 	  --out $(DEMO_OUT)/tts/mdm_fhs_corpus_voice_us-f3
 	$(BIN)/mmtok generate checkpoints/tts-vectok $(DEMO_SENTENCES) --prompt data/speech/wavs/utt00037.wav \
 	  --voice gb-f2 --out $(DEMO_OUT)/tts/vectok_prompted_voice
-	$(BIN)/mmtok generate checkpoints/tts-resgen-xcodec-aligned $(DEMO_SENTENCES) --speaker us-f3 \
-	  --out $(DEMO_OUT)/tts/resgen_corpus_voice_us-f3
 	$(BIN)/python scripts/generation_times.py $(DEMO_OUT)/tts
 	$(BIN)/mmtok convert checkpoints/vectok-speech data/speech/wavs/utt00020.wav --prompt data/speech/wavs/utt00037.wav \
 	  --out $(DEMO_OUT)/vectok_voice_conversion --overwrite
