@@ -157,8 +157,10 @@ def tiny_moving_digits(folder: Path) -> tuple[Path, Path]:
     return corpus, folder / "judge"
 
 
-def fit_tiny_cvivit(corpus: Path, judge: Path, run: Path, *, max_steps: int, lr: float = 0.003) -> None:
-    """`mmtok fit` of the C-ViViT recipe at tiny size on :func:`tiny_moving_digits`, CSV-logged to ``run``."""
+def fit_tiny_cvivit(corpus: Path, judge: Path, run: Path, *, max_steps: int, lr: float = 0.003,
+                    overrides: tuple[str, ...] = ()) -> None:
+    """`mmtok fit` of the C-ViViT recipe at tiny size on :func:`tiny_moving_digits`, CSV-logged to ``run``
+    (``overrides``: more command-line arguments)."""
     from mmtok.cli import main
 
     tokenizer = "--model.init_args.tokenizer.init_args."
@@ -175,7 +177,7 @@ def fit_tiny_cvivit(corpus: Path, judge: Path, run: Path, *, max_steps: int, lr:
           "--trainer.limit_val_batches", "1", "--trainer.log_every_n_steps", "1",
           "--trainer.enable_progress_bar", "false", "--trainer.enable_model_summary", "false",
           "--trainer.default_root_dir", str(run), "--trainer.logger", "lightning.pytorch.loggers.CSVLogger",
-          "--trainer.logger.init_args.save_dir", str(run), "--trainer.logger.init_args.name", "csv"])
+          "--trainer.logger.init_args.save_dir", str(run), "--trainer.logger.init_args.name", "csv", *overrides])
 
 
 @pytest.fixture(scope="session")

@@ -67,6 +67,12 @@ class Tokenizer(nn.Module, HubMixin, ABC):
         """Tokens -> media. Tokens with fewer codebooks than the model has, or ``num_quantizers`` below
         the model's, decode at a lower bitrate."""
 
+    def decoder_modules(self) -> list[nn.Module]:
+        """The modules that turn dequantized codes into media: what a decoder-only fine-tune trains while
+        the encoder and codebooks, and so every code, stay as they are. Tokenizers that support it
+        override this together with ``decode_codes`` (codes [B, Q, N] -> media, differentiable)."""
+        raise NotImplementedError(f"{type(self).__name__} cannot train its decoder alone")
+
     @property
     @abstractmethod
     def codebook_sizes(self) -> list[int]:

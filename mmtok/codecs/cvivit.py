@@ -268,6 +268,14 @@ class CViViTTokenizer(Tokenizer):
         return rearrange(latent, "b (t n) d -> b t n d", n=cells)
 
     # -- training ------------------------------------------------------------------------------
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.from_latent, self.decoder_temporal, self.decoder_spatial, self.first_out, self.tubelet_out]
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, Q, t · h · w] -> video [B, C, 1 + (t - 1) · pt, H, W], differentiable and not clamped:
+        what a decoder-only fine-tune trains through (:meth:`decode` is the contract's, for inference)."""
+        return self._pixels(self.dequantize(codes))
+
     def forward(self, video: torch.Tensor, lengths: torch.Tensor | None = None) -> ImageTokenizerOutput:
         """Encode, quantize, decode for training. Each item's length is first rounded down to
         1 + k · pt (:meth:`usable_frames`); only its own grid cells are quantized (the padding never

@@ -305,6 +305,14 @@ class VQImageTokenizer(Tokenizer):
         return rearrange(latent, "b (h w) d -> b d h w", h=h, w=w)
 
     # -- training ------------------------------------------------------------------------------
+    def decoder_modules(self) -> list[nn.Module]:
+        return [self.decoder]
+
+    def decode_codes(self, codes: torch.Tensor) -> torch.Tensor:
+        """codes [B, Q, h · w] -> images [B, C, H, W], differentiable and not clamped: what a decoder-only
+        fine-tune trains through (:meth:`decode` is the contract's, for inference)."""
+        return self._pixels(self.dequantize(codes))
+
     def forward(self, images: torch.Tensor) -> ImageTokenizerOutput:
         """Encode, quantize (with dropout on a ``quantizer_dropout`` fraction of training batches),
         decode. In eval mode the quantizer is the pure :meth:`nearest_codes` search."""

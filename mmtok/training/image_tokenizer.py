@@ -15,6 +15,11 @@ classifier trained by mmtok). The optional discriminator (a PatchGAN, injected b
 is trained with the hinge loss from ``adversarial_start_step`` generator steps on, after the
 tokenizer has learnt from the reconstruction losses alone.
 
+``decoder_only`` fine-tunes the decoder alone (as Stable Diffusion's ft-MSE VAE decoder was): the encoder and
+codebooks are frozen, each step's codes come from ``encode``, so every code, and every generator already
+trained on them, stays valid while the reconstructions improve. It needs ``init_from`` (a tokenizer's Hub
+folder) and a tokenizer with ``decoder_modules`` and ``decode_codes``.
+
 Validation logs L1, MSE and PSNR of the reconstructions from the first n codebooks for each n in
 ``eval_quantizers``, the codebook usage and perplexity of each level, and writes a png grid of
 originals over reconstructions to ``<default_root_dir>/media/step_<N>/`` (and to wandb).
@@ -76,12 +81,19 @@ class ImageTokenizerModule(L.LightningModule):
         grad_clip: float = 1.0,
         eval_quantizers: Sequence[int] | None = None,
         num_logged_examples: int = 8,
+        decoder_only: bool = False,
     ):
         super().__init__()
         self.automatic_optimization = False
         self.save_hyperparameters(ignore=["tokenizer", "discriminator"])
         if init_from is not None:
             load_weights_strict(tokenizer, resolve_file(init_from, WEIGHTS_NAME))
+        if decoder_only:
+            if init_from is None:
+                raise ValueError("decoder_only: give init_from, the tokenizer whose codes are kept")
+            tokenizer.requires_grad_(False)
+            for module in tokenizer.decoder_modules():
+                module.requires_grad_(True)
         self.tokenizer = tokenizer
         self.discriminator = discriminator
         self.perceptual = PerceptualLoss.from_pretrained(perceptual_network) if perceptual_network else None
@@ -118,7 +130,7 @@ class ImageTokenizerModule(L.LightningModule):
             return optimizer, torch.optim.lr_scheduler.LambdaLR(
                 optimizer, lambda _: self._lr_factor(int(self.generator_steps)))
 
-        opt_g, sched_g = adam(self.tokenizer.parameters())
+        opt_g, sched_g = adam([p for p in self.tokenizer.parameters() if p.requires_grad])
         if self.discriminator is None:
             return [opt_g], [sched_g]
         opt_d, sched_d = adam(self.discriminator.parameters())
@@ -168,16 +180,16 @@ class ImageTokenizerModule(L.LightningModule):
         optimizers = optimizers if isinstance(optimizers, list) else [optimizers]
         schedulers = schedulers if isinstance(schedulers, list) else [schedulers]
         media, lengths = self._media(batch)
-        out = self.tokenizer(media) if lengths is None else self.tokenizer(media, lengths)
-        images, reconstructed = as_frames(media, lengths), as_frames(out.images, lengths)  # [N, C, H, W]
+        decoded, quantizer_loss = self._reconstruct(media, lengths)
+        images, reconstructed = as_frames(media, lengths), as_frames(decoded, lengths)  # [N, C, H, W]
         adversarial = (self.discriminator is not None
                        and int(self.generator_steps) >= self.hparams.adversarial_start_step)
         logs = {"d_loss": self._discriminator_step(images, reconstructed, optimizers[1])} if adversarial else {}
 
         self.toggle_optimizer(optimizers[0])  # the discriminator's parameters take no gradient here
         reconstruction, rec_logs = self._reconstruction_loss(images, reconstructed)
-        loss = reconstruction + self.hparams.lambda_commit * out.quantizer_loss
-        logs.update(rec_logs, quantizer_loss=out.quantizer_loss.detach())
+        loss = reconstruction + self.hparams.lambda_commit * quantizer_loss
+        logs.update(rec_logs, quantizer_loss=quantizer_loss.detach())
         if adversarial:
             adv = hinge_generator_loss([self.discriminator(reconstructed)])
             weight = self._adversarial_weight(reconstruction, adv)
@@ -197,6 +209,15 @@ class ImageTokenizerModule(L.LightningModule):
         skipped = getattr(self.trainer.datamodule, "num_skipped", 0) if self.trainer.datamodule else 0
         if skipped:
             self.log("data/skipped_files", float(skipped), batch_size=size)
+
+    def _reconstruct(self, media: torch.Tensor, lengths: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """(the media decoded for training, the quantizer loss): encode-quantize-decode, or with
+        ``decoder_only`` the frozen encoder's codes decoded (no quantizer loss: the codebooks are fixed)."""
+        if self.hparams.decoder_only:
+            codes = (self.tokenizer.encode(media) if lengths is None else self.tokenizer.encode(media, lengths)).codes
+            return self.tokenizer.decode_codes(codes), media.new_zeros(())
+        out = self.tokenizer(media) if lengths is None else self.tokenizer(media, lengths)
+        return out.images, out.quantizer_loss
 
     def _media(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor | None]:
         """The batch's media under the tokenizer's modality, and for video each clip's usable frames

@@ -194,3 +194,44 @@ def test_recipe_fits_on_moving_digits_and_exports_with_metrics(tmp_path):
     loaded = load_pretrained(tmp_path / "hub")
     rows = evaluate_video_tokenizer(loaded, str(corpus), split="valid", frame_counts=(1, 5))
     assert [r["frames"] for r in rows] == [1, 5] and all(r["psnr"] > 5 for r in rows)
+
+
+def test_decode_codes_is_decode_unclamped_and_carries_gradients(model):
+    tokens = model.encode(moving_square(9, batch=2))
+    decoded = model.decode_codes(tokens.codes)
+    assert torch.equal(decoded.clamp(0, 1), model.decode(tokens))
+    decoded.sum().backward()
+    assert model.tubelet_out.weight.grad is not None
+    model.zero_grad()
+
+
+def test_decoder_only_fine_tune_keeps_every_code_and_improves_reconstructions(tmp_path):
+    """A second run with `decoder_only` from the first run's export: its encoder and codebooks come back
+    bit for bit (so generators over its codes stay valid), its decoder changed and reconstructs the same
+    codes better."""
+    from mmtok.data.video import VideoDataModule
+
+    corpus, judge = tiny_moving_digits(tmp_path)
+    fit_tiny_cvivit(corpus, judge, tmp_path / "first", max_steps=4)
+    main(["export", str(tmp_path / "first" / "checkpoints" / "last.ckpt"), str(tmp_path / "first_hub")])
+    fit_tiny_cvivit(corpus, judge, tmp_path / "second", max_steps=16, lr=0.003, overrides=(
+        "--model.init_args.init_from", str(tmp_path / "first_hub"), "--model.init_args.decoder_only", "true"))
+    main(["export", str(tmp_path / "second" / "checkpoints" / "last.ckpt"), str(tmp_path / "second_hub")])
+    before, after = load_pretrained(tmp_path / "first_hub"), load_pretrained(tmp_path / "second_hub")
+
+    decoder = {name for name, module in after.named_modules() if any(module is m for m in after.decoder_modules())}
+    changed = {name for name, value in after.state_dict().items() if not torch.equal(value, before.state_dict()[name])}
+    assert changed and all(name.split(".")[0] in decoder for name in changed), sorted(changed)
+
+    data = VideoDataModule(path=str(corpus), build_embedded=False, frame_size=32, channels=1, num_frames=9,
+                           batch_size=8, num_workers=0)
+    data.setup("fit")
+    batch = next(iter(data.train_dataloader()))
+    lengths = before.usable_frames(batch["lengths"])
+    video = batch["video"][:, :, : int(lengths.max())]
+    old, new = before.encode(video, lengths), after.encode(video, lengths)
+    assert torch.equal(old.codes, new.codes)
+    valid = torch.arange(video.shape[2])[None, :] < lengths[:, None]
+    errors = [float((tokenizer.decode(codes) - video).abs().transpose(1, 2)[valid].mean())
+              for tokenizer, codes in ((before, old), (after, new))]
+    assert errors[1] < 0.9 * errors[0], errors

@@ -382,3 +382,12 @@ def test_codebook_vectors_are_what_decoding_adds_up(grid_tokenizer):
     summed = sum(vectors[q][codes[:, q]] for q in range(2))  # [B, h·w, D]
     latent = tokenizer.dequantize(codes)  # [B, D, h, w]
     assert torch.allclose(summed, latent.flatten(2).transpose(1, 2), atol=1e-6)
+
+
+def test_decode_codes_is_decode_unclamped_and_carries_gradients():
+    model = initialised(tiny("vq"), random_images(8, seed=3))
+    tokens = model.encode(random_images(4, seed=4))
+    decoded = model.decode_codes(tokens.codes)
+    assert torch.equal(decoded.clamp(0, 1), model.decode(tokens))
+    decoded.sum().backward()
+    assert model.decoder.conv_out.weight.grad is not None and model.decoder_modules() == [model.decoder]
