@@ -59,9 +59,10 @@ def test_real_clips_keep_their_digits_and_encode_causally(shipped, clips):
     crops = torch.cat([digit_crops(clip.transpose(0, 1), e["positions"][0]) for clip, e in zip(decoded, entries)])
     labels = torch.cat([torch.full((17,), int(e["digits"][0])) for e in entries])
     accuracy = float((judge.classify(crops) == labels).float().mean())
-    assert accuracy >= 0.65, f"the judge reads {accuracy:.2f} of the reconstructed digits (0.74-0.79 on the test split)"
+    # 0.87 and 17.6 dB here (the first stage, before its decoder was fine-tuned alone: 0.74 and 16.8 dB)
+    assert accuracy >= 0.8, f"the judge reads {accuracy:.2f} of the reconstructed digits (0.81-0.86 on the test split)"
     psnr = -10 * torch.log10((decoded - video).pow(2).mean())
-    assert psnr > 16.0, f"{float(psnr):.2f} dB (17.45 dB on the test split at 17 frames)"
+    assert psnr > 17.0, f"{float(psnr):.2f} dB (18.55 dB on the test split at 17 frames)"
 
 
 def test_black_cells_take_a_handful_of_codes(shipped, clips):
