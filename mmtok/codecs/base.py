@@ -71,7 +71,7 @@ class Tokenizer(nn.Module, HubMixin, ABC):
         """The modules that turn dequantized codes into media: what a decoder-only fine-tune trains while
         the encoder and codebooks, and so every code, stay as they are. Tokenizers that support it
         override this together with ``decode_codes`` (codes [B, Q, N] -> media, differentiable)."""
-        raise NotImplementedError(f"{type(self).__name__} cannot train its decoder alone")
+        raise TypeError(f"{type(self).__name__} cannot train its decoder alone (it names no decoder modules)")
 
     @property
     @abstractmethod

@@ -235,3 +235,18 @@ def test_decoder_only_fine_tune_keeps_every_code_and_improves_reconstructions(tm
     errors = [float((tokenizer.decode(codes) - video).abs().transpose(1, 2)[valid].mean())
               for tokenizer, codes in ((before, old), (after, new))]
     assert errors[1] < 0.9 * errors[0], errors
+
+
+def test_decoder_only_needs_a_tokenizer_that_names_its_decoder_and_a_start(tmp_path):
+    from mmtok.codecs.rvq import RVQCodec
+    from mmtok.training.image_tokenizer import ImageTokenizerModule
+
+    tiny().save_pretrained(tmp_path / "start")
+    with pytest.raises(ValueError, match="decoder_only: give init_from"):
+        ImageTokenizerModule(tokenizer=tiny(), decoder_only=True)
+    with pytest.raises(TypeError, match="RVQCodec cannot train its decoder alone"):
+        RVQCodec(encoder_channels=4, decoder_channels=32, latent_dim=16).decoder_modules()
+    module = ImageTokenizerModule(tokenizer=tiny(), init_from=str(tmp_path / "start"), decoder_only=True)
+    trained = {name for name, p in module.tokenizer.named_parameters() if p.requires_grad}
+    assert trained and all(name.split(".")[0] in {"from_latent", "decoder_temporal", "decoder_spatial", "first_out",
+                                                  "tubelet_out"} for name in trained)
