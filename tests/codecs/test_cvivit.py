@@ -214,7 +214,7 @@ def test_decoder_only_fine_tune_keeps_every_code_and_improves_reconstructions(tm
     corpus, judge = tiny_moving_digits(tmp_path)
     fit_tiny_cvivit(corpus, judge, tmp_path / "first", max_steps=4)
     main(["export", str(tmp_path / "first" / "checkpoints" / "last.ckpt"), str(tmp_path / "first_hub")])
-    fit_tiny_cvivit(corpus, judge, tmp_path / "second", max_steps=16, lr=0.003, overrides=(
+    fit_tiny_cvivit(corpus, judge, tmp_path / "second", max_steps=16, overrides=(
         "--model.init_args.init_from", str(tmp_path / "first_hub"), "--model.init_args.decoder_only", "true"))
     main(["export", str(tmp_path / "second" / "checkpoints" / "last.ckpt"), str(tmp_path / "second_hub")])
     before, after = load_pretrained(tmp_path / "first_hub"), load_pretrained(tmp_path / "second_hub")
