@@ -166,7 +166,7 @@ def _evaluate_generator(generator, judge, args: argparse.Namespace) -> list[dict
     tokenizer = generator.load_tokenizer(args.tokenizer, near=args.model)
     task = build_task(generator.task, source=f"{args.model}/config.json")
     return task.evaluate(generator, tokenizer, judge, args.data, samples_per_request=args.samples,
-                         max_items=args.max_items, rng=torch.Generator().manual_seed(args.seed),
+                         max_items=args.max_items, split=args.split, rng=torch.Generator().manual_seed(args.seed),
                          **generator.sampling_with(sampler=args.sampler, steps=args.steps, temperature=args.temperature,
                                                    top_k=args.top_k, cfg_scale=args.cfg_scale,
                                                    choice_temperature=args.choice_temperature))

@@ -41,7 +41,9 @@ class Task(ABC):
         ``sampling`` holds the sampler and its options for :meth:`TokenGenerator.generate`."""
 
     def evaluate(self, generator, tokenizer, judge, data: str | Path, **options) -> list[dict]:
-        """Rows of measured figures for ``mmtok evaluate GENERATOR DATA --judge J``."""
+        """Rows of measured figures for ``mmtok evaluate GENERATOR DATA --judge J``, on the corpus'
+        ``split`` (an option every task takes, "test" by default, with ``max_items``, ``rng`` and the
+        sampling settings)."""
         raise ValueError(f"{type(self).__name__} has no evaluation")
 
 

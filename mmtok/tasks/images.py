@@ -79,33 +79,33 @@ class ImageTask(Task):
 
     def evaluate(self, generator, tokenizer, judge, data: str | Path, *, samples_per_request: int = 100,
                  rng: torch.Generator | None = None, batch_size: int = 100, max_items: int | None = None,
-                 **sampling) -> list[dict]:
-        """Judge a generator on a labelled image corpus (``data``, its test split): ``samples_per_request``
+                 split: str = "test", **sampling) -> list[dict]:
+        """Judge a generator on a labelled image corpus (``data``, its ``split``): ``samples_per_request``
         images per request of :meth:`evaluation_requests`, the judge's accuracy on them (overall and per
         label) and their Fréchet distance to the real train images in the judge's feature space, with the
-        time they took; next to the floor (the real test images against the same train images) and the
-        tokenizer's ceiling (its reconstructions of the test images from the codebooks the generator
+        time they took; next to the floor (the real ``split`` images against the same train images) and the
+        tokenizer's ceiling (its reconstructions of those images from the codebooks the generator
         draws, against them too). Every distance is to the train images, so the three compare alike: the
         distance of reconstructions to the very images they reconstruct would be far below anything a
-        generator can reach. ``max_items`` is not used (every test image counts)."""
+        generator can reach. ``max_items`` is not used (every image of the split counts)."""
         import time
 
         from mmtok.judges.digits import labelled_images
         from mmtok.metrics.image import classifier_accuracy, frechet_distance
 
-        test, test_labels = labelled_images(data, split="test", channels=judge.channels)
+        test, test_labels = labelled_images(data, split=split, channels=judge.channels)
         train, _ = labelled_images(data, split="train", channels=judge.channels)
         with torch.no_grad():
             recon = torch.cat([tokenizer.decode(tokenizer.encode(test[i:i + batch_size])
                                                 .first_codebooks(generator.num_codebooks)).clamp(0, 1)
                                for i in range(0, len(test), batch_size)])
-        rows = [{"images": "real test vs real train (floor)", "count": len(test),
+        rows = [{"images": f"real {split} vs real train (floor)", "count": len(test),
                  "accuracy": classifier_accuracy(test, test_labels, judge),
                  "frechet_distance": frechet_distance(test, train, feature_network=judge)},
                 {"images": "tokenizer reconstructions (ceiling)", "count": len(recon),
                  "accuracy": classifier_accuracy(recon, test_labels, judge),
                  "frechet_distance": frechet_distance(recon, train, feature_network=judge)}]
-        values, labels = self.evaluation_requests(generator, data, samples_per_request)
+        values, labels = self.evaluation_requests(generator, data, samples_per_request, split=split)
         started = time.perf_counter()
         images = generate_images(generator, tokenizer, {self.key: values}, rng=rng, batch_size=batch_size, **sampling)
         seconds = time.perf_counter() - started
@@ -121,8 +121,10 @@ class ImageTask(Task):
         return rows
 
     @abstractmethod
-    def evaluation_requests(self, generator, data: str | Path, count: int) -> tuple[list, list[int]]:
-        """(condition value, label the judge should read) for ``count`` images per request."""
+    def evaluation_requests(self, generator, data: str | Path, count: int, *,
+                            split: str = "test") -> tuple[list, list[int]]:
+        """(condition value, label the judge should read) for ``count`` images per request (a caption
+        model's captions come from ``split``)."""
 
 
 class ClassToImage(ImageTask):
@@ -146,7 +148,7 @@ class ClassToImage(ImageTask):
                              f"(known: {', '.join(condition.classes)})")
         return [(f"class{name}", name) for name in classes]
 
-    def evaluation_requests(self, generator, data, count):
+    def evaluation_requests(self, generator, data, count, *, split="test"):
         """Every class, each read as the digit its name is."""
         condition = next(c for c in generator.conditioner.conditions if c.key == self.key)
         return ([name for name in condition.classes for _ in range(count)],
@@ -171,16 +173,16 @@ class CaptionToImage(ImageTask):
         texts = list(args.text)
         return [(f"text{i}", text) for i, text in enumerate(texts)]
 
-    def evaluation_requests(self, generator, data, count):
-        """Per label of the test split, its images' own captions in turn (the caption model must read
+    def evaluation_requests(self, generator, data, count, *, split="test"):
+        """Per label of ``split``, its images' own captions in turn (the caption model must read
         the words), ``count`` images per label."""
         from mmtok.data.manifest import read_manifest
 
         captions: dict[int, list[str]] = {}
         for entry in read_manifest(data):
-            if entry.get("split") == "test" and entry.get(self.key):
+            if entry.get("split") == split and entry.get(self.key):
                 captions.setdefault(int(entry["label"]), []).append(entry[self.key])
         if not captions:
-            raise DataError(f"{data}: no test images with a {self.key!r} caption and a label")
+            raise DataError(f"{data}: no {split} images with a {self.key!r} caption and a label")
         pairs = [(texts[i % len(texts)], label) for label, texts in sorted(captions.items()) for i in range(count)]
         return [text for text, _ in pairs], [label for _, label in pairs]

@@ -133,12 +133,13 @@ class TextToSpeech(Task):
         return files + [out / "generated.jsonl"]
 
     def evaluate(self, generator, tokenizer, judge, data, *, samples_per_request: int = 1, max_items: int | None = 100,
-                 rng: torch.Generator | None = None, **sampling) -> list[dict]:
-        """:func:`evaluate_tts` in both modes (corpus voice, 3 s prompt) on the test split; one
+                 rng: torch.Generator | None = None, split: str = "test", **sampling) -> list[dict]:
+        """:func:`evaluate_tts` in both modes (corpus voice, 3 s prompt) on ``split``; one
         utterance per sentence (``samples_per_request`` is not used)."""
         seed = int(torch.randint(0, 2**31, (1,), generator=rng)) if rng is not None else 0
         sampling = {k: v for k, v in sampling.items() if v is not None}
-        return [evaluate_tts(generator, tokenizer, judge, data, mode=mode, max_items=max_items, seed=seed, **sampling)
+        return [evaluate_tts(generator, tokenizer, judge, data, mode=mode, split=split, max_items=max_items, seed=seed,
+                             **sampling)
                 for mode in MODES]
 
     @staticmethod

@@ -156,10 +156,10 @@ class TextToVideo(Task):
                  rng: torch.Generator | None = None, max_items: int | None = None, batch_size: int = 32,
                  split: str = "test", **sampling) -> list[dict]:
         """The three rates of the Phenaki issue on the ``data`` corpus' ``split`` clips (one clip generated
-        per test caption, at the clip's own frame count up to ``longest``): (a) the digit the caption
+        per caption, at the clip's own frame count up to ``longest``): (a) the digit the caption
         names is the one the judge reads (majority over frames, on crops at each frame's centre of
         mass), (b) the motion over the first three frames follows the caption's direction, (c) the clip
-        has the frames asked for. Next to them the floor (the real test clips) and the tokenizer's
+        has the frames asked for. Next to them the floor (the real clips) and the tokenizer's
         ceiling (its reconstructions of them), with the generation time."""
         import time
 
@@ -179,7 +179,8 @@ class TextToVideo(Task):
             generator.num_codebooks))[0].cpu() for clip in real]
         digits = [int(e["digits"][0]) for e in entries]
         directions = [e["directions"][0] for e in entries]
-        rows = [{"clips": "real test clips (floor)", **clip_rates(real, digits, directions, counts, judge, digit_size)},
+        rows = [{"clips": f"real {split} clips (floor)",
+                 **clip_rates(real, digits, directions, counts, judge, digit_size)},
                 {"clips": "tokenizer reconstructions (ceiling)",
                  **clip_rates(recon, digits, directions, counts, judge, digit_size)}]
         generated, seconds = [], 0.0

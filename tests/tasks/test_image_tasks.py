@@ -137,9 +137,15 @@ def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, 
     torch.manual_seed(0)
     DigitClassifier(widths=(4, 8)).eval().save_pretrained(judge)
     main(["evaluate", str(hub), str(digits16), "--judge", str(judge), "--samples", "3", *sampler,
-          "--out", str(tmp_path / "eval")])
+          "--split", "valid", "--out", str(tmp_path / "eval")])
     table = (tmp_path / "eval" / "metrics.md").read_text()
-    assert "real test vs real train (floor)" in table and "tokenizer reconstructions (ceiling)" in table
+    from mmtok.judges.digits import labelled_images
+    from mmtok.metrics.image import frechet_distance
+
+    valid, train = (labelled_images(digits16, split=split)[0] for split in ("valid", "train"))
+    floor = f"{frechet_distance(valid, train, feature_network=load_pretrained(judge)):.4g}"
+    assert f"| real valid vs real train (floor) | {len(valid)} |" in table and f"| {floor} |" in table, "--split"
+    assert "tokenizer reconstructions (ceiling)" in table
     assert "generated (" in table and "accuracy_9" in table
     code, line = cli_error(["generate", str(hub), "--class", "eleven", "--out", str(tmp_path / "c")], capsys)
     assert code == 2 and line.startswith("mmtok generate: --class eleven: not a class of this generator (known: 0, 1")

@@ -16,6 +16,7 @@ from mmtok.cli import main
 from mmtok.codecs.cvivit import CViViTTokenizer
 from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.diffusion.model import MaskedDiffusionGenerator
+from mmtok.data.manifest import read_manifest
 from mmtok.hub import load_pretrained
 from mmtok.tasks.video import TextToVideo, centre_of_mass, clip_rates, generate_story, moved_towards
 
@@ -214,8 +215,11 @@ def test_recipes_end_to_end_clips_tokenizer_tokens_maskgit_export_mp4(tmp_path):
           "--sampler", "maskgit", "--steps", "2", "--out", str(tmp_path / "out")])
     video, fps = read_video(tmp_path / "out" / "text0.mp4")
     assert video.shape[1:3] == (9, 32) and fps == 10, "9 frames from a model trained on 5: primed segments"
-    rows = TextToVideo(longest=5, prime_frames=1).evaluate(
-        loaded, loaded.load_tokenizer(str(tmp_path / "cvivit")), load_pretrained(judge), corpus,
-        sampler="maskgit", steps=2, max_items=4, rng=torch.Generator().manual_seed(0))
-    assert [r["clips"].split(" ")[0] for r in rows] == ["real", "tokenizer", "generated"]
-    assert rows[2]["frame_count_rate"] == 1.0 and rows[2]["count"] == rows[0]["count"] >= 1
+    main(["evaluate", str(tmp_path / "phenaki"), str(corpus), "--judge", str(judge), "--split", "valid",
+          "--max-items", "8", "--sampler", "maskgit", "--steps", "2", "--out", str(tmp_path / "eval")])
+    rows = [line.strip("| ").split(" | ") for line in (tmp_path / "eval" / "metrics.md").read_text().splitlines()[2:]]
+    valid = sum(entry["split"] == "valid" for entry in read_manifest(corpus, key="video"))
+    assert [row[0] for row in rows] == ["real valid clips (floor)", "tokenizer reconstructions (ceiling)",
+                                        "generated (maskgit, 2 steps)"]
+    assert [int(row[1]) for row in rows] == [valid] * 3, "the valid clips, not the test ones"
+    assert float(rows[2][4]) == 1.0, "every clip has the frames asked for"
