@@ -118,7 +118,10 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
 
     model = load_pretrained(args.model)
     judge = load_pretrained(args.judge) if args.judge else None
-    if isinstance(model, TokenGenerator):
+    generator, codec = isinstance(model, TokenGenerator), getattr(model, "modality", None) == "audio"
+    _refuse_flags(args, GENERATOR_FLAGS, applies=generator, to="generators")
+    _refuse_flags(args, CODEC_FLAGS, applies=codec, to="audio tokenizers")
+    if generator:
         rows = _evaluate_generator(model, judge, args)
     elif isinstance(model, PhonemeRecognizer):
         rows = [evaluate_recognizer(model, args.data, split=args.split, max_items=args.max_items)]
@@ -146,12 +149,27 @@ def cmd_evaluate(args: argparse.Namespace) -> None:
         if judge is not None and not isinstance(judge, PhonemeRecognizer):
             raise UsageError(f"--judge {args.judge}: a {type(judge).__name__}, expected a phoneme recognizer")
         rows = evaluate_codec(model, args.data, split=args.split, max_items=args.max_items,
-                              quantizers=args.quantizers, examples_dir=args.out, num_examples=args.examples,
+                              quantizers=args.quantizers, examples_dir=args.out,
+                              num_examples=3 if args.examples is None else args.examples,
                               judge=judge)
     table = write_table(Path(args.out) / "metrics.md", rows) if args.out else markdown_table(rows)
     print(table)
     if args.out:
         print(f"metrics (and any examples) written to {Path(args.out).resolve()}")
+
+
+GENERATOR_FLAGS = {"tokenizer": "--tokenizer", "samples": "--samples", "sampler": "--sampler", "steps": "--steps",
+                   "temperature": "--temperature", "top_k": "--top-k", "cfg_scale": "--cfg-scale",
+                   "choice_temperature": "--choice-temperature", "seed": "--seed"}
+CODEC_FLAGS = {"quantizers": "--quantizers", "examples": "--examples"}
+"""`mmtok evaluate`'s flags that only one kind of model takes (argument name -> flag)."""
+
+
+def _refuse_flags(args: argparse.Namespace, flags: dict[str, str], *, applies: bool, to: str) -> None:
+    """One line naming the flags given that do not apply to ``args.model`` (instead of ignoring them)."""
+    given = [flag for name, flag in flags.items() if getattr(args, name) is not None]
+    if given and not applies:
+        raise UsageError(f"{', '.join(given)}: only for {to}, and {args.model} is not one")
 
 
 def _evaluate_generator(generator, judge, args: argparse.Namespace) -> list[dict]:
@@ -165,8 +183,9 @@ def _evaluate_generator(generator, judge, args: argparse.Namespace) -> list[dict
                          "(a phoneme recognizer for speech, a digit classifier for digits)")
     tokenizer = generator.load_tokenizer(args.tokenizer, near=args.model)
     task = build_task(generator.task, source=f"{args.model}/config.json")
-    return task.evaluate(generator, tokenizer, judge, args.data, samples_per_request=args.samples,
-                         max_items=args.max_items, split=args.split, rng=torch.Generator().manual_seed(args.seed),
+    return task.evaluate(generator, tokenizer, judge, args.data,
+                         samples_per_request=100 if args.samples is None else args.samples, max_items=args.max_items,
+                         split=args.split, rng=torch.Generator().manual_seed(0 if args.seed is None else args.seed),
                          **generator.sampling_with(sampler=args.sampler, steps=args.steps, temperature=args.temperature,
                                                    top_k=args.top_k, cfg_scale=args.cfg_scale,
                                                    choice_temperature=args.choice_temperature))
@@ -448,11 +467,13 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--max-items", type=int, default=None)
     evaluate.add_argument("--quantizers", type=int, nargs="+", default=None)
     evaluate.add_argument("--out", help="folder for metrics.md and example wavs/pngs")
-    evaluate.add_argument("--examples", type=int, default=3, help="examples written to --out")
+    evaluate.add_argument("--examples", type=int, default=None,
+                          help="audio tokenizers: examples written to --out (default 3)")
     evaluate.add_argument("--judge", help="a judge Hub folder: the phoneme recognizer (PER of speech) or the digit "
                                           "classifier (accuracy and Fréchet distance of images); needed for generators")
     evaluate.add_argument("--tokenizer", help="generators: tokenizer Hub folder (default: the one it names)")
-    evaluate.add_argument("--samples", type=int, default=100, help="generators: samples per class or caption")
+    evaluate.add_argument("--samples", type=int, default=None,
+                          help="generators: samples per class or caption (default 100)")
     evaluate.add_argument("--sampler", help="generators: the sampler (default: the generator's first)")
     evaluate.add_argument("--steps", type=int, default=None, help="generators: ancestral / maskgit steps")
     evaluate.add_argument("--temperature", type=float, help="generators (default: the recorded setting, else 1)")
@@ -460,7 +481,7 @@ def build_parser() -> argparse.ArgumentParser:
     evaluate.add_argument("--cfg-scale", type=float, help="generators: classifier-free guidance (default: the "
                                                           "recorded setting, else 1)")
     evaluate.add_argument("--choice-temperature", type=float, help="generators: " + CHOICE_TEMPERATURE_HELP)
-    evaluate.add_argument("--seed", type=int, default=0, help="generators")
+    evaluate.add_argument("--seed", type=int, default=None, help="generators (default 0)")
     evaluate.set_defaults(func=cmd_evaluate)
 
     transcribe = sub.add_parser("transcribe", help="phoneme transcripts of an audio file or folder")

@@ -51,3 +51,7 @@ def test_evaluate_command_with_a_judge(codec_and_judge, tiny_corpus, tmp_path, c
                            capsys)
     assert code == 2 and line == (f"mmtok evaluate: --judge {tmp_path / 'codec'}: a RVQCodec, expected a phoneme "
                                   "recognizer")
+    code, line = cli_error(["evaluate", str(tmp_path / "codec"), str(tiny_corpus), "--cfg-scale", "3", "--seed", "1"],
+                           capsys)
+    assert code == 2 and line == (f"mmtok evaluate: --cfg-scale, --seed: only for generators, and {tmp_path / 'codec'} "
+                                  "is not one"), "a flag that does not apply is refused, not ignored"
