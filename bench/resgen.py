@@ -48,7 +48,7 @@ def main() -> None:
     parser.add_argument("--judge", required=True, help="digit classifier (images) or phoneme recognizer (speech)")
     parser.add_argument("--data", required=True, help="the corpus the task evaluates on (its test split)")
     parser.add_argument("--samples-per-class", type=int, default=20, help="images: samples per class")
-    parser.add_argument("--max-items", type=int, default=100, help="speech: test utterances")
+    parser.add_argument("--max-items", type=int, default=None, help="speech: test utterances (default 100)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out")
     parser.add_argument("--cards", action="store_true")
@@ -62,9 +62,9 @@ def main() -> None:
         tokenizer = generator.load_tokenizer(near=folder)
         task = build_task(generator.task, source=str(folder))
         for sampling in settings(generator, name, args, samplers):
+            given = {} if args.max_items is None else {"max_items": args.max_items}  # images score every image
             measured = task.evaluate(generator, tokenizer, judge, args.data, samples_per_request=args.samples_per_class,
-                                     max_items=args.max_items, rng=torch.Generator().manual_seed(args.seed),
-                                     **sampling)
+                                     rng=torch.Generator().manual_seed(args.seed), **given, **sampling)
             for row in measured:
                 rows.extend(describe(row, name, generator, sampling, seen))
     publish(f"`{args.data}` test split; judge `{args.judge}`; seed {args.seed}.\n\n" + markdown_table(rows) + "\n",

@@ -87,12 +87,15 @@ class ImageTask(Task):
         tokenizer's ceiling (its reconstructions of those images from the codebooks the generator
         draws, against them too). Every distance is to the train images, so the three compare alike: the
         distance of reconstructions to the very images they reconstruct would be far below anything a
-        generator can reach. ``max_items`` is not used (every image of the split counts)."""
+        generator can reach. Every image of the split counts, so ``max_items`` is refused."""
         import time
 
         from mmtok.judges.digits import labelled_images
         from mmtok.metrics.image import classifier_accuracy, frechet_distance
 
+        if max_items is not None:
+            raise UsageError(f"--max-items {max_items}: an image generator is scored against every image of the "
+                             "split; --samples sets how many it draws per class")
         test, test_labels = labelled_images(data, split=split, channels=judge.channels)
         train, _ = labelled_images(data, split="train", channels=judge.channels)
         with torch.no_grad():

@@ -148,6 +148,8 @@ def test_the_class_to_image_recipe_trains_exports_and_writes_class_pngs(recipe, 
     assert "tokenizer reconstructions (ceiling)" in table
     code, line = cli_error(["evaluate", str(hub), str(digits16), "--judge", str(judge), "--quantizers", "1"], capsys)
     assert (code, line) == (2, f"mmtok evaluate: --quantizers: only for audio tokenizers, and {hub} is not one")
+    code, line = cli_error(["evaluate", str(hub), str(digits16), "--judge", str(judge), "--max-items", "5"], capsys)
+    assert code == 2 and line.startswith("mmtok evaluate: --max-items 5: an image generator is scored against every")
     assert "generated (" in table and "accuracy_9" in table
     code, line = cli_error(["generate", str(hub), "--class", "eleven", "--out", str(tmp_path / "c")], capsys)
     assert code == 2 and line.startswith("mmtok generate: --class eleven: not a class of this generator (known: 0, 1")
