@@ -96,17 +96,17 @@ class ImageTask(Task):
         if max_items is not None:
             raise UsageError(f"--max-items {max_items}: an image generator is scored against every image of the "
                              "split; --samples sets how many it draws per class")
-        test, test_labels = labelled_images(data, split=split, channels=judge.channels)
+        real, real_labels = labelled_images(data, split=split, channels=judge.channels)
         train, _ = labelled_images(data, split="train", channels=judge.channels)
         with torch.no_grad():
-            recon = torch.cat([tokenizer.decode(tokenizer.encode(test[i:i + batch_size])
+            recon = torch.cat([tokenizer.decode(tokenizer.encode(real[i:i + batch_size])
                                                 .first_codebooks(generator.num_codebooks)).clamp(0, 1)
-                               for i in range(0, len(test), batch_size)])
-        rows = [{"images": f"real {split} vs real train (floor)", "count": len(test),
-                 "accuracy": classifier_accuracy(test, test_labels, judge),
-                 "frechet_distance": frechet_distance(test, train, feature_network=judge)},
+                               for i in range(0, len(real), batch_size)])
+        rows = [{"images": f"real {split} vs real train (floor)", "count": len(real),
+                 "accuracy": classifier_accuracy(real, real_labels, judge),
+                 "frechet_distance": frechet_distance(real, train, feature_network=judge)},
                 {"images": "tokenizer reconstructions (ceiling)", "count": len(recon),
-                 "accuracy": classifier_accuracy(recon, test_labels, judge),
+                 "accuracy": classifier_accuracy(recon, real_labels, judge),
                  "frechet_distance": frechet_distance(recon, train, feature_network=judge)}]
         values, labels = self.evaluation_requests(generator, data, samples_per_request, split=split)
         started = time.perf_counter()

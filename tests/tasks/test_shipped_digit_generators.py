@@ -59,6 +59,7 @@ def test_the_release_draws_the_digit_asked_for(name):
     assert images.shape == (50, 1, 32, 32) and 0 <= images.min() and images.max() <= 1
     accuracy = float((judge.classify(images) == torch.tensor(labels)).float().mean())
     assert accuracy >= MINIMUM_ACCURACY[name], f"the judge reads {accuracy:.2f} of {name}'s digits as asked"
-    again = generate_images(generator, tokenizer, {"label": classes}, rng=torch.Generator().manual_seed(0),
-                            **sampling)
-    assert torch.equal(again, images), "the same seed gives the same images"
+    one_each = classes[::5]  # the same seed gives the same images (checked on one per class, to save time)
+    first, again = (generate_images(generator, tokenizer, {"label": one_each}, rng=torch.Generator().manual_seed(1),
+                                    **sampling) for _ in range(2))
+    assert torch.equal(again, first) and not torch.equal(first, images[::5]), "seeded, and the seed matters"

@@ -71,7 +71,7 @@ def test_the_gpu_check_runs_on_cpu(tiny_corpus, tmp_path):
     table = tmp_path / "table.md"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     done = subprocess.run([sys.executable, str(REPO / "bench" / "gpu_check.py"), "--device", "cpu",
-                           "--precision", "32-true", "--train-steps", "3", "--seconds", "5", "--batch", "4",
+                           "--precision", "32-true", "--train-steps", "2", "--seconds", "2", "--batch", "2",
                            "--speech", str(tiny_corpus), "--digits", str(digits), "--tokens", str(tmp_path / "tokens"),
                            "--work", str(tmp_path / "work"), "--out", str(table)],
                           capture_output=True, text=True, timeout=900, env=env, cwd=REPO)
