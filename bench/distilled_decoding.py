@@ -15,12 +15,13 @@ from __future__ import annotations
 
 import argparse
 import math
+import sys
 import time
 
 import torch
 
 from common import named_folders, publish
-from mmtok.hub import load_pretrained
+from mmtok.hub import load_pretrained, weights_digest
 from mmtok.media import markdown_table
 from mmtok.tasks import build_task
 
@@ -122,8 +123,13 @@ def main() -> None:
     tokenizer = teacher.load_tokenizer(near=args.teacher)
     task = build_task(teacher.task, source=args.teacher)
     entries = [("teacher AR (KV cache)", teacher, teacher.sampling_with())]
+    notes = []
     for name, folder in students.items():
         student = load_pretrained(folder)
+        if student.teacher_weights not in (None, weights_digest(args.teacher)):
+            notes.append(f"Student `{folder}` was distilled from other weights than `{args.teacher}` holds now "
+                         "(its recorded teacher_weights differ): it is not this teacher's student.")
+            print(notes[-1], file=sys.stderr)
         entries += [(f"{name}: DD {steps} step{'s' * (steps > 1)}", student, student.sampling_with(steps=steps))
                     for steps in (1, 2)]
     if args.naive:
@@ -163,6 +169,7 @@ def main() -> None:
             f"the train images; {torch.get_num_threads()} thread(s). Images/s count token generation; the "
             f"tokenizer decodes {decode:.0f} images/s at batch 64 for every row alike.\n\n" + markdown_table(table)
             + "\n\nJudge accuracy per class:\n\n" + markdown_table(per_class) + "\n")
+    text += "".join(f"\n{note}\n" for note in notes)
     text += ("\nThe flow's steps (DPM-Solver++(2M)) on a random 16-token codebook, 100,000 noises:\n\n"
              + markdown_table(flow_step_check(seed=args.seed)) + "\n")
     if args.pairs:

@@ -121,6 +121,16 @@ def resolve_file(model_id: str, filename: str, **download_kwargs) -> Path:
     return Path(hf_hub_download(repo_id=model_id, filename=filename, **download_kwargs))
 
 
+def weights_digest(folder: str | os.PathLike) -> str | None:
+    """SHA-256 of a local Hub folder's weights, or None for a Hub repo id (its revision names its
+    weights). Recorded wherever a product of a model is kept under the model's name (a token cache, a
+    distillation's pairs and student), so that one made by other weights under the same name is caught."""
+    import hashlib
+
+    weights = Path(folder) / WEIGHTS_NAME
+    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
+
+
 def load_weights_strict(model: torch.nn.Module, path: Path) -> None:
     """Load a safetensors file into ``model``; any key or shape mismatch raises a DataError naming it."""
     try:

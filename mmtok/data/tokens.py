@@ -56,12 +56,12 @@ def tokenize_corpus(tokenizer: str, manifest: str | Path, out_dir: str | Path, *
     every utterance ``durations``: its phonemes' frame counts, which sum to its frame count. A bad
     alignment (see :mod:`mmtok.alignment`) is left out of the cache, listed on stderr and in
     info.json's ``alignment`` section, and counted."""
-    from mmtok.hub import load_pretrained
+    from mmtok.hub import load_pretrained, weights_digest
 
     manifest, out_dir = manifest_path(manifest), Path(out_dir)
-    key = {"tokenizer": str(tokenizer), "tokenizer_weights": _weights_digest(tokenizer),
+    key = {"tokenizer": str(tokenizer), "tokenizer_weights": weights_digest(tokenizer),
            "manifest": str(manifest.resolve()), "aligner": None if aligner is None else str(aligner),
-           "aligner_weights": None if aligner is None else _weights_digest(aligner)}
+           "aligner_weights": None if aligner is None else weights_digest(aligner)}
     info_path = out_dir / INFO_NAME
     if info_path.is_file() and (out_dir / TOKENS_NAME).is_file():
         info = json.loads(info_path.read_text())
@@ -160,15 +160,6 @@ def _keep_aligned(items: list, alignments: list, media_key: str, *, aligner: str
     print(f"tokenize: aligned {len(good)} of {len(alignments)} utterances ({report['exact']} with the recognizer's "
           f"frame count{others}), {len(bad)} bad alignment(s) left out", file=sys.stderr)
     return kept, report
-
-
-def _weights_digest(tokenizer: str) -> str | None:
-    """SHA-256 of a local tokenizer folder's weights: a cache made by other weights under the same
-    name is stale. None for a Hub repo id (its revision names its weights)."""
-    import hashlib
-
-    weights = Path(tokenizer) / "model.safetensors"
-    return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
 
 
 def _write_cache(out_dir: Path, items: list, key: dict, model) -> None:

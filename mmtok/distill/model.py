@@ -44,6 +44,8 @@ class DistilledGenerator(TokenGenerator):
 
     Args:
         teacher: the teacher's Hub folder or repo id (recorded, never loaded to sample).
+        teacher_weights: the SHA-256 of the teacher's weights when it was a local folder
+            (:func:`mmtok.hub.weights_digest`), so that a student of a since-replaced teacher is known.
         teacher_sampling: the settings the teacher's pairs were drawn with (recorded: the student
             reproduces the teacher sampled that way, classifier-free guidance included).
         vector_dim: d, the size of each slot's noise vector (the pairs' ``vector_dim``).
@@ -56,8 +58,9 @@ class DistilledGenerator(TokenGenerator):
     def __init__(self, *, tokenizer: str, backbone: CodebookTransformer | dict, pattern: str | dict = "parallel",
                  conditions: Sequence[dict] = (), positions: str = "sequential", grid: Sequence[int] | None = None,
                  frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None,
-                 sampling: dict | None = None, teacher: str | None = None, teacher_sampling: dict | None = None,
-                 vector_dim: int = 8, inputs: str = "noise", intermediate: float = 0.5):
+                 sampling: dict | None = None, teacher: str | None = None, teacher_weights: str | None = None,
+                 teacher_sampling: dict | None = None, vector_dim: int = 8, inputs: str = "noise",
+                 intermediate: float = 0.5):
         super().__init__(tokenizer=tokenizer, backbone=backbone, pattern=pattern, conditions=conditions,
                          positions=positions, grid=grid, frame_rate=frame_rate, sample_rate=sample_rate, task=task,
                          sampling=sampling)
@@ -67,7 +70,8 @@ class DistilledGenerator(TokenGenerator):
             raise ValueError(f"intermediate must be in (0, 1), got {intermediate}")
         if self.frame_aligned:
             raise ValueError("conditions placed on the frames are not distilled (the student takes a prefix only)")
-        self.teacher, self.teacher_sampling = teacher, dict(teacher_sampling or {})
+        self.teacher, self.teacher_weights = teacher, teacher_weights
+        self.teacher_sampling = dict(teacher_sampling or {})
         self.inputs, self.vector_dim, self.intermediate = inputs, vector_dim, intermediate
         dim = self.backbone.dim
         self.noise_in = nn.ModuleList(nn.Linear(vector_dim, dim, bias=False) for _ in self.codebook_sizes)
@@ -81,7 +85,7 @@ class DistilledGenerator(TokenGenerator):
         """A student with the AR teacher's (a Hub folder's) backbone, conditions, pattern, token facts
         and task, its weights copied; condition dropout off (the student learns the guided sampler)."""
         from mmtok.ar.model import ARGenerator
-        from mmtok.hub import load_pretrained, load_state_strict
+        from mmtok.hub import load_pretrained, load_state_strict, weights_digest
 
         model = load_pretrained(teacher)
         if not isinstance(model, ARGenerator):
@@ -94,7 +98,8 @@ class DistilledGenerator(TokenGenerator):
                       conditions=conditions, positions=config.get("positions", "sequential"), grid=config.get("grid"),
                       frame_rate=config.get("frame_rate"), sample_rate=config.get("sample_rate"),
                       task=config.get("task"), sampling={"sampler": "distilled", "steps": 1}, teacher=str(teacher),
-                      teacher_sampling=sampling, vector_dim=vector_dim, inputs=inputs, intermediate=intermediate)
+                      teacher_weights=weights_digest(teacher), teacher_sampling=sampling, vector_dim=vector_dim,
+                      inputs=inputs, intermediate=intermediate)
         taught = {name: tensor for name, tensor in model.state_dict().items()}
         own = student.state_dict()
         load_state_strict(student, {**own, **taught}, source=f"{teacher}: the student does not fit the teacher")

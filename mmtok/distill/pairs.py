@@ -4,11 +4,12 @@ that step's noise under the teacher's (guided, tempered) distribution, so the wh
 deterministic function of the noise ε [S, Q, d]: (ε, tokens) is a training pair for a one-step
 student. No real media is read.
 
-A pairs folder holds ``info.json`` (the teacher, its sampling, the flow's settings), ``vectors.safetensors``
-(the codebooks' whitened vectors the flow used) and shards ``shard_00000.safetensors`` ... of
-``noise`` [n, S, Q, d] float32, ``codes`` [n, Q, T] and the condition values (in the metadata). Shard
-j draws its noise from seed (``seed``, j) alone, so the pairs are reproducible and a run resumes by
-writing only the shards that are missing (each is written atomically).
+A pairs folder holds ``info.json`` (the teacher and its weights' digest, its sampling, the flow's
+settings), ``vectors.safetensors`` (the codebooks' whitened vectors the flow used) and shards
+``shard_00000.safetensors`` ... of ``noise`` [n, S, Q, d] float32, ``codes`` [n, Q, T] and the
+condition values (in the metadata). Shard j draws its noise from seed (``seed``, j) alone, so the pairs
+are reproducible and a run resumes by writing only the shards that are missing (each is written
+atomically). A pairs folder of another teacher, or of other weights under the teacher's name, is refused.
 """
 
 from __future__ import annotations
@@ -98,7 +99,7 @@ def build_pairs(teacher: str, out: str | Path, *, count: int, shard_size: int = 
     The teacher and the flow run on ``device``; the pairs are the same wherever they ran up to float
     rounding (the noise is always drawn on the CPU)."""
     from mmtok.ar.model import ARGenerator
-    from mmtok.hub import load_pretrained
+    from mmtok.hub import load_pretrained, weights_digest
 
     if count < 1 or shard_size < 1 or batch_size < 1:
         raise UsageError(f"count {count}, shard_size {shard_size}, batch_size {batch_size}: each must be ≥ 1")
@@ -110,8 +111,9 @@ def build_pairs(teacher: str, out: str | Path, *, count: int, shard_size: int = 
     model.to(device)
     frames = pair_frames(model, num_frames)
     sampling = {k: v for k, v in model.sampling_with().items() if k in SAMPLING_KEYS}
-    info = {"teacher": str(teacher), "tokenizer": model.tokenizer_id, "sampling": sampling, "seed": seed,
-            "shard_size": shard_size, "vector_dim": vector_dim, "flow_steps": flow_steps, "num_frames": frames,
+    info = {"teacher": str(teacher), "teacher_weights": weights_digest(teacher), "tokenizer": model.tokenizer_id,
+            "sampling": sampling, "seed": seed, "shard_size": shard_size, "vector_dim": vector_dim,
+            "flow_steps": flow_steps, "num_frames": frames,
             "steps": model.pattern.num_steps(model.num_codebooks, frames), "codebook_sizes": model.codebook_sizes,
             "conditions": model.conditioner.keys}
     out = Path(out)

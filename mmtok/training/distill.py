@@ -24,15 +24,21 @@ class DistillModule(GeneratorModule):
                          warmup_steps=warmup_steps, num_generated_examples=num_generated_examples)
 
     def setup(self, stage: str) -> None:
-        """Check that the pairs were drawn from this student's teacher with its noise size."""
+        """Check that the pairs were drawn from this student's teacher (its weights, where both record
+        them) with its noise size."""
         data = self.trainer.datamodule
         info = getattr(data, "info", None)
         if info is None:
             return
         found = {"teacher": info.get("teacher"), "vector_dim": info.get("vector_dim")}
         expected = {"teacher": self.generator.teacher, "vector_dim": self.generator.vector_dim}
-        if found != expected:
-            raise DataError(f"{data.hparams.pairs}: pairs drawn with {found}, but the student distils {expected}")
+        if info.get("teacher_weights") and self.generator.teacher_weights:
+            found["teacher_weights"] = info["teacher_weights"]
+            expected["teacher_weights"] = self.generator.teacher_weights
+        differing = [key for key in expected if found[key] != expected[key]]
+        if differing:
+            raise DataError(f"{data.hparams.pairs}: pairs drawn with { {k: found[k] for k in differing} }, "
+                            f"but the student distils { {k: expected[k] for k in differing} }")
 
     def generate_examples(self, batch: dict):
         return self.generator.generate(batch, lengths=batch["lengths"], sampler=self.sampler)

@@ -17,7 +17,7 @@ from mmtok.distill.flow import token_flow, whitened_vectors
 from mmtok.distill.model import DistilledGenerator
 from mmtok.distill.pairs import build_pairs, flow_vectors, pair_noise, shard_path, teacher_pairs
 from mmtok.errors import UsageError
-from mmtok.hub import load_pretrained
+from mmtok.hub import load_pretrained, weights_digest
 
 
 def total_variation(tokens: torch.Tensor, probs: torch.Tensor) -> float:
@@ -106,6 +106,26 @@ def test_pairs_are_reproducible_from_a_seed_and_a_rerun_writes_only_missing_shar
     assert not torch.equal(load_file(str(shard_path(other, 0)))["noise"], load_file(str(shards[0]))["noise"])
     with pytest.raises(UsageError, match="made with other settings \\(vector_dim differ"):
         build_pairs(str(teacher), first, **{**options, "vector_dim": 3})
+
+
+def test_pairs_and_student_record_the_teachers_weights_and_refuse_a_replaced_teacher(teacher, tmp_path):
+    """A teacher replaced under the same folder name must not resume, or train from, the old one's pairs."""
+    options = dict(count=4, shard_size=4, batch_size=4, vector_dim=4, flow_steps=8, progress=False)
+    replaced = tmp_path / "teacher"
+    model = load_pretrained(teacher)
+    model.save_pretrained(replaced)
+    pairs = build_pairs(str(replaced), tmp_path / "pairs", **options)
+    digest = weights_digest(replaced)
+    assert json.loads((pairs / "info.json").read_text())["teacher_weights"] == digest == weights_digest(teacher)
+    student = DistilledGenerator.from_teacher(str(replaced), vector_dim=4)
+    student.save_pretrained(tmp_path / "student")
+    assert load_pretrained(tmp_path / "student").teacher_weights == digest
+    with torch.no_grad():
+        next(model.parameters()).add_(0.1)
+    model.save_pretrained(replaced)
+    assert weights_digest(replaced) != digest
+    with pytest.raises(UsageError, match="made with other settings \\(teacher_weights differ"):
+        build_pairs(str(replaced), pairs, **options)
 
 
 def test_the_student_starts_as_the_teacher_where_their_inputs_agree(teacher):
@@ -217,8 +237,8 @@ def test_the_recipe_draws_pairs_trains_the_student_exports_and_writes_pngs(teach
     code, line = cli_error(["generate", str(hub), "--steps", "3", "--out", str(tmp_path / "x")], capsys)
     assert (code, line) == (2, "mmtok generate: steps 3: a distilled student samples in 1 or 2 steps")
     code, line = cli_error(_fit_args(teacher, pairs, tmp_path / "bad", "--model.init_args.vector_dim", "3"), capsys)
-    assert code == 1 and line.startswith(f"mmtok fit: {pairs}: pairs drawn with {{'teacher'")
-    assert "'vector_dim': 4}, but the student distils" in line
+    assert (code, line) == (1, f"mmtok fit: {pairs}: pairs drawn with {{'vector_dim': 4}}, but the student distils "
+                               "{'vector_dim': 3}")
 
     naive = tmp_path / "naive"
     main(_fit_args(teacher, pairs, naive, "--model.init_args.inputs", "condition"))
