@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from conftest import REPO
-from mmtok.hub import load_pretrained
+from mmtok.hub import load_pretrained, weights_digest
 from mmtok.tasks import build_task
 from mmtok.tasks.images import generate_images
 
@@ -29,6 +29,8 @@ def test_the_release_is_a_small_hub_folder_naming_its_teacher():
     assert (config["teacher"], config["tokenizer"], config["grid"]) == ("checkpoints/digits-ar",
                                                                         "checkpoints/vq-digits", [8, 8])
     assert config["teacher_sampling"] == {"cfg_scale": 2, "temperature": 0.5} and config["inputs"] == "noise"
+    assert config["teacher_weights"] == weights_digest(REPO / "checkpoints" / "digits-ar"), \
+        "distilled from the shipped teacher's weights (a replaced teacher needs its student distilled again)"
     assert "## Distilled Decoding (bench/distilled_decoding.py)" in (FOLDER / "README.md").read_text()
 
 
