@@ -6,6 +6,9 @@ digits the shipped judge reads as the class asked for."""
 from __future__ import annotations
 
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -64,3 +67,39 @@ def test_the_release_draws_the_digit_asked_for(name):
                                     **sampling) for _ in range(2))
     assert torch.equal(again, first), "the same seed gives the same images"
     assert not torch.equal(first, images[::5]), "another seed (and batch) gives other images: the rng is used"
+
+
+def test_the_image_bench_reports_each_seed_as_alone_and_their_mean(tmp_path):
+    """`bench/image_generators.py --seed 0 1`: the table is seed 0's, and the spread table holds each seed's
+    figures as a run of that seed alone gives them, with their mean."""
+    from mmtok.data.images import build_digits_corpus
+
+    data = build_digits_corpus(tmp_path / "digits", max_per_class=15, seed=0, image_size=32,
+                               progress=False)
+
+    def bench(*seeds: int) -> str:
+        out = tmp_path / f"seeds{''.join(map(str, seeds))}.md"
+        done = subprocess.run([sys.executable, str(REPO / "bench" / "image_generators.py"), "--model",
+                               f"mdm={REPO / 'checkpoints' / 'digits-mdm'}", "--judge", str(JUDGE), "--data", str(data),
+                               "--samplers", "ancestral", "--steps", "4", "--samples-per-class", "3",
+                               "--seed", *map(str, seeds), "--out", str(out)],
+                              capture_output=True, text=True, timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+        assert done.returncode == 0, done.stderr[-3000:]
+        return out.read_text()
+
+    def rows(text: str) -> list[list[str]]:
+        """The generated rows: seed 0's in the table, then the spread table's."""
+        cells = [[cell.strip() for cell in line.strip("|").split("|")] for line in text.splitlines()
+                 if line.startswith("| mdm |")]
+        return [row for row in cells if not row[1].startswith("tokenizer")]
+
+    both, alone = bench(0, 1), bench(1)
+    assert "The same over seeds 0 1" in both and "The same over seeds" not in alone
+    table, spread = rows(both)[0], rows(both)[-1]
+    _, _, seed0, seed1, _, mean = spread
+    assert seed0 == f"{float(table[4]):.3f} / {float(table[5]):.3f}"
+    assert seed1 == f"{float(rows(alone)[0][4]):.3f} / {float(rows(alone)[0][5]):.3f}", \
+        "a seed's figures do not depend on the seeds run before it"
+    distances = [float(cell.split(" / ")[1]) for cell in (seed0, seed1)]
+    assert distances[0] != distances[1]
+    assert abs(float(mean.split(" ± ")[0]) - sum(distances) / 2) <= 0.0015
