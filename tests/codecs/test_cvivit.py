@@ -151,7 +151,7 @@ def test_hub_round_trip_same_codes_and_frames(model, tmp_path):
 
 
 def test_cli_encodes_and_decodes_a_video_file(model, tmp_path, capsys):
-    from tests.conftest import cli_error
+    from conftest import cli_error
 
     model.save_pretrained(tmp_path / "hub")
     write_video(tmp_path / "clip.npz", moving_square(7)[0], fps=10)
