@@ -48,6 +48,7 @@ def main() -> None:
     parser.add_argument("--out")
     parser.add_argument("--cards", action="store_true")
     args = parser.parse_args()
+    args.seed = list(dict.fromkeys(args.seed))  # a seed given twice would give the spread table one column for two
     models = named_folders(parser, args.model, "--model")
     judge = load_pretrained(args.judge)
     rows, seen, spread = [], set(), {}
