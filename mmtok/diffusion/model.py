@@ -20,13 +20,15 @@ from torch import nn
 
 from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.conditioning import Prefix
-from mmtok.diffusion.masked import mask_tokens, masked_diffusion_loss, sample_times
+from mmtok.diffusion.masked import mask_tokens, masked_diffusion_loss, masked_token_cross_entropy, sample_times
 from mmtok.diffusion.samplers import SAMPLERS
 from mmtok.diffusion.schedules import build_schedule
 from mmtok.errors import UsageError
 from mmtok.generators import TokenGenerator
 from mmtok.patterns import EMPTY
 from mmtok.tokens import Tokens
+
+LOSS_WEIGHTINGS = ("nelbo", "maskgit")
 
 
 class TimeEmbedding(nn.Module):
@@ -48,7 +50,9 @@ class MaskedDiffusionGenerator(TokenGenerator):
 
     Arguments: :class:`~mmtok.generators.TokenGenerator`'s (a step sits at the coordinate of its
     latest code's frame), plus ``schedule`` (``"log_linear"`` or ``"cosine"``) and
-    ``time_conditioning`` (False: the time-agnostic model, which Zheng et al. show loses nothing).
+    ``time_conditioning`` (False: the time-agnostic model, which Zheng et al. show loses nothing) and
+    ``loss_weighting``: ``"nelbo"`` (MDLM's bound) or ``"maskgit"`` (every masked token alike,
+    :func:`~mmtok.diffusion.masked.masked_token_cross_entropy`; the NELBO is still logged as ``nelbo``).
     Samplers: :data:`mmtok.diffusion.samplers.SAMPLERS`.
     """
 
@@ -57,7 +61,8 @@ class MaskedDiffusionGenerator(TokenGenerator):
     def __init__(self, *, tokenizer: str, backbone: CodebookTransformer | dict, pattern: str | dict = "parallel",
                  conditions: Sequence[dict] = (), positions: str = "sequential", grid: Sequence[int] | None = None,
                  frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None,
-                 sampling: dict | None = None, schedule: str = "log_linear", time_conditioning: bool = False):
+                 sampling: dict | None = None, schedule: str = "log_linear", time_conditioning: bool = False,
+                 loss_weighting: str = "nelbo"):
         super().__init__(tokenizer=tokenizer, backbone=backbone, pattern=pattern, conditions=conditions,
                          positions=positions, grid=grid, frame_rate=frame_rate, sample_rate=sample_rate, task=task,
                          sampling=sampling)
@@ -65,6 +70,9 @@ class MaskedDiffusionGenerator(TokenGenerator):
             raise ValueError(f"masked diffusion needs codebooks of one size (one mask id), got {self.codebook_sizes}")
         if self.backbone.end_token:
             raise ValueError("a masked diffusion backbone has no end token (the length is given first)")
+        if loss_weighting not in LOSS_WEIGHTINGS:
+            raise ValueError(f"loss_weighting {loss_weighting!r}: expected one of {', '.join(LOSS_WEIGHTINGS)}")
+        self.loss_weighting = loss_weighting
         self.schedule = build_schedule(schedule)
         self.time_embedding = TimeEmbedding(self.backbone.dim) if time_conditioning else None
 
@@ -127,9 +135,13 @@ class MaskedDiffusionGenerator(TokenGenerator):
         noisy, masked = mask_tokens(clean, t, self.schedule, mask_id=self.mask_id, valid=real, generator=rng)
         noisy = noisy.masked_fill(~real, self.mask_id)
         logits = self.logits(noisy, t, batch, lengths=lengths, num_frames=num_frames)
-        loss = masked_diffusion_loss(logits, clean.masked_fill(~real, 0), masked, t, self.schedule, valid=real)
+        targets = clean.masked_fill(~real, 0)
+        loss = masked_diffusion_loss(logits, targets, masked, t, self.schedule, valid=real)
         accuracy = (logits.argmax(-1) == clean)[masked].float().mean() if masked.any() else torch.tensor(0.0)
         logs = {"masked_accuracy": accuracy.detach(), "masked_fraction": masked.float().mean().detach()}
+        if self.loss_weighting == "maskgit":
+            logs["nelbo"] = loss.detach()
+            loss = masked_token_cross_entropy(logits, targets, masked)
         return self.add_auxiliary_losses(loss, logs, batch)
 
     def denoisers(self, conditions: dict, lengths: torch.Tensor) -> tuple[Callable, Callable]:

@@ -9,7 +9,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmtok.diffusion.masked import mask_tokens, masked_diffusion_loss, sample_times
+from mmtok.diffusion.masked import mask_tokens, masked_diffusion_loss, masked_token_cross_entropy, sample_times
 from mmtok.codebook_transformer import CodebookTransformer
 from mmtok.diffusion.model import MaskedDiffusionGenerator
 from mmtok.diffusion.schedules import CosineSchedule, LogLinearSchedule, build_schedule
@@ -51,6 +51,32 @@ def test_the_loss_is_the_weighted_masked_cross_entropy_per_valid_token():
     ce = F.cross_entropy(logits.reshape(6, 5), targets.reshape(6), reduction="none").reshape(2, 3)
     expected = (2 * (ce[0, 0] + ce[0, 2]) + 4 * ce[1, 2]) / 6
     torch.testing.assert_close(masked_diffusion_loss(logits, targets, masked, t, LogLinearSchedule()), expected)
+
+
+def test_maskgit_weighting_is_the_mean_cross_entropy_of_the_masked_tokens_whatever_their_time():
+    logits = torch.randn(2, 3, 5)
+    targets = torch.tensor([[1, 2, 3], [0, 4, 4]])
+    masked = torch.tensor([[True, False, True], [False, False, True]])
+    ce = F.cross_entropy(logits.reshape(6, 5), targets.reshape(6), reduction="none").reshape(2, 3)
+    expected = (ce[0, 0] + ce[0, 2] + ce[1, 2]) / 3
+    torch.testing.assert_close(masked_token_cross_entropy(logits, targets, masked), expected)
+    assert masked_token_cross_entropy(logits, targets, torch.zeros_like(masked)) == 0, "nothing masked: no loss"
+
+
+def test_a_maskgit_weighted_model_trains_on_that_loss_logs_its_nelbo_and_keeps_the_choice(tiny_codec_folder, tmp_path):
+    from mmtok.hub import load_pretrained
+
+    batch = {"codes": torch.randint(0, 32, (4, 2, 5)), "lengths": torch.tensor([5, 3, 5, 2]),
+             "speaker": ["a", "b", "a", "b"]}
+    nelbo_model, maskgit_model = tiny_mdm(tiny_codec_folder), tiny_mdm(tiny_codec_folder, loss_weighting="maskgit")
+    nelbo, _ = nelbo_model.loss(batch, rng=torch.Generator().manual_seed(0))
+    loss, logs = maskgit_model.loss(batch, rng=torch.Generator().manual_seed(0))
+    torch.testing.assert_close(logs["nelbo"], nelbo.detach())  # same weights, same draws: the bound it no longer trains
+    assert not torch.isclose(loss, nelbo), "the trained loss is not the NELBO"
+    maskgit_model.save_pretrained(tmp_path / "mdm")
+    assert load_pretrained(tmp_path / "mdm").loss_weighting == "maskgit"
+    with pytest.raises(ValueError, match="loss_weighting 'simple': expected one of nelbo, maskgit"):
+        tiny_mdm(tiny_codec_folder, loss_weighting="simple")
 
 
 def tiny_mdm(folder, codebook_sizes=(32, 32), **overrides) -> MaskedDiffusionGenerator:
