@@ -52,7 +52,9 @@ class MaskedDiffusionGenerator(TokenGenerator):
     latest code's frame), plus ``schedule`` (``"log_linear"`` or ``"cosine"``) and
     ``time_conditioning`` (False: the time-agnostic model, which Zheng et al. show loses nothing) and
     ``loss_weighting``: ``"nelbo"`` (MDLM's bound) or ``"maskgit"`` (every masked token alike,
-    :func:`~mmtok.diffusion.masked.masked_token_cross_entropy`; the NELBO is still logged as ``nelbo``).
+    :func:`~mmtok.diffusion.masked.masked_token_cross_entropy`; the NELBO is still logged as ``nelbo``),
+    and ``primed_fraction``: the share of training items whose first slices are given unmasked (see
+    :meth:`given_frames`), so that the model learns the conditional a ``primer`` asks of it at sampling.
     Samplers: :data:`mmtok.diffusion.samplers.SAMPLERS`.
     """
 
@@ -62,7 +64,7 @@ class MaskedDiffusionGenerator(TokenGenerator):
                  conditions: Sequence[dict] = (), positions: str = "sequential", grid: Sequence[int] | None = None,
                  frame_rate: float | None = None, sample_rate: int | None = None, task: dict | None = None,
                  sampling: dict | None = None, schedule: str = "log_linear", time_conditioning: bool = False,
-                 loss_weighting: str = "nelbo"):
+                 loss_weighting: str = "nelbo", primed_fraction: float = 0.0):
         super().__init__(tokenizer=tokenizer, backbone=backbone, pattern=pattern, conditions=conditions,
                          positions=positions, grid=grid, frame_rate=frame_rate, sample_rate=sample_rate, task=task,
                          sampling=sampling)
@@ -72,7 +74,9 @@ class MaskedDiffusionGenerator(TokenGenerator):
             raise ValueError("a masked diffusion backbone has no end token (the length is given first)")
         if loss_weighting not in LOSS_WEIGHTINGS:
             raise ValueError(f"loss_weighting {loss_weighting!r}: expected one of {', '.join(LOSS_WEIGHTINGS)}")
-        self.loss_weighting = loss_weighting
+        if not 0.0 <= primed_fraction <= 1.0:
+            raise ValueError(f"primed_fraction {primed_fraction}: expected a share in [0, 1]")
+        self.loss_weighting, self.primed_fraction = loss_weighting, primed_fraction
         self.schedule = build_schedule(schedule)
         self.time_embedding = TimeEmbedding(self.backbone.dim) if time_conditioning else None
 
@@ -101,6 +105,24 @@ class MaskedDiffusionGenerator(TokenGenerator):
         real = (layout[None] != EMPTY) & (layout[None] < lengths[:, None, None])
         return layout.max(0).values, real
 
+    @property
+    def prime_unit(self) -> int:
+        """Frames in one slice of the grid's first axis (a frame group of a video, a row of an image; one
+        frame without a grid): the unit a primer comes in."""
+        return math.prod(self.grid[1:]) if self.grid is not None and len(self.grid) > 1 else 1
+
+    def given_frames(self, lengths: torch.Tensor, *, generator: torch.Generator | None = None) -> torch.Tensor:
+        """Frames given unmasked at the start of each training item [B]: for a ``primed_fraction`` of the
+        items a whole number of :attr:`prime_unit` slices, uniform from one to all but the last of the item's,
+        0 elsewhere. MaskGIT's masks are independent per token, so they almost never leave a whole prefix
+        known and the rest masked, the state a primed sampler starts from (a video continued from its last
+        frame groups, Phenaki's Sec. 2.3); MAGVIT (Yu et al. 2023, Sec. 3.2) trains such conditions in."""
+        slices = torch.div(lengths.cpu(), self.prime_unit, rounding_mode="floor")
+        draws = torch.rand(lengths.shape[0], 2, generator=generator)
+        primed = (draws[:, 0] < self.primed_fraction) & (slices >= 2)
+        given = 1 + (draws[:, 1] * (slices - 1).clamp(min=1)).long()
+        return (given * primed * self.prime_unit).to(lengths.device)
+
     def logits(self, steps: torch.Tensor, t: torch.Tensor, conditions: dict, *, lengths: torch.Tensor,
                num_frames: int, null: bool = False) -> torch.Tensor:
         """noisy steps [B, Q, S] (the mask id where masked or empty) -> logits [B, Q, S, V]."""
@@ -122,7 +144,9 @@ class MaskedDiffusionGenerator(TokenGenerator):
              t: torch.Tensor | None = None) -> tuple[torch.Tensor, dict]:
         """The MDLM NELBO on ``batch["codes"]`` [B, Q', T] (first Q codebooks) with ``lengths``, at
         times drawn per item, or at the given ``t`` [B] (evaluation at one noise level), plus the
-        conditions' auxiliary losses (:meth:`~mmtok.generators.TokenGenerator.add_auxiliary_losses`)."""
+        conditions' auxiliary losses (:meth:`~mmtok.generators.TokenGenerator.add_auxiliary_losses`).
+        In training, a ``primed_fraction`` of the items keep their first frames (:meth:`given_frames`):
+        their loss is the NELBO of the rest given those."""
         codes = batch["codes"][:, : self.num_codebooks]
         num_frames = codes.shape[2]
         lengths = batch.get("lengths")
@@ -132,11 +156,15 @@ class MaskedDiffusionGenerator(TokenGenerator):
         _, real = self.slots(lengths, num_frames)
         if t is None:
             t = sample_times(codes.shape[0], generator=rng, device=codes.device)
-        noisy, masked = mask_tokens(clean, t, self.schedule, mask_id=self.mask_id, valid=real, generator=rng)
+        scored = real  # the slots the loss is over: every code, but those given in a primed item
+        if self.training and self.primed_fraction > 0:
+            layout = self.pattern.layout(self.num_codebooks, num_frames).to(lengths.device)
+            scored = real & (layout[None] >= self.given_frames(lengths, generator=rng)[:, None, None])
+        noisy, masked = mask_tokens(clean, t, self.schedule, mask_id=self.mask_id, valid=scored, generator=rng)
         noisy = noisy.masked_fill(~real, self.mask_id)
         logits = self.logits(noisy, t, batch, lengths=lengths, num_frames=num_frames)
         targets = clean.masked_fill(~real, 0)
-        loss = masked_diffusion_loss(logits, targets, masked, t, self.schedule, valid=real)
+        loss = masked_diffusion_loss(logits, targets, masked, t, self.schedule, valid=scored)
         accuracy = (logits.argmax(-1) == clean)[masked].float().mean() if masked.any() else torch.tensor(0.0)
         logs = {"masked_accuracy": accuracy.detach(), "masked_fraction": masked.float().mean().detach()}
         if self.loss_weighting == "maskgit":

@@ -79,6 +79,44 @@ def test_a_maskgit_weighted_model_trains_on_that_loss_logs_its_nelbo_and_keeps_t
         tiny_mdm(tiny_codec_folder, loss_weighting="simple")
 
 
+def test_primed_items_give_whole_slices_of_the_grid_and_only_training_primes(tiny_codec_folder):
+    model = tiny_mdm(tiny_codec_folder, grid=[None, 2], primed_fraction=1.0)
+    assert model.prime_unit == 2, "one slice of the grid's first axis: 2 frames"
+    lengths = torch.tensor([8, 2, 5, 1]).repeat(2_000)  # 4, 1, 2 and 0 whole slices
+    given = model.given_frames(lengths, generator=torch.Generator().manual_seed(0)).reshape(2_000, 4)
+    assert set(given[:, 0].tolist()) == {2, 4, 6}, "one to all but the last slice, in whole slices"
+    assert (given[:, 1] == 0).all() and (given[:, 2] == 2).all() and (given[:, 3] == 0).all()
+    torch.testing.assert_close(given[:, 0].float().mean(), torch.tensor(4.0), atol=0.1, rtol=0)  # uniform
+    half = tiny_mdm(tiny_codec_folder, grid=[None, 2], primed_fraction=0.5)
+    primed = half.given_frames(torch.full((20_000,), 8), generator=torch.Generator().manual_seed(0)) > 0
+    torch.testing.assert_close(primed.float().mean(), torch.tensor(0.5), atol=0.015, rtol=0)
+    assert tiny_mdm(tiny_codec_folder).prime_unit == 1, "without a grid a primer comes in frames"
+    with pytest.raises(ValueError, match="primed_fraction 1.5: expected a share in"):
+        tiny_mdm(tiny_codec_folder, primed_fraction=1.5)
+
+
+def test_a_primed_item_is_scored_on_the_rest_given_its_first_slices(tiny_codec_folder, tmp_path):
+    """At t → 1 every scored code is masked: the loss is then the weighted cross-entropy of the frames after
+    the given slice, under logits computed from that slice alone (a reference pass through ``logits``)."""
+    from mmtok.hub import load_pretrained
+
+    model = tiny_mdm(tiny_codec_folder, grid=[None, 2], primed_fraction=1.0).train()
+    codes = torch.randint(0, 32, (3, 2, 4))
+    batch = {"codes": codes, "lengths": torch.tensor([4, 4, 4]), "speaker": ["a", "b", "a"]}
+    t = torch.full((3,), 1 - 1e-6)
+    loss, logs = model.loss(batch, t=t, rng=torch.Generator().manual_seed(0))
+    noisy = codes.clone()
+    noisy[:, :, 2:] = model.mask_id  # two slices of 2 frames: the first is given, the second masked
+    logits = model.logits(noisy, t, batch, lengths=batch["lengths"], num_frames=4)
+    ce = F.cross_entropy(logits[:, :, 2:].flatten(0, -2), codes[:, :, 2:].flatten(), reduction="none")
+    torch.testing.assert_close(loss, (model.schedule.loss_weight(t[:1]) * ce).mean())
+    assert logs["masked_fraction"] == 0.5, "the given half of every item is never masked"
+    _, eval_logs = model.eval().loss(batch, t=t, rng=torch.Generator().manual_seed(0))
+    assert eval_logs["masked_fraction"] == 1.0, "validation scores the unprimed bound, comparable across runs"
+    model.save_pretrained(tmp_path / "mdm")
+    assert load_pretrained(tmp_path / "mdm").primed_fraction == 1.0
+
+
 def tiny_mdm(folder, codebook_sizes=(32, 32), **overrides) -> MaskedDiffusionGenerator:
     torch.manual_seed(0)
     backbone = CodebookTransformer(codebook_sizes=codebook_sizes, dim=32, num_layers=2, num_heads=2)
