@@ -79,7 +79,7 @@ def test_a_maskgit_weighted_model_trains_on_that_loss_logs_its_nelbo_and_keeps_t
         tiny_mdm(tiny_codec_folder, loss_weighting="simple")
 
 
-def test_primed_items_give_whole_slices_of_the_grid_and_only_training_primes(tiny_codec_folder):
+def test_primed_items_are_given_whole_slices_of_the_grid(tiny_codec_folder):
     model = tiny_mdm(tiny_codec_folder, grid=[None, 2], primed_fraction=1.0)
     assert model.prime_unit == 2, "one slice of the grid's first axis: 2 frames"
     lengths = torch.tensor([8, 2, 5, 1]).repeat(2_000)  # 4, 1, 2 and 0 whole slices
