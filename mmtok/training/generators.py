@@ -58,8 +58,11 @@ def take(batch: dict, count: int) -> dict:
 
 class GeneratorModule(L.LightningModule):
     """Trains ``generator`` on its own ``loss(batch)``; subclasses name the generator type (for
-    LightningCLI). Examples are generated at validation from the first items' conditions, with
-    ``sampler`` (one of the generator's, default its first), ``temperature`` and ``top_k``.
+    LightningCLI). A training batch that carries ``crops`` (short items, the ``crops_per_item`` of
+    :class:`~mmtok.data.tokens.TokenDataModule`) adds ``loss(batch["crops"])``: each loss is a mean over
+    its own codes, so the crops weigh as much as the batch's own items together, however short they are.
+    Examples are generated at validation from the first items' conditions, with ``sampler`` (one of
+    the generator's, default its first), ``temperature`` and ``top_k``.
 
     The tokenizer (the generator's ``tokenizer`` Hub folder) is loaded frozen: it is checked against
     the backbone's vocabulary at construction, and decodes the examples generated at validation. It
@@ -126,6 +129,11 @@ class GeneratorModule(L.LightningModule):
         size = batch["codes"].shape[0]
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
         self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, batch_size=size, sync_dist=stage != "train")
+        if "crops" in batch:  # short items trained beside the batch's own (TokenDataModule's crops_per_item)
+            crops_loss, _ = self.generator.loss(batch["crops"])
+            self.log(f"{stage}/crops_loss", crops_loss, batch_size=batch["crops"]["codes"].shape[0],
+                     sync_dist=stage != "train")
+            loss = loss + crops_loss
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

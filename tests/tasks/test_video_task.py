@@ -162,20 +162,74 @@ def test_the_first_frame_accuracy_reads_the_first_frame_alone():
     assert rates["frame_accuracy"] == 2 / 18 and rates["digit_rate"] == 0.0, "the majority of the frames reads 5"
 
 
-def test_the_token_cache_cuts_clips_to_whole_frame_groups(tokenizer_folder, tmp_path):
-    from mmtok.data.tokens import TokenCorpus, TokenDataModule, tokenize_corpus
+@pytest.fixture(scope="module")
+def video_tokens(tokenizer_folder, tmp_path_factory) -> Path:
+    """The tiny tokenizer's token cache of 8 clips of 4-8 frames."""
+    from mmtok.data.tokens import tokenize_corpus
     from mmtok.data.video import build_moving_digits
 
-    build_moving_digits(tmp_path / "clips", num_clips=8, frame_size=16, min_frames=4, max_frames=8, max_digits=1,
+    folder = tmp_path_factory.mktemp("video_tokens")
+    build_moving_digits(folder / "clips", num_clips=8, frame_size=16, min_frames=4, max_frames=8, max_digits=1,
                         video_format="npz", source="sklearn", progress=False)
-    tokenize_corpus(str(tokenizer_folder), tmp_path / "clips", tmp_path / "tokens", progress=False)
-    corpus = TokenCorpus(tmp_path / "tokens")
+    tokenize_corpus(str(tokenizer_folder), folder / "clips", folder / "tokens", progress=False)
+    return folder / "tokens"
+
+
+def test_the_token_cache_cuts_clips_to_whole_frame_groups(video_tokens):
+    from mmtok.data.tokens import TokenCorpus, TokenDataModule
+
+    corpus = TokenCorpus(video_tokens)
     assert corpus.info["grid"] == [None, 4, 4]
     for index, entry in enumerate(corpus.entries):
         assert entry["num_frames"] % 2 == 1, "cut to 1 + k·pt frames"
         assert corpus.codes(index).shape == (2, (1 + entry["num_frames"] // 2) * 16)
     with pytest.raises(ValueError, match="max_frames 20: .*multiple of 16"):
-        TokenDataModule(tokens=str(tmp_path / "tokens"), max_frames=20).setup()
+        TokenDataModule(tokens=str(video_tokens), max_frames=20).setup()
+    with pytest.raises(ValueError, match="crop_frames 20: .*multiple of 16"):
+        TokenDataModule(tokens=str(video_tokens), crops_per_item=1, crop_frames=20).setup()
+    with pytest.raises(ValueError, match="crops_per_item 1, crop_frames None: give both"):
+        TokenDataModule(tokens=str(video_tokens), crops_per_item=1)
+
+
+def test_training_items_carry_the_first_frames_of_random_clips_with_their_captions(video_tokens):
+    from mmtok.data.tokens import TokenDataModule, collate_tokens
+
+    data = TokenDataModule(tokens=str(video_tokens), crops_per_item=3, crop_frames=16, batch_size=2)
+    data.setup("fit")
+    train, corpus = data.datasets["train"], data.corpus
+    sources = []
+    for seed in range(12):
+        item = train[(0, seed)]
+        assert torch.equal(item["codes"], corpus.codes(train.indices[0])) and len(item["crops"]) == 3
+        for crop in item["crops"]:
+            matches = [i for i in train.indices if torch.equal(corpus.codes(i)[:, :16], crop["codes"])
+                       and crop["text"] in corpus.entries[i]["captions"]]
+            assert matches, "a crop is a training clip's first frame group, with one of its captions"
+            sources.append(matches[0])
+    assert len(set(sources)) > 3, "crops come from clips drawn at random"
+    assert [c["text"] for c in train[(1, 5)]["crops"]] == [c["text"] for c in train[(1, 5)]["crops"]], "seeded"
+    held_out = next(data.datasets[split] for split in ("valid", "test") if len(data.datasets[split]))
+    assert "crops" not in held_out[0], "evaluation items carry none"
+    batch = collate_tokens([train[(0, 1)], train[(1, 2)]])
+    assert batch["crops"]["codes"].shape == (6, 2, 16) and batch["crops"]["lengths"].tolist() == [16] * 6
+    assert len(batch["crops"]["text"]) == 6 and batch["codes"].shape[0] == 2
+    assert data.batch_measures(batch) == {"samples": 8, "tokens": 2.0 * (int(batch["lengths"].sum()) + 6 * 16)}
+
+
+@pytest.mark.filterwarnings("ignore:You are trying to `self.log")
+def test_a_batch_with_crops_trains_on_the_sum_of_both_losses(tokenizer_folder, video_tokens):
+    from mmtok.data.tokens import TokenDataModule, collate_tokens
+    from mmtok.training.diffusion import MaskedDiffusionModule
+
+    data = TokenDataModule(tokens=str(video_tokens), crops_per_item=2, crop_frames=16)
+    data.setup("fit")
+    batch = collate_tokens([data.datasets["train"][(i, i)] for i in range(3)])
+    module = MaskedDiffusionModule(generator=tiny_generator(tokenizer_folder)).train()
+    torch.manual_seed(3)
+    total = module.training_step(batch, 0)
+    torch.manual_seed(3)
+    videos, crops = module.generator.loss(batch)[0], module.generator.loss(batch["crops"])[0]
+    assert torch.allclose(total, videos + crops) and crops > 0.1
 
 
 def test_the_task_flags_parse():
@@ -205,6 +259,7 @@ def test_recipes_end_to_end_clips_tokenizer_tokens_maskgit_export_mp4(tmp_path):
           "--model.init_args.num_generated_examples", "2", "--model.init_args.warmup_steps", "2",
           "--data.init_args.tokenizer", str(tmp_path / "cvivit"), "--data.init_args.tokens", str(tmp_path / "tokens"),
           "--data.init_args.data", str(corpus), "--data.init_args.batch_size", "4", "--data.init_args.max_frames", "32",
+          "--data.init_args.crops_per_item", "1", "--data.init_args.crop_frames", "16",  # joint image-video batches
           "--trainer.max_steps", "4", "--trainer.val_check_interval", "4", "--trainer.default_root_dir",
           str(tmp_path / "mg"), "--trainer.logger.init_args.save_dir", str(tmp_path / "mg"), *quiet])
     assert sorted((tmp_path / "mg" / "media").rglob("generated.png")), "validation writes generated strips"
