@@ -353,7 +353,7 @@ class TokenDataModule(L.LightningDataModule):
             raise ValueError("TokenDataModule: `aligner` aligns the cache it builds: give `tokenizer` and `data` too")
         if is_shards(tokens) and (tokenizer is not None or prompt_seconds or crops_per_item):
             raise ValueError(f"TokenDataModule: {tokens} holds shards: they are written from a finished cache (no "
-                             f"`tokenizer`/`data`) and give neither voice prompts nor crops of other items (no "
+                             f"`tokenizer`/`data`) and give no voice prompts and no crops of other items (no "
                              f"`prompt_seconds`, no `crops_per_item`)")
         if crops_per_item < 0 or (crops_per_item > 0) != (crop_frames is not None):
             raise ValueError(f"TokenDataModule: crops_per_item {crops_per_item}, crop_frames {crop_frames}: give "

@@ -59,8 +59,9 @@ def take(batch: dict, count: int) -> dict:
 class GeneratorModule(L.LightningModule):
     """Trains ``generator`` on its own ``loss(batch)``; subclasses name the generator type (for
     LightningCLI). A training batch that carries ``crops`` (short items, the ``crops_per_item`` of
-    :class:`~mmtok.data.tokens.TokenDataModule`) adds ``loss(batch["crops"])``: each loss is a mean over
-    its own codes, so the crops weigh as much as the batch's own items together, however short they are.
+    :class:`~mmtok.data.tokens.TokenDataModule`) also trains on ``loss(batch["crops"])``, each loss weighted
+    by its share of the steps, so every step weighs alike, as if the crops were items of the batch
+    (the number of crops per item sets their weight).
     Examples are generated at validation from the first items' conditions, with ``sampler`` (one of
     the generator's, default its first), ``temperature`` and ``top_k``.
 
@@ -130,10 +131,11 @@ class GeneratorModule(L.LightningModule):
         self.log(f"{stage}/loss", loss, prog_bar=True, batch_size=size, sync_dist=stage != "train")
         self.log_dict({f"{stage}/{k}": v for k, v in logs.items()}, batch_size=size, sync_dist=stage != "train")
         if "crops" in batch:  # short items trained beside the batch's own (TokenDataModule's crops_per_item)
-            crops_loss, _ = self.generator.loss(batch["crops"])
-            self.log(f"{stage}/crops_loss", crops_loss, batch_size=batch["crops"]["codes"].shape[0],
-                     sync_dist=stage != "train")
-            loss = loss + crops_loss
+            crops = batch["crops"]
+            crops_loss, _ = self.generator.loss(crops)
+            self.log(f"{stage}/crops_loss", crops_loss, batch_size=crops["codes"].shape[0], sync_dist=stage != "train")
+            share = crops["lengths"].sum() / (crops["lengths"].sum() + batch["lengths"].sum())
+            loss = (1 - share) * loss + share * crops_loss
         return loss
 
     def training_step(self, batch: dict, batch_idx: int) -> torch.Tensor:

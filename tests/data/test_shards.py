@@ -82,3 +82,5 @@ def test_a_shard_index_naming_pickle_is_refused(tiny_corpus, tmp_path, capsys):
     assert code == 1 and "missing: no such corpus folder" in line
     with pytest.raises(ValueError, match="no voice prompts"):
         TokenDataModule(tokens=str(tmp_path / "shards"), prompt_seconds=1.0)
+    with pytest.raises(ValueError, match="no crops of other items"):
+        TokenDataModule(tokens=str(tmp_path / "shards"), crops_per_item=1, crop_frames=4)

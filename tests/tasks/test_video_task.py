@@ -217,7 +217,7 @@ def test_training_items_carry_the_first_frames_of_random_clips_with_their_captio
 
 
 @pytest.mark.filterwarnings("ignore:You are trying to `self.log")
-def test_a_batch_with_crops_trains_on_the_sum_of_both_losses(tokenizer_folder, video_tokens):
+def test_a_batch_with_crops_trains_on_both_losses_weighted_by_their_steps(tokenizer_folder, video_tokens):
     from mmtok.data.tokens import TokenDataModule, collate_tokens
     from mmtok.training.diffusion import MaskedDiffusionModule
 
@@ -229,7 +229,9 @@ def test_a_batch_with_crops_trains_on_the_sum_of_both_losses(tokenizer_folder, v
     total = module.training_step(batch, 0)
     torch.manual_seed(3)
     videos, crops = module.generator.loss(batch)[0], module.generator.loss(batch["crops"])[0]
-    assert torch.allclose(total, videos + crops) and crops > 0.1
+    steps, crop_steps = int(batch["lengths"].sum()), 6 * 16
+    assert torch.allclose(total, (steps * videos + crop_steps * crops) / (steps + crop_steps))
+    assert abs(crops - videos) > 0.01, "the crops' loss is not the videos'"
 
 
 def test_the_task_flags_parse():
