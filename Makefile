@@ -120,8 +120,9 @@ demo-images: $(STAMP)
 
 ## Video: build the moving-digits corpus, then the shipped text-to-video model (MaskGIT over the shipped
 ## C-ViViT's tokens) writes four captioned clips of 17 frames, one clip of 33 frames (longer than it was
-## trained on: primed segments) and a two-caption story (mp4, gif, png strip each) to $(DEMO_OUT)/video, with
-## the judge's three rates on 40 held-out captions (metrics.md).
+## trained on: primed segments), a two-caption story and a held-out real clip continued (--prime: its last 5
+## frames prime the rest; mp4, gif, png strip each) to $(DEMO_OUT)/video, with the judge's three rates on 40
+## held-out captions (metrics.md).
 demo-video: $(STAMP)
 	$(BIN)/mmtok data moving-digits --out data/moving_digits --num-clips 4000 --frame-size 48 --max-digits 1 \
 	  --format npz
@@ -133,6 +134,8 @@ demo-video: $(STAMP)
 	  --frames 33 --out $(DEMO_OUT)/video/long
 	$(BIN)/mmtok generate checkpoints/phenaki-moving-digits --text "the digit 4 moves up and bounces off the wall" \
 	  --text "the digit 4 moves left and bounces off the wall" --story --frames 17 --out $(DEMO_OUT)/video/story
+	$(BIN)/mmtok generate checkpoints/phenaki-moving-digits --prime data/moving_digits/clips/clip00090.npz \
+	  --text "5 goes up-right and bounces" --frames 17 --out $(DEMO_OUT)/video/continued
 	$(BIN)/mmtok evaluate checkpoints/phenaki-moving-digits data/moving_digits --judge checkpoints/digit-classifier \
 	  --max-items 40 --out $(DEMO_OUT)/video
 	@echo "video demo (mp4, gif, png strips, metrics.md): $(abspath $(DEMO_OUT))/video"

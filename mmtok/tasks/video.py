@@ -9,7 +9,8 @@ hold), and the primed frames are not repeated when the segments are joined.
 
 ``mmtok generate CKPT --text "the digit 3 moves left" --frames 17 --out DIR`` writes ``text<i>.mp4``,
 ``text<i>.gif`` and ``text<i>.png`` (the frames side by side); ``--story`` joins the captions into one
-video, ``story.*``.
+video, ``story.*``. ``--prime VIDEO`` continues a video of the user's the same way: its last frames,
+encoded, prime the first segment, and the files hold the whole video followed by the new frames.
 """
 
 from __future__ import annotations
@@ -45,23 +46,49 @@ def generate_clips(generator, tokenizer, captions: list[str], *, frames: int, ke
 
 @torch.no_grad()
 def generate_story(generator, tokenizer, segments: list[list[str]], *, frames: int, prime_frames: int,
-                   key: str = "text", rng: torch.Generator | None = None, batch_size: int = 32,
-                   **sampling) -> torch.Tensor:
+                   key: str = "text", primer: torch.Tensor | None = None, rng: torch.Generator | None = None,
+                   batch_size: int = 32, **sampling) -> torch.Tensor:
     """Video [N, C, F, H, W] of len(segments) segments of ``frames`` frames each, F = frames +
     (segments - 1) · (frames - prime_frames): ``segments[j]`` holds the N captions of segment j; every
     segment after the first is primed with the tokens of the previous one's last ``prime_frames``
-    frames (re-encoded), which it keeps, so they are written once."""
-    if len(segments) > 1:
+    frames (re-encoded), which it keeps, so they are written once. ``primer`` (codes [N, Q, P] of
+    ``prime_frames`` frames) primes the first segment too: the video then starts with its frames."""
+    if len(segments) > 1 or primer is not None:
         tokenizer.check_frame_count(prime_frames, name="prime_frames")
         if not 1 <= prime_frames < frames:
             raise UsageError(f"--prime-frames {prime_frames}: must be at least 1 and fewer than --frames {frames}")
-    video = primer = None
+    video = None
     for captions in segments:
         clip = generate_clips(generator, tokenizer, captions, frames=frames, key=key, primer=primer, rng=rng,
                               batch_size=batch_size, **sampling)
         video = clip if video is None else torch.cat([video, clip[:, :, prime_frames:]], dim=2)
         device = next(tokenizer.parameters()).device
-        primer = tokenizer.encode(clip[:, :, -prime_frames:].to(device)).codes[:, : generator.num_codebooks]
+        primer = encode_primer(generator, tokenizer, clip[:, :, -prime_frames:].to(device))
+    return video
+
+
+@torch.no_grad()
+def encode_primer(generator, tokenizer, frames: torch.Tensor) -> torch.Tensor:
+    """Frames [N, C, P, H, W] -> the codes [N, Q, steps] that prime a clip starting with them (the causal
+    tokenizer codes them exactly as the start of a clip), the generator's Q codebooks."""
+    return tokenizer.encode(frames).codes[:, : generator.num_codebooks]
+
+
+def read_prime_video(tokenizer, path: str | Path, prime_frames: int) -> torch.Tensor:
+    """``--prime``: a video file -> [C, F, H, W] in [0, 1], checked against the tokenizer's frames."""
+    from mmtok.media import read_video
+
+    try:
+        video = read_video(path, channels=tokenizer.channels)[0]
+    except DataError as error:
+        raise UsageError(f"--prime {error}") from None
+    size = tuple(video.shape[-2:])
+    if size != tuple(tokenizer.frame_size):
+        raise UsageError(f"--prime {path}: frames of {size[0]}x{size[1]} pixels (H x W); this tokenizer reads "
+                         f"{tokenizer.frame_size[0]}x{tokenizer.frame_size[1]}")
+    if video.shape[1] < prime_frames:
+        raise UsageError(f"--prime {path}: {video.shape[1]} frame(s), fewer than the {prime_frames} that prime "
+                         f"the continuation (--prime-frames)")
     return video
 
 
@@ -90,6 +117,10 @@ class TextToVideo(Task):
                             help="one video: a segment of --frames frames per caption, each primed on the last")
         parser.add_argument("--prime-frames", type=int, default=None,
                             help="frames of a segment that prime the next (default: the generator's recorded value)")
+        parser.add_argument("--prime", default=None, metavar="VIDEO",
+                            help="continue this video (mp4, gif, npz ...): its last --prime-frames frames prime the "
+                                 "first segment; --frames counts from the first of them, and the files hold the "
+                                 "whole video, then the new frames")
         parser.add_argument("--num-samples", type=int, default=1, help="clips per caption (or stories)")
         parser.add_argument("--batch-size", type=int, default=32, help="clips generated together")
 
@@ -108,22 +139,27 @@ class TextToVideo(Task):
         except DataError as error:
             raise UsageError(str(error)) from None
         prime = args.prime_frames or self.prime_frames
-        if (args.story or args.frames > self.longest) and not 1 <= prime < min(args.frames, self.longest):
-            raise UsageError(f"--prime-frames {prime}: must be fewer than the segment's frames "
-                             f"{min(args.frames, self.longest)}")
+        try:
+            tokenizer.check_frame_count(prime, name="--prime-frames")
+        except DataError as error:
+            raise UsageError(str(error)) from None
+        segment = min(args.frames, self.longest)
+        if (args.story or args.prime or args.frames > self.longest) and not 1 <= prime < segment:
+            raise UsageError(f"--prime-frames {prime}: must be fewer than the segment's frames {segment}")
         return prime
 
     def make(self, generator, tokenizer, captions: list[list[str]], *, frames: int, prime_frames: int,
-             rng, batch_size: int, **sampling) -> torch.Tensor:
+             rng, batch_size: int, primer: torch.Tensor | None = None, **sampling) -> torch.Tensor:
         """Video [N, C, F, H, W]: ``captions[j]`` the N captions of segment j. One segment of at most
         ``longest`` frames is one clip; more frames than that are made of primed segments of
-        ``longest`` frames (the last caption repeated), cut to ``frames`` when there is only one segment."""
+        ``longest`` frames (the last caption repeated), cut to ``frames`` when there is only one segment.
+        ``primer`` (codes of ``prime_frames`` frames) primes the first segment, whose frames it starts."""
         segment = min(frames, self.longest)
         wanted = frames if len(captions) == 1 else segment + (len(captions) - 1) * (segment - prime_frames)
         while segment + (len(captions) - 1) * (segment - prime_frames) < wanted:
             captions = captions + [captions[-1]]
         video = generate_story(generator, tokenizer, captions, frames=segment, prime_frames=prime_frames,
-                               key=self.key, rng=rng, batch_size=batch_size, **sampling)
+                               key=self.key, primer=primer, rng=rng, batch_size=batch_size, **sampling)
         return video[:, :, :wanted]
 
     def run(self, generator, tokenizer, args, *, out, rng, sampling) -> list[Path]:
@@ -138,8 +174,16 @@ class TextToVideo(Task):
             segments = [[text for text in texts for _ in range(args.num_samples)]]
             names = [f"text{i}" if args.num_samples == 1 else f"text{i}_{j:03d}"
                      for i in range(len(texts)) for j in range(args.num_samples)]
+        primer = given = None
+        if args.prime:
+            given = read_prime_video(tokenizer, args.prime, prime)
+            device = next(tokenizer.parameters()).device
+            primer = encode_primer(generator, tokenizer, given[None, :, -prime:].to(device))
+            primer = primer.repeat(len(segments[0]), 1, 1)
         video = self.make(generator, tokenizer, segments, frames=args.frames, prime_frames=prime, rng=rng,
-                          batch_size=args.batch_size, **sampling)
+                          batch_size=args.batch_size, primer=primer, **sampling)
+        if given is not None:  # the user's own frames, then the new ones
+            video = torch.cat([given[None].expand(len(video), -1, -1, -1, -1), video[:, :, prime:]], dim=2)
         files = []
         for name, clip in zip(names, video):
             for suffix in (".mp4", ".gif"):
@@ -148,6 +192,9 @@ class TextToVideo(Task):
         requests = ([{"name": "story", "text": texts, "frames": video.shape[2]}] if args.story else
                     [{"name": name, "text": texts[i // args.num_samples], "frames": video.shape[2]}
                      for i, name in enumerate(names)])
+        if args.prime:
+            requests = [{**request, "prime": str(args.prime), "given_frames": given.shape[1]}
+                        for request in requests]
         (out / "requests.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in requests))
         print(f"{len(names)} video(s) of {video.shape[2]} frames at {tokenizer.fps:g} fps (mp4, gif, png strip)")
         return files + [out / "requests.jsonl"]

@@ -1,5 +1,5 @@
 """Text-to-video (Phenaki's generator half): the vocabulary check at construction, priming keeps the
-given tokens, clips and stories of the asked length, the judge's rates on real clips, the video token
+given tokens, clips and stories of the asked length, a user's video continued (``--prime``), the judge's rates on real clips, the video token
 cache, Hub round trips, and the recipes end to end (clips -> C-ViViT -> tokens -> MaskGIT -> mp4)."""
 
 from __future__ import annotations
@@ -232,6 +232,43 @@ def test_a_batch_with_crops_trains_on_both_losses_weighted_by_their_steps(tokeni
     steps, crop_steps = int(batch["lengths"].sum()), 6 * 16
     assert torch.allclose(total, (steps * videos + crop_steps * crops) / (steps + crop_steps))
     assert abs(crops - videos) > 0.01, "the crops' loss is not the videos'"
+
+
+def test_generate_continues_a_given_video_primed_on_its_last_frames(tokenizer_folder, tmp_path, capsys, monkeypatch):
+    from mmtok.media import read_image, write_video
+    from mmtok.tasks.video import encode_primer
+
+    generator = tiny_generator(tokenizer_folder)
+    generator.record_sampling(sampler="maskgit", steps=2)
+    generator.save_pretrained(tmp_path / "gen")
+    given = torch.rand(1, 6, 16, 16, generator=torch.Generator().manual_seed(2))
+    write_video(tmp_path / "given.npz", given, fps=10)
+    given = (given * 255).round() / 255  # what the npz holds
+    primers, generate = [], MaskedDiffusionGenerator.generate
+
+    def recording_generate(self, *args, primer=None, **kwargs):
+        primers.append(primer)
+        return generate(self, *args, primer=primer, **kwargs)
+
+    monkeypatch.setattr(MaskedDiffusionGenerator, "generate", recording_generate)
+    main(["generate", str(tmp_path / "gen"), "--prime", str(tmp_path / "given.npz"), "--text", "a 3 moves up",
+          "--frames", "5", "--prime-frames", "3", "--num-samples", "2", "--out", str(tmp_path / "continued")])
+    tokenizer = generator.load_tokenizer()
+    expected = encode_primer(generator, tokenizer, given[None, :, -3:])
+    assert len(primers) == 1 and torch.equal(primers[0], expected.repeat(2, 1, 1)), "primed on the last 3 frames"
+    strip = read_image(tmp_path / "continued" / "text0_000.png", channels=1)
+    assert strip.shape == (1, 16, 16 * (6 + 5 - 3)), "the whole given video, then the new frames"
+    assert torch.allclose(strip[:, :, :6 * 16], given.permute(0, 2, 1, 3).flatten(2), atol=1e-6)
+    request = json.loads((tmp_path / "continued" / "requests.jsonl").read_text().splitlines()[0])
+    assert request["given_frames"] == 6 and request["frames"] == 8 and request["prime"].endswith("given.npz")
+    write_video(tmp_path / "short.npz", given[:, :2], fps=10)
+    write_video(tmp_path / "wide.npz", torch.rand(1, 5, 16, 20), fps=10)
+    for video, message in (("short.npz", "2 frame(s), fewer than the 3 that prime"),
+                           ("wide.npz", "frames of 16x20 pixels (H x W); this tokenizer reads 16x16"),
+                           ("missing.mp4", "missing.mp4: video file does not exist")):
+        status, line = cli_error(["generate", str(tmp_path / "gen"), "--prime", str(tmp_path / video), "--text", "x",
+                                  "--frames", "5", "--prime-frames", "3", "--out", str(tmp_path / "bad")], capsys)
+        assert status == 2 and line.startswith("mmtok generate: --prime ") and message in line, line
 
 
 def test_the_task_flags_parse():
