@@ -1,6 +1,7 @@
 """Text-to-video (Phenaki's generator half): the vocabulary check at construction, priming keeps the
-given tokens, clips and stories of the asked length, a user's video continued (``--prime``), the judge's rates on real clips, the video token
-cache, Hub round trips, and the recipes end to end (clips -> C-ViViT -> tokens -> MaskGIT -> mp4)."""
+given tokens, clips and stories of the asked length, a user's video continued (``--prime``), the judge's
+rates on real clips, the video token cache, Hub round trips, and the recipes end to end (clips -> C-ViViT
+-> tokens -> MaskGIT -> mp4)."""
 
 from __future__ import annotations
 
