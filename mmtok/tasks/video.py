@@ -192,7 +192,7 @@ class TextToVideo(Task):
         requests = ([{"name": "story", "text": texts, "frames": video.shape[2]}] if args.story else
                     [{"name": name, "text": texts[i // args.num_samples], "frames": video.shape[2]}
                      for i, name in enumerate(names)])
-        if args.prime:
+        if given is not None:
             requests = [{**request, "prime": str(args.prime), "given_frames": given.shape[1]}
                         for request in requests]
         (out / "requests.jsonl").write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in requests))
