@@ -285,11 +285,15 @@ def moved_towards(centres: torch.Tensor, direction: str, *, frames: int = 3, thr
 def clip_rates(clips: list[torch.Tensor], digits: list[int], directions: list[str], frames: list[int], judge,
                digit_size: int) -> dict:
     """Rates over clips ([C, F, H, W] each): the digit read (majority of the frames' crops at their
-    centres of mass), the direction followed, the frame count asked for; the per-frame accuracy, and the
-    accuracy on the first frames alone (the frame C-ViViT codes on its own, before the tubelets)."""
+    centres of mass), the direction followed, the frame count asked for; the per-frame accuracy, the
+    accuracy on the first frames alone (the frame C-ViViT codes on its own, before the tubelets), and
+    ``kept_accuracy``: the accuracy on the later frames of the clips whose first frame reads right, whether
+    the tubelets keep the digit the first frame drew (a generator can draw the first frame right and lose
+    the digit after it)."""
     from mmtok.data.video import digit_crops
 
     digit_hits = direction_hits = frame_hits = frame_correct = frame_total = first_correct = 0
+    kept_correct = kept_total = 0
     device = next(judge.parameters()).device
     for clip, digit, direction, count in zip(clips, digits, directions, frames):
         video = clip.transpose(0, 1)  # [F, C, H, W]
@@ -301,9 +305,11 @@ def clip_rates(clips: list[torch.Tensor], digits: list[int], directions: list[st
         digit_hits += int(torch.bincount(read, minlength=10).argmax()) == digit
         frame_correct, frame_total = frame_correct + int((read == digit).sum()), frame_total + len(read)
         first_correct += int(read[0]) == digit
+        if int(read[0]) == digit:
+            kept_correct, kept_total = kept_correct + int((read[1:] == digit).sum()), kept_total + len(read) - 1
         direction_hits += moved_towards(centres, direction)
         frame_hits += video.shape[0] == count
     n = len(clips)
     return {"count": n, "digit_rate": digit_hits / n, "direction_rate": direction_hits / n,
             "frame_count_rate": frame_hits / n, "frame_accuracy": frame_correct / max(1, frame_total),
-            "first_frame_accuracy": first_correct / max(1, n)}
+            "first_frame_accuracy": first_correct / max(1, n), "kept_accuracy": kept_correct / max(1, kept_total)}

@@ -163,6 +163,16 @@ def test_the_first_frame_accuracy_reads_the_first_frame_alone():
     assert rates["frame_accuracy"] == 2 / 18 and rates["digit_rate"] == 0.0, "the majority of the frames reads 5"
 
 
+def test_the_kept_accuracy_reads_the_later_frames_of_clips_whose_first_frame_is_right():
+    kept = torch.full((1, 9, 48, 48), 3 / 9)  # first frame 3, right ...
+    kept[:, 1:3] = 5 / 9  # ... and 6 of its 8 later frames keep the 3
+    lost = torch.full((1, 9, 48, 48), 3 / 9)
+    lost[:, 0] = 5 / 9  # a wrong first frame: its later frames do not count, right as they are
+    rates = clip_rates([kept, lost], [3, 3], ["left", "left"], [9, 9], BrightnessJudge(), 28)
+    assert rates["kept_accuracy"] == 6 / 8 and rates["first_frame_accuracy"] == 0.5, rates
+    assert rates["frame_accuracy"] == 15 / 18, "every frame counts there: 7 of the first clip, 8 of the second"
+
+
 @pytest.fixture(scope="module")
 def video_tokens(tokenizer_folder, tmp_path_factory) -> Path:
     """The tiny tokenizer's token cache of 8 clips of 4-8 frames."""
