@@ -304,8 +304,9 @@ def clip_rates(clips: list[torch.Tensor], digits: list[int], directions: list[st
             read = judge(digit_crops(video, corners, digit_size=digit_size).to(device)).argmax(-1).cpu()
         digit_hits += int(torch.bincount(read, minlength=10).argmax()) == digit
         frame_correct, frame_total = frame_correct + int((read == digit).sum()), frame_total + len(read)
-        first_correct += int(read[0]) == digit
-        if int(read[0]) == digit:
+        first_right = int(read[0]) == digit
+        first_correct += first_right
+        if first_right:
             kept_correct, kept_total = kept_correct + int((read[1:] == digit).sum()), kept_total + len(read) - 1
         direction_hits += moved_towards(centres, direction)
         frame_hits += video.shape[0] == count
