@@ -131,13 +131,17 @@ def weights_digest(folder: str | os.PathLike) -> str | None:
     return hashlib.sha256(weights.read_bytes()).hexdigest() if weights.is_file() else None
 
 
-def load_weights_strict(model: torch.nn.Module, path: Path) -> None:
-    """Load a safetensors file into ``model``; any key or shape mismatch raises a DataError naming it."""
+def read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """The tensors of a safetensors file; an unreadable one raises a DataError naming it."""
     try:
-        state = load_file(str(path))
+        return load_file(str(path))
     except (SafetensorError, OSError) as error:
         raise DataError(f"{path}: not a readable safetensors file ({error})") from error
-    load_state_strict(model, state, source=f"{path.parent}: config.json does not fit {path.name}")
+
+
+def load_weights_strict(model: torch.nn.Module, path: Path) -> None:
+    """Load a safetensors file into ``model``; any key or shape mismatch raises a DataError naming it."""
+    load_state_strict(model, read_weights(path), source=f"{path.parent}: config.json does not fit {path.name}")
 
 
 def load_state_strict(model: torch.nn.Module, state: dict[str, torch.Tensor], *, source: str) -> None:

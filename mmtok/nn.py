@@ -11,6 +11,8 @@ Shapes: ``x: FloatTensor [B, T, D]``, ``valid: BoolTensor [B, T]`` (True = real 
 
 from __future__ import annotations
 
+import re
+
 import torch
 import torch.nn.functional as F
 from einops import rearrange
@@ -255,3 +257,34 @@ class Transformer(nn.Module):
         if cache is not None:
             cache.advance(x.shape[1], valid)
         return self.norm(x) if num_layers is None else x
+
+
+def deepen_state(state: dict[str, torch.Tensor], *, prefix: str, num_layers: int) -> dict[str, torch.Tensor]:
+    """``state`` with its stack of :class:`TransformerBlock` ``{prefix}.{i}.*`` grown to ``num_layers``
+    blocks that compute the same function (Net2DeeperNet, Chen et al. 2016). Block i of n moves to
+    i * num_layers // n; each new block copies the block below it with its two output projections
+    zeroed, so it adds nothing to the residual stream until training moves them, and its attention
+    and gates start from trained weights rather than noise."""
+    pattern = re.compile(rf"^{re.escape(prefix)}\.(\d+)\.(.+)$")
+    blocks: dict[int, dict[str, torch.Tensor]] = {}
+    grown = {}
+    for key, value in state.items():
+        match = pattern.match(key)
+        if match:
+            blocks.setdefault(int(match[1]), {})[match[2]] = value
+        else:
+            grown[key] = value
+    count = len(blocks)
+    if sorted(blocks) != list(range(count)) or not 0 < count <= num_layers:
+        raise ValueError(f"deepen_state: {prefix} holds blocks {sorted(blocks)}, which cannot grow to {num_layers}")
+    placed = {i * num_layers // count: blocks[i] for i in range(count)}
+    below = None
+    for layer in range(num_layers):
+        if layer in placed:
+            below = placed[layer]
+            block = below
+        else:
+            block = {name: torch.zeros_like(value) if name in ("attention.out.weight", "ff.out.weight")
+                     else value.clone() for name, value in below.items()}
+        grown.update({f"{prefix}.{layer}.{name}": value for name, value in block.items()})
+    return grown

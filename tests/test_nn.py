@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mmtok.nn import Transformer, grid_window_mask, local_attention_mask, rotary_angles, rotary_rotation
+from mmtok.nn import Transformer, deepen_state, grid_window_mask, local_attention_mask, rotary_angles, rotary_rotation
 
 
 @pytest.fixture(scope="module")
@@ -136,3 +136,20 @@ def test_num_layers_gives_an_intermediate_layer_without_the_final_norm():
     torch.testing.assert_close(transformer(x, num_layers=1), one)
     with pytest.raises(ValueError, match="num_layers must be in 0..3"):
         transformer(x, num_layers=4)
+
+
+def test_a_deepened_stack_computes_the_shallow_function_and_its_new_blocks_learn(model):
+    deep = Transformer(dim=32, num_layers=5, num_heads=4)
+    state = deepen_state(model.state_dict(), prefix="blocks", num_layers=5)
+    deep.load_state_dict(state, strict=True)
+    x = torch.randn(2, 7, 32, generator=torch.Generator().manual_seed(4))
+    torch.testing.assert_close(deep(x), model(x).detach(), atol=1e-6, rtol=1e-6)
+    # blocks 0, 1, 2 of 3 sit at 0, 1, 3 of 5; block 2 copies block 1 and block 4 copies block 2 (now 3)
+    for new, below in [(2, 1), (4, 2)]:
+        assert torch.equal(deep.blocks[new].attention.qkv.weight, model.blocks[below].attention.qkv.weight)
+        assert not deep.blocks[new].attention.out.weight.any() and not deep.blocks[new].ff.out.weight.any()
+    assert torch.equal(deep.blocks[3].ff.out.weight, model.blocks[2].ff.out.weight)
+    deep(x).square().mean().backward()
+    assert deep.blocks[2].attention.out.weight.grad.abs().sum() > 0  # zeroed, not dead
+    with pytest.raises(ValueError, match=r"blocks holds blocks \[0, 1, 2\], which cannot grow to 2"):
+        deepen_state(model.state_dict(), prefix="blocks", num_layers=2)

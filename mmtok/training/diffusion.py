@@ -16,11 +16,12 @@ class MaskedDiffusionModule(GeneratorModule):
     :class:`~mmtok.training.generators.GeneratorModule`."""
 
     def __init__(self, *, generator: MaskedDiffusionGenerator, init_from: str | None = None,
-                 adapt_from: str | None = None, lr: float = 5e-4,
+                 grow_depth: bool = False, adapt_from: str | None = None, lr: float = 5e-4,
                  weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 300,
                  num_generated_examples: int = 2, temperature: float = 1.0, top_k: int | None = None,
                  sampler: str = "fhs"):
-        super().__init__(generator=generator, init_from=init_from, adapt_from=adapt_from, lr=lr,
+        super().__init__(generator=generator, init_from=init_from, grow_depth=grow_depth, adapt_from=adapt_from,
+                         lr=lr,
                          weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
                          num_generated_examples=num_generated_examples,
                          temperature=temperature, top_k=top_k, sampler=sampler)
@@ -31,11 +32,13 @@ class ResGenModule(GeneratorModule):
     examples at validation are sampled with its own sampler. Options:
     :class:`~mmtok.training.generators.GeneratorModule`."""
 
-    def __init__(self, *, generator: ResGenGenerator, init_from: str | None = None, adapt_from: str | None = None,
+    def __init__(self, *, generator: ResGenGenerator, init_from: str | None = None, grow_depth: bool = False,
+                 adapt_from: str | None = None,
                  lr: float = 5e-4, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
                  warmup_steps: int = 300, num_generated_examples: int = 2, temperature: float = 1.0,
                  top_k: int | None = None):
-        super().__init__(generator=generator, init_from=init_from, adapt_from=adapt_from, lr=lr,
+        super().__init__(generator=generator, init_from=init_from, grow_depth=grow_depth, adapt_from=adapt_from,
+                         lr=lr,
                          weight_decay=weight_decay, betas=betas, warmup_steps=warmup_steps,
                          num_generated_examples=num_generated_examples,
                          temperature=temperature, top_k=top_k, sampler="resgen")

@@ -9,7 +9,8 @@ from pathlib import Path
 import lightning as L
 import torch
 
-from mmtok.hub import CONFIG_NAME, WEIGHTS_NAME, load_weights_strict, resolve_file
+from mmtok.hub import CONFIG_NAME, WEIGHTS_NAME, load_state_strict, read_weights, resolve_file
+from mmtok.nn import deepen_state
 from mmtok.tasks import build_task
 from mmtok.tokens import Tokens
 from mmtok.training.checkpoint import record_model
@@ -71,17 +72,21 @@ class GeneratorModule(L.LightningModule):
     AdamW with linear warm-up and cosine decay over the run's ``max_steps``. ``init_from`` (a Hub
     folder or repo id) starts from released weights, for fine-tuning; its config must build the same
     generator (a mismatch names every differing tensor), and a fine-tune keeps its recorded sampling
-    settings unless the recipe's generator sets its own. ``adapt_from`` (an AR generator's Hub folder)
+    settings unless the recipe's generator sets its own. With ``grow_depth``, ``init_from`` may have
+    fewer transformer blocks than the recipe's backbone: the deeper stack starts from them, computing
+    the same function (:func:`~mmtok.nn.deepen_state`), a larger model that need not relearn what the
+    smaller one knows. ``adapt_from`` (an AR generator's Hub folder)
     starts from its weights instead (:meth:`~mmtok.generators.TokenGenerator.adapt_from_autoregressive`:
     masked models from an AR one, or any generator from an AR one over fewer codebooks). When
     training starts, the generator records the tokens' facts (grid, frame rate) from the tokenizer,
     and its task measures what it needs on the token cache (:meth:`mmtok.tasks.Task.measure`).
     """
 
-    def __init__(self, *, generator, init_from: str | None = None, adapt_from: str | None = None,
-                 lr: float = 5e-4, weight_decay: float = 0.05, betas: tuple[float, float] = (0.9, 0.95),
-                 warmup_steps: int = 300, num_generated_examples: int = 2, temperature: float = 1.0,
-                 top_k: int | None = None, sampler: str | None = None):
+    def __init__(self, *, generator, init_from: str | None = None, grow_depth: bool = False,
+                 adapt_from: str | None = None, lr: float = 5e-4, weight_decay: float = 0.05,
+                 betas: tuple[float, float] = (0.9, 0.95), warmup_steps: int = 300,
+                 num_generated_examples: int = 2, temperature: float = 1.0, top_k: int | None = None,
+                 sampler: str | None = None):
         super().__init__()
         self.sampler = generator.check_sampler(sampler)
         self.save_hyperparameters(ignore=["generator"])
@@ -92,8 +97,15 @@ class GeneratorModule(L.LightningModule):
             untouched = generator.adapt_from_autoregressive(adapt_from)
             if untouched:
                 log.info("adapted from %s; kept the initialisation of %s", adapt_from, ", ".join(untouched))
+        if grow_depth and init_from is None:
+            raise ValueError("grow_depth: give init_from, the shallower generator to grow")
         if init_from is not None:
-            load_weights_strict(generator, resolve_file(init_from, WEIGHTS_NAME))
+            state = read_weights(resolve_file(init_from, WEIGHTS_NAME))
+            if grow_depth:
+                state = deepen_state(state, prefix="backbone.transformer.blocks",
+                                     num_layers=len(generator.backbone.transformer.blocks))
+            load_state_strict(generator, state, source=f"init_from {init_from}: the recipe's generator does not "
+                                                       f"fit its weights")
             recorded = json.loads(Path(resolve_file(init_from, CONFIG_NAME)).read_text()).get("sampling") or {}
             generator.record_sampling(**{**recorded, **generator.sampling})
         self.generator = generator

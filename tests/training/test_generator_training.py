@@ -134,3 +134,31 @@ def test_generate_names_a_condition_the_model_does_not_have(tiny_codec_folder, t
     code, line = cli_error(["generate", str(tmp_path / "gen"), "--text", "the cat", "--speaker", "us-m1", "--out",
                             str(tmp_path / "out")], capsys)
     assert code == 2 and line.startswith("mmtok generate: --speaker us-m1: this generator has no 'speaker' condition")
+
+
+def test_grow_depth_starts_a_deeper_generator_at_the_shallower_ones_loss(tiny_codec_folder, tmp_path):
+    import torch
+
+    from mmtok.codebook_transformer import CodebookTransformer
+    from mmtok.diffusion.model import MaskedDiffusionGenerator
+    from mmtok.errors import DataError
+    from mmtok.training.diffusion import MaskedDiffusionModule
+
+    def generator(num_layers: int) -> MaskedDiffusionGenerator:
+        torch.manual_seed(num_layers)
+        backbone = CodebookTransformer(codebook_sizes=[32, 32], dim=32, num_layers=num_layers, num_heads=2)
+        return MaskedDiffusionGenerator(tokenizer=str(tiny_codec_folder), backbone=backbone)
+
+    generator(2).save_pretrained(tmp_path / "shallow")
+    shallow = MaskedDiffusionModule(generator=generator(2), init_from=str(tmp_path / "shallow")).generator
+    deep = MaskedDiffusionModule(generator=generator(3), init_from=str(tmp_path / "shallow"), grow_depth=True).generator
+    batch = {"codes": torch.randint(0, 32, (3, 2, 20), generator=torch.Generator().manual_seed(0)),
+             "lengths": torch.tensor([20, 14, 9])}
+    losses = [model.loss(batch, rng=torch.Generator().manual_seed(1))[0] for model in (shallow, deep)]
+    torch.testing.assert_close(losses[1], losses[0])
+    assert sum(p.numel() for p in deep.parameters()) > sum(p.numel() for p in shallow.parameters())
+    with pytest.raises(DataError, match=r"init_from .*shallow: the recipe's generator does not fit its weights:\n"
+                                        r"  missing from weights: backbone.transformer.blocks.2"):
+        MaskedDiffusionModule(generator=generator(3), init_from=str(tmp_path / "shallow"))
+    with pytest.raises(ValueError, match="grow_depth: give init_from"):
+        MaskedDiffusionModule(generator=generator(3), grow_depth=True)
