@@ -75,9 +75,9 @@ class GeneratorModule(L.LightningModule):
     settings unless the recipe's generator sets its own. With ``grow_depth``, ``init_from`` may have
     fewer transformer blocks than the recipe's backbone: the deeper stack starts from them, computing
     the same function (:func:`~mmtok.nn.deepen_state`), a larger model that need not relearn what the
-    smaller one knows. ``adapt_from`` (an AR generator's Hub folder)
-    starts from its weights instead (:meth:`~mmtok.generators.TokenGenerator.adapt_from_autoregressive`:
-    masked models from an AR one, or any generator from an AR one over fewer codebooks). When
+    smaller one knows. ``adapt_from`` (an AR generator's Hub folder) starts from its weights instead
+    (:meth:`~mmtok.generators.TokenGenerator.adapt_from_autoregressive`: masked models from an AR one,
+    or any generator from an AR one over fewer codebooks). When
     training starts, the generator records the tokens' facts (grid, frame rate) from the tokenizer,
     and its task measures what it needs on the token cache (:meth:`mmtok.tasks.Task.measure`).
     """
