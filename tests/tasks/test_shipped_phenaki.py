@@ -35,10 +35,10 @@ def test_the_release_is_a_small_hub_folder_over_the_released_tokenizer(shipped):
 
 def test_captions_give_clips_of_the_asked_length_that_move_the_named_way(shipped):
     """The frame count is exact, nearly every frame has a stroke, and most clips move the caption's way
-    (0.855 / 0.85 / 0.825 of 200 held-out clips at seeds 0 / 1 / 2, docs/benchmarks.md). The captions say the
+    (0.88 / 0.88 / 0.86 of 200 held-out clips at seeds 0 / 1 / 2, docs/benchmarks.md). The captions say the
     digit bounces, as 91 % of the training captions do: a clip without a bounce is short (mostly 5-10 frames), and
-    asked for 9 frames this release follows a caption without one less often (0.1 of these ten at seeds 0 and 1).
-    The digit is not asserted: 0.525 / 0.52 / 0.50 held out."""
+    asked for 9 frames this release follows a caption without one less often (0.0 / 0.2 of these ten at seeds 0 / 1).
+    The digit is not asserted: 0.57 / 0.555 / 0.535 held out."""
     generator, tokenizer, task = shipped
     ways = ["left", "right", "up", "down", "up-left", "down-right", "up-right", "down-left", "left", "right"]
     captions = [f"the digit {d} moves {way} and bounces off the wall" for d, way in zip(range(10), ways)]
@@ -47,7 +47,7 @@ def test_captions_give_clips_of_the_asked_length_that_move_the_named_way(shipped
     assert video.shape == (10, 1, 9, 48, 48)
     rates = clip_rates(list(video), list(range(10)), ways, [9] * 10, load_pretrained(JUDGE), 28)
     assert rates["frame_count_rate"] == 1.0, rates
-    assert rates["direction_rate"] >= 0.4, rates  # 1.0 and 0.9 at seeds 0 and 1; chance 0.125
+    assert rates["direction_rate"] >= 0.4, rates  # 0.6 and 1.0 at seeds 0 and 1; chance 0.125
     inked = (video.amax(dim=(1, 3, 4)) > 0.5).float().mean()
     assert float(inked) >= 0.9, f"only {float(inked):.0%} of the frames have a stroke"
 
