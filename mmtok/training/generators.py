@@ -77,9 +77,9 @@ class GeneratorModule(L.LightningModule):
     the same function (:func:`~mmtok.nn.deepen_state`), a larger model that need not relearn what the
     smaller one knows. ``adapt_from`` (an AR generator's Hub folder) starts from its weights instead
     (:meth:`~mmtok.generators.TokenGenerator.adapt_from_autoregressive`: masked models from an AR one,
-    or any generator from an AR one over fewer codebooks). When
-    training starts, the generator records the tokens' facts (grid, frame rate) from the tokenizer,
-    and its task measures what it needs on the token cache (:meth:`mmtok.tasks.Task.measure`).
+    or any generator from an AR one over fewer codebooks). When training starts, the generator
+    records the tokens' facts (grid, frame rate) from the tokenizer, and its task measures what it
+    needs on the token cache (:meth:`mmtok.tasks.Task.measure`).
     """
 
     def __init__(self, *, generator, init_from: str | None = None, grow_depth: bool = False,
